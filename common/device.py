@@ -1,0 +1,45 @@
+"""``--device auto|cpu|cuda|cuda:N``: the device is a flag, never hard-coded."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common.errors import UserError
+
+
+def add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    parser.add_argument("--device", default=default,
+                        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """Turn a ``--device`` value into a :class:`torch.device`, with a clear error."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: CUDA is not available on this machine; use --device cpu or auto")
+        dev = torch.device(spec)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    if spec == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError("--device mps: MPS is not available on this machine; use --device cpu or auto")
+        return torch.device("mps")
+    raise UserError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+
+
+def autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
+    """AMP context for the device: fp16 on CUDA by default, bf16 on CPU; a no-op when disabled."""
+    if not enabled:
+        return torch.autocast(device_type=device.type, enabled=False)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)

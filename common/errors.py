@@ -1,0 +1,34 @@
+"""One-line errors for bad input.
+
+Every stage raises :class:`UserError` for a problem the user can fix (a missing
+path, a wrong flag, a checkpoint that does not match the data). The command-line
+wrapper :func:`run_cli` prints it as a single ``error: ...`` line and exits with
+status 2, never with a traceback from deep inside torch.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line without a traceback."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; turn :class:`UserError` into one line on stderr and exit code 2.
+
+    Set ``DD_TRACEBACK=1`` to see the full traceback when debugging.
+    """
+    try:
+        main(argv)
+    except UserError as exc:
+        if os.environ.get("DD_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,203 @@
+"""One image-folder reader for every stage.
+
+Rules (torchvision's, plus what real data needs):
+- class index = position of the folder name in sorted order; files sorted by name;
+- non-image files (``.DS_Store``, ``*_boxes.txt``, hidden files) are skipped;
+- every image is converted to RGB (grayscale, palette, RGBA and CMYK occur in
+  Tiny-ImageNet and ImageNet);
+- a corrupt or truncated file raises a :class:`UserError` naming the file, or is
+  skipped and listed in ``dataset.skipped`` with ``skip_corrupt=True``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from common.errors import UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def find_classes(root: str | os.PathLike, what: str = "data path") -> list[str]:
+    """Sorted class folder names under ``root``; a clear error when there are none."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{root}: {what} does not exist")
+    if not root.is_dir():
+        raise UserError(f"{root}: {what} is not a directory")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise UserError(f"{root}: {what} has no class folders (expected ROOT/<class>/<image>)")
+    return classes
+
+
+def list_class_files(class_dir: str | os.PathLike) -> list[str]:
+    """Sorted image file names in one class folder."""
+    return sorted(e.name for e in os.scandir(class_dir) if e.is_file() and is_image_file(e.name))
+
+
+def select_per_class(files: Sequence[str], limit: int | None, shuffle_seed: int | None = None) -> list[str]:
+    """The first ``limit`` files, or ``limit`` files drawn with a seeded shuffle."""
+    files = list(files)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(files)
+    if limit is not None:
+        files = files[:limit]
+    return files
+
+
+def make_samples(root: str | os.PathLike, classes: Sequence[str] | None = None,
+                 per_class: int | None = None, shuffle_seed: int | None = None,
+                 allow_empty: bool = False, what: str = "data path") -> tuple[list[str], list[tuple[str, int]]]:
+    """``(classes, [(path, label), ...])`` for an ImageFolder tree.
+
+    ``classes`` restricts or orders the class folders (labels follow its order);
+    by default all folders in sorted order. With ``shuffle_seed`` each class draws
+    its ``per_class`` files with a seeded shuffle (seed + class index).
+    """
+    root = Path(root)
+    found = find_classes(root, what)
+    if classes is None:
+        classes = found
+    else:
+        missing = [c for c in classes if c not in found]
+        if missing:
+            raise UserError(f"{root}: missing class folder(s) {', '.join(missing[:5])}"
+                            f"{' ...' if len(missing) > 5 else ''}")
+    samples: list[tuple[str, int]] = []
+    for label, cls in enumerate(classes):
+        files = list_class_files(root / cls)
+        if not files and not allow_empty:
+            raise UserError(f"{root / cls}: class folder has no images")
+        seed = None if shuffle_seed is None else shuffle_seed + label
+        for name in select_per_class(files, per_class, seed):
+            samples.append((str(root / cls / name), label))
+    return list(classes), samples
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image fully and convert it to RGB; a corrupt or truncated file names itself."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+                if im.mode == "RGB":
+                    return im.copy()
+                if im.mode in ("P", "LA", "PA") or (im.mode == "RGBA"):
+                    im = im.convert("RGBA")
+                    background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                    return Image.alpha_composite(background, im).convert("RGB")
+                return im.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path}: corrupt or unreadable image ({exc}); remove it or pass --skip-corrupt") from None
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+def infer_input_size(root: str | os.PathLike) -> int:
+    """The shorter side of the first image found: the natural input size of a custom dataset."""
+    classes = find_classes(root)
+    for cls in classes:
+        files = list_class_files(Path(root) / cls)
+        if files:
+            return min(image_size(Path(root) / cls / files[0]))
+    raise UserError(f"{root}: no images found")
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """ImageFolder with the project's rules; returns ``(transform(img), label)``.
+
+    ``cache=True`` decodes every image once into a uint8 array in memory (for small
+    distilled sets, evaluated for hundreds of epochs). ``skip_corrupt=True`` checks
+    every file up front and lists the bad ones in ``self.skipped`` instead of failing.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
+                 classes: Sequence[str] | None = None, per_class: int | None = None,
+                 shuffle_seed: int | None = None, cache: bool = False, skip_corrupt: bool = False,
+                 allow_empty: bool = False, what: str = "data path"):
+        self.root = Path(root)
+        self.transform = transform
+        self.classes, self.samples = make_samples(root, classes, per_class, shuffle_seed, allow_empty, what)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.skipped: list[str] = []
+        self._cache: list[np.ndarray] | None = None
+        if skip_corrupt or cache:
+            kept, arrays = [], []
+            for path, label in self.samples:
+                try:
+                    img = load_rgb(path)
+                except UserError:
+                    if not skip_corrupt:
+                        raise
+                    self.skipped.append(path)
+                    continue
+                kept.append((path, label))
+                if cache:
+                    arrays.append(np.asarray(img, dtype=np.uint8))
+            if self.skipped:
+                print(f"warning: skipped {len(self.skipped)} corrupt image(s) under {root}: "
+                      f"{', '.join(self.skipped[:3])}{' ...' if len(self.skipped) > 3 else ''}", file=sys.stderr)
+            self.samples = kept
+            self._cache = arrays if cache else None
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> Image.Image:
+        if self._cache is not None:
+            return Image.fromarray(self._cache[index])
+        return load_rgb(self.samples[index][0])
+
+    def __getitem__(self, index: int):
+        img = self.load(index)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.samples[index][1]
+
+    def count_per_class(self) -> list[int]:
+        return np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=len(self.classes)).tolist()
+
+
+def check_same_classes(expected: Sequence[str], found: Sequence[str], expected_what: str, found_what: str) -> None:
+    """Stop with one line when two class lists differ (order matters: it is the label mapping)."""
+    expected, found = list(expected), list(found)
+    if expected == found:
+        return
+    if len(expected) != len(found):
+        raise UserError(f"{found_what} has {len(found)} classes but {expected_what} has {len(expected)}")
+    only_e = sorted(set(expected) - set(found))
+    only_f = sorted(set(found) - set(expected))
+    if only_e or only_f:
+        raise UserError(f"{found_what} classes differ from {expected_what}: "
+                        f"{found_what} lacks {only_e[:3]}, has extra {only_f[:3]}")
+    i = next(i for i, (a, b) in enumerate(zip(expected, found)) if a != b)
+    raise UserError(f"{found_what} class order differs from {expected_what} at index {i} "
+                    f"({found[i]} vs {expected[i]})")
+
+
+def check_train_val(train_root: str | os.PathLike, val_root: str | os.PathLike) -> list[str]:
+    """Train and val class folders must be the same list; return it."""
+    train_classes = find_classes(train_root, "train folder")
+    val_classes = find_classes(val_root, "val folder")
+    check_same_classes(train_classes, val_classes, f"train folder {train_root}", f"val folder {val_root}")
+    return train_classes

@@ -1,0 +1,40 @@
+"""Figures written as PNG: sample grids of ImageFolder trees."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageDraw
+
+from common.atomic import atomic_save_image
+from common.imagefolder import find_classes, list_class_files, load_rgb
+
+
+def image_grid(rows: Sequence[Sequence[Image.Image]], cell: int = 64, pad: int = 2,
+               labels: Sequence[str] | None = None, label_width: int = 0) -> Image.Image:
+    """Rows of images -> one grid image (each image resized to ``cell`` x ``cell``)."""
+    ncol = max((len(r) for r in rows), default=0)
+    W = label_width + ncol * (cell + pad) + pad
+    H = len(rows) * (cell + pad) + pad
+    grid = Image.new("RGB", (W, H), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i, row in enumerate(rows):
+        y = pad + i * (cell + pad)
+        if labels and label_width:
+            draw.text((2, y + cell // 2 - 5), str(labels[i])[: max(1, label_width // 6)], fill=(0, 0, 0))
+        for j, img in enumerate(row):
+            grid.paste(img.resize((cell, cell), Image.NEAREST if img.width < cell else Image.BILINEAR),
+                       (label_width + pad + j * (cell + pad), y))
+    return grid
+
+
+def folder_grid(root: str | os.PathLike, out_png: str | os.PathLike, per_class: int = 10,
+                max_classes: int = 10, cell: int = 64, label: bool = True) -> Path:
+    """A PNG grid of the first ``per_class`` images of the first ``max_classes`` classes."""
+    root = Path(root)
+    classes = find_classes(root)[:max_classes]
+    rows = [[load_rgb(root / c / f) for f in list_class_files(root / c)[:per_class]] for c in classes]
+    grid = image_grid(rows, cell=cell, labels=classes if label else None, label_width=90 if label else 0)
+    atomic_save_image(grid, out_png)
+    return Path(out_png)

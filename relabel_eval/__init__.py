@@ -1,0 +1,1 @@
+"""relabel_eval stage."""
