@@ -1,0 +1,375 @@
+"""rank_select.patches: RDED's synthesis from realistic patches (Sun et al., CVPR 2024).
+
+    python -m rank_select.patches --dataset tinyimagenet --data-path DATA/train \
+        --observer-path runs/teacher.pth --output-path runs/rded_ipc10 --ipc 10 --factor 1
+
+Per class, from a seeded pool of ``--mipc`` real images: ``--num-crop`` square
+RandomResizedCrops per image (scale (0.08, 1), ratio 1) resized to
+``input_size // factor``; each crop is scored by the observer's cross-entropy for
+the true class, zero-padded (centred) to ``input_size`` in normalised space; each
+image keeps its lowest-loss crop; the kept crops are sorted by loss ascending and
+the first ``ipc * factor^2`` are stitched: output image j, grid cell k (row-major)
+holds sorted crop ``k * ipc + j``. Unlike the released code every draw is seeded
+(per seed, class and image), so the same seed gives identical images. Finished
+classes survive an interruption: a re-run with the same arguments resumes.
+``manifest.json`` records the source file and crop box of every patch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from tqdm import tqdm
+
+from common.atomic import atomic_save_image, atomic_write_json
+from common.datasets import check_class_count, get_dataset
+from common.device import add_device_arg
+from common.errors import UserError
+from common.imagefolder import find_classes, load_rgb, make_samples
+from common.manifest import build_manifest, sha256_file, write_manifest
+from common.seed import seed_everything
+from common.transforms import normalize
+from rank_select.rank import check_output_path, default_workers, resolve_device_args
+from rank_select.ranker import Ranker, add_model_args, forward_logits, load_ranker, model_path_from_args
+from rank_select.select import rank_width
+
+STAGE = "rank_select.patches"
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (1.0, 1.0)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rank_select.patches", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", "--subset", dest="dataset", default="custom",
+                   help="registry name (tinyimagenet, cifar10, imagenet-1k, ...); --subset as in RDED")
+    p.add_argument("--data-path", "--train-dir", dest="data_path", required=True,
+                   help="training ImageFolder tree (real images to crop)")
+    add_model_args(p, "observer", aliases=("--arch-name",))
+    p.add_argument("--arch-path", dest="observer_path", help=argparse.SUPPRESS)
+    p.add_argument("--output-path", "--syn-data-path", dest="output_path", required=True,
+                   help="output ImageFolder of the stitched images")
+    p.add_argument("--ipc", type=int, default=10, help="images per class")
+    p.add_argument("--mipc", type=int, default=300, help="real images per class in the candidate pool")
+    p.add_argument("--num-crop", type=int, default=5, help="random crops scored per pool image")
+    p.add_argument("--factor", type=int, default=1,
+                   help="stitch factor x factor patches per image (2 for ImageNet-scale data, 1 for CIFAR/Tiny)")
+    p.add_argument("--input-size", type=int, default=None, help="default: the observer checkpoint's input size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=500, help="crops per observer forward pass")
+    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers (default: %(default)s)")
+    p.add_argument("--save-format", choices=["png", "jpg"], default="png",
+                   help="png (lossless, default) or jpg (quality 75, as the released sets)")
+    p.add_argument("--allow-fewer", action="store_true",
+                   help="write fewer images for a class whose pool is smaller than ipc * factor^2")
+    add_device_arg(p)
+    p.add_argument("--gpu-device", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+# ----------------------------------------------------------------------------- crops (per image)
+
+def crop_seed(seed: int, label: int, position: int) -> int:
+    """One independent seed per (run seed, class, image position in the class pool)."""
+    return int(np.random.SeedSequence([seed, label, position]).generate_state(1)[0])
+
+
+def random_crops(img: torch.Tensor, num_crop: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_crop`` square RandomResizedCrops of a CHW [0, 1] image -> (crops [m,3,size,size], boxes [m,4]).
+
+    Boxes are ``(top, left, height, width)`` in source pixels; draws use torchvision's
+    ``RandomResizedCrop.get_params`` under a private generator state seeded by ``seed``.
+    """
+    crops, boxes = [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(num_crop):
+            i, j, h, w = T.RandomResizedCrop.get_params(img, list(CROP_SCALE), list(CROP_RATIO))
+            crops.append(TF.resized_crop(img, i, j, h, w, [size, size], antialias=True))
+            boxes.append((i, j, h, w))
+    return torch.stack(crops), torch.tensor(boxes, dtype=torch.int64)
+
+
+class CropDataset(Dataset):
+    """Pool images -> their seeded crops, computed in DataLoader workers."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], positions: Sequence[int], num_crop: int,
+                 crop_size: int, seed: int):
+        self.samples, self.positions = list(samples), list(positions)
+        self.num_crop, self.crop_size, self.seed = num_crop, crop_size, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        img = TF.to_tensor(load_rgb(path))
+        crops, boxes = random_crops(img, self.num_crop, self.crop_size,
+                                    crop_seed(self.seed, label, self.positions[index]))
+        return crops, boxes, label, index
+
+
+# ----------------------------------------------------------------------------- scoring, selection, stitching
+
+def pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad NCHW crops to ``size`` x ``size``, centred (extra pixel bottom/right, as RDED)."""
+    dh, dw = size - x.shape[-2], size - x.shape[-1]
+    return F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+def crop_losses(ranker: Ranker, crops: torch.Tensor, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Observer cross-entropy of each [0, 1] crop [N,3,s,s], padded to the input size in normalised space."""
+    out = []
+    for start in range(0, len(crops), batch_size):
+        x = normalize(crops[start:start + batch_size], ranker.mean, ranker.std)
+        logits = forward_logits(ranker, pad_to(x, ranker.input_size))
+        out.append(F.cross_entropy(logits, labels[start:start + batch_size].to(logits.device),
+                                   reduction="none").cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def best_crop_per_image(losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``losses [n_images, num_crop]`` -> (index of the lowest-loss crop, its loss) per image (first on ties)."""
+    loss, idx = losses.min(dim=1)
+    return idx, loss
+
+
+def select_patches(losses: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` lowest losses, ascending (stable)."""
+    return torch.sort(losses, stable=True).indices[:count]
+
+
+def cell_sizes(out_size: int, factor: int) -> list[int]:
+    """Side of each grid row/column: ``out_size // factor``, the first ``out_size % factor`` one pixel wider."""
+    s, rem = divmod(out_size, factor)
+    return [s + 1 if i < rem else s for i in range(factor)]
+
+
+def stitch(patches: torch.Tensor, ipc: int, factor: int, out_size: int) -> torch.Tensor:
+    """``ipc * factor^2`` sorted patches -> ``ipc`` images; image j, cell k (row-major) = patch ``k * ipc + j``.
+
+    Patches whose size differs from their cell are resized (nearest, as the released
+    ``mix_images``); with ``out_size`` divisible by ``factor`` they fit exactly.
+    """
+    if len(patches) != ipc * factor ** 2:
+        raise ValueError(f"stitch needs {ipc * factor ** 2} patches, got {len(patches)}")
+    out = patches.new_zeros((ipc, patches.shape[1], out_size, out_size))
+    sizes = cell_sizes(out_size, factor)
+    k, top = 0, 0
+    for h in sizes:
+        left = 0
+        for w in sizes:
+            part = patches[k * ipc:(k + 1) * ipc]
+            if part.shape[-2:] != (h, w):
+                part = F.interpolate(part, size=(h, w))
+            out[:, :, top:top + h, left:left + w] = part
+            left += w
+            k += 1
+        top += h
+    return out
+
+
+def to_uint8_image(x: torch.Tensor) -> Image.Image:
+    """A CHW [0, 1] tensor -> 8-bit RGB (rounded)."""
+    arr = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr, mode="RGB")
+
+
+# ----------------------------------------------------------------------------- per-class synthesis
+
+class ClassPool:
+    """Best crop of each pool image of one class, filled batch by batch."""
+
+    def __init__(self, label: int, n: int):
+        self.label, self.n = label, n
+        self.crops: list[torch.Tensor | None] = [None] * n
+        self.boxes: list[list[int] | None] = [None] * n
+        self.losses = torch.full((n,), float("inf"))
+        self.filled = 0
+
+    def add(self, pos: int, crop: torch.Tensor, box: torch.Tensor, loss: float) -> None:
+        self.crops[pos], self.boxes[pos], self.losses[pos] = crop, box.tolist(), loss
+        self.filled += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.n
+
+
+def synthesize_class(pool: ClassPool, pool_paths: Sequence[str], ipc: int, factor: int, out_size: int
+                     ) -> tuple[torch.Tensor, list[list[dict]]]:
+    """Select and stitch one class: (images [ipc,3,S,S] in [0, 1], per-image cell records)."""
+    order = select_patches(pool.losses, ipc * factor ** 2)
+    patches = torch.stack([pool.crops[i] for i in order.tolist()])
+    images = stitch(patches, ipc, factor, out_size)
+    cells = [[] for _ in range(ipc)]
+    for rank, i in enumerate(order.tolist()):
+        k, j = divmod(rank, ipc)
+        cells[j].append({"cell": k, "row": k // factor, "col": k % factor, "source": pool_paths[i],
+                         "box_tlhw": pool.boxes[i], "loss": float(pool.losses[i])})
+    return images, cells
+
+
+def pool_for_class(data_root: Path, cls: str, label: int, mipc: int, seed: int) -> list[str]:
+    """The seeded pool: ``mipc`` files drawn by a seeded shuffle of the class (all when it has fewer)."""
+    _, samples = make_samples(data_root, [cls], per_class=mipc, shuffle_seed=seed + label)
+    return [Path(p).relative_to(data_root).as_posix() for p, _ in samples]
+
+
+# ----------------------------------------------------------------------------- resumable output
+
+def staging_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.inprogress")
+
+
+def open_staging(out: Path, config: dict) -> tuple[Path, dict[str, dict]]:
+    """The work folder of this run and its finished classes (kept when the configuration is the same).
+
+    Each finished class leaves ``.done/<label>.json`` (hidden: not a class folder).
+    """
+    stage = staging_dir(out)
+    config_file = stage / ".done" / "config.json"
+    if stage.exists():
+        same = config_file.is_file() and json.loads(config_file.read_text()) == config
+        if same:
+            done = {}
+            for f in sorted((stage / ".done").glob("class_*.json")):
+                rec = json.loads(f.read_text())
+                done[rec["class"]] = rec
+            return stage, done
+        shutil.rmtree(stage)
+    (stage / ".done").mkdir(parents=True)
+    atomic_write_json(config_file, config)
+    return stage, {}
+
+
+def swap_into_place(stage: Path, out: Path) -> None:
+    """Replace ``out`` with the finished work folder (old version removed only after the swap)."""
+    shutil.rmtree(stage / ".done")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    for flag in ("ipc", "mipc", "num_crop", "factor", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    seed_everything(args.seed)
+    spec = get_dataset(args.dataset)
+    data_root, out = Path(args.data_path), Path(args.output_path)
+    classes = find_classes(data_root)
+    check_class_count(spec, len(classes), data_root)
+    check_output_path(out, data_root, (STAGE,))
+    device = resolve_device_args(args)
+    observer_path = model_path_from_args(args, "observer")
+    ranker = load_ranker(observer_path, args.observer_arch, classes, spec, args.input_size, device, "observer")
+    crop_size = ranker.input_size // args.factor
+    if crop_size < 1:
+        raise UserError(f"--factor {args.factor} is larger than the input size {ranker.input_size}")
+    need = args.ipc * args.factor ** 2
+
+    pools = [pool_for_class(data_root, c, y, args.mipc, args.seed) for y, c in enumerate(classes)]
+    for cls, pool in zip(classes, pools):
+        if len(pool) < need and not args.allow_fewer:
+            raise UserError(f"class {cls} has only {len(pool)} images but --ipc {args.ipc} x --factor^2 "
+                            f"{args.factor ** 2} needs {need}; lower --ipc or pass --allow-fewer")
+    config = {"data_root": str(data_root.resolve()), "observer_sha256": sha256_file(observer_path),
+              "classes": classes, **{k: getattr(args, k) for k in
+                                     ("ipc", "mipc", "num_crop", "factor", "seed", "save_format")},
+              "input_size": ranker.input_size, "mean": list(ranker.mean), "std": list(ranker.std)}
+    stage, done = open_staging(out, config)
+    todo = [y for y, c in enumerate(classes) if c not in done]
+    if len(todo) < len(classes):
+        print(f"resuming: {len(classes) - len(todo)} of {len(classes)} classes already done in {stage}",
+              file=sys.stderr)
+
+    samples, positions = [], []
+    for y in todo:
+        samples += [(str(data_root / p), y) for p in pools[y]]
+        positions += list(range(len(pools[y])))
+    per_batch = max(1, args.batch_size // args.num_crop)  # images whose crops share one forward pass
+    loader = DataLoader(CropDataset(samples, positions, args.num_crop, crop_size, args.seed),
+                        batch_size=per_batch, shuffle=False, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers > 0 else None)
+    width, ext = rank_width(args.ipc), args.save_format
+    open_pools: dict[int, ClassPool] = {}
+    t0 = time.perf_counter()
+    n_crops = 0
+    with tqdm(total=len(samples) * args.num_crop, desc="scoring crops", unit="crop", dynamic_ncols=True) as bar:
+        for crops, boxes, labels, index in loader:
+            m = crops.shape[1]
+            flat = crops.flatten(0, 1)
+            losses = crop_losses(ranker, flat, labels.repeat_interleave(m), len(flat)).view(-1, m)
+            best, best_loss = best_crop_per_image(losses)
+            for b in range(len(labels)):
+                y = int(labels[b])
+                pool = open_pools.setdefault(y, ClassPool(y, len(pools[y])))
+                pool.add(positions[int(index[b])], crops[b, best[b]].clone(), boxes[b, best[b]], float(best_loss[b]))
+                if pool.complete:
+                    done[classes[y]] = write_class(stage, y, classes[y], pool, pools[y], args, ranker.input_size,
+                                                   width, ext)
+                    del open_pools[y]
+            n_crops += len(flat)
+            bar.update(len(flat))
+    elapsed = time.perf_counter() - t0
+    rate = n_crops / max(elapsed, 1e-9)
+    print(f"scored {n_crops} crops in {elapsed:.1f}s ({rate:.0f} patches/s)", file=sys.stderr)
+
+    manifest = build_manifest(STAGE, args, inputs={"observer": observer_path}, data_root=config["data_root"],
+                              observer={"arch": ranker.arch, "input_size": ranker.input_size,
+                                        "mean": list(ranker.mean), "std": list(ranker.std)},
+                              crop={"scale": list(CROP_SCALE), "ratio": list(CROP_RATIO), "size": crop_size,
+                                    "box": "top, left, height, width in source pixels"},
+                              timings={"scoring_s": elapsed, "patches_per_s": rate, "crops_scored": n_crops},
+                              classes={c: {k: v for k, v in done[c].items() if k != "class"} for c in classes})
+    write_manifest(stage / "manifest.json", manifest)
+    swap_into_place(stage, out)
+    total = sum(len(v["images"]) for v in done.values())
+    print(f"wrote {total} images ({len(classes)} classes, factor {args.factor}) to {out}")
+    return {"output": str(out), "images": total, "patches_per_s": rate, "scoring_s": elapsed}
+
+
+def write_class(stage: Path, label: int, cls: str, pool: ClassPool, pool_paths: Sequence[str],
+                args: argparse.Namespace, out_size: int, width: int, ext: str) -> dict:
+    """Stitch and save one class into the work folder, then record it as done."""
+    ipc = min(args.ipc, len(pool_paths) // args.factor ** 2)
+    if ipc < 1:
+        raise UserError(f"class {cls}: {len(pool_paths)} pool images cannot fill one {args.factor}x{args.factor} "
+                        f"image")
+    images, cells = synthesize_class(pool, pool_paths, ipc, args.factor, out_size)
+    cls_dir = stage / cls
+    if cls_dir.exists():
+        shutil.rmtree(cls_dir)
+    cls_dir.mkdir()
+    records = []
+    for j in range(ipc):
+        name = f"{j:0{width}d}_rded.{ext}"
+        atomic_save_image(to_uint8_image(images[j]), cls_dir / name, **({"quality": 75} if ext == "jpg" else {}))
+        records.append({"file": name, "patches": cells[j]})
+    record = {"class": cls, "pool_size": len(pool_paths), "images": records}
+    atomic_write_json(stage / ".done" / f"class_{label:06d}.json", record)
+    return record
+
+
+if __name__ == "__main__":
+    from common.errors import run_cli
+
+    sys.exit(run_cli(main))

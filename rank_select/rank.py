@@ -1,0 +1,359 @@
+"""rank_select: DELT's initialisation. Score every training image with a ranker, pick IPC per class.
+
+    python -m rank_select --dataset tinyimagenet --data-path DATA/train \
+        --ranker-path runs/teacher.pth --ranking-file runs/ranking.csv \
+        --output-path runs/init_medium_ipc50 --ipc 50 --selection-criteria medium
+
+Scores are computed under the val transform with the ranker's own normalisation
+and input size (from its checkpoint). The ranking CSV (``path`` relative to the
+data root, ``class``, ``label``, ``score`` = p(true class), ``loss`` = cross-entropy,
+``margin`` = true-class logit minus the largest other logit, ``pred``, ``el2n`` =
+||softmax - onehot||_2), sorted by class then score descending, is written when
+missing or with ``--rerank`` and reused otherwise, after checking it lists exactly
+the data root's files and classes. Selected images are copied byte for byte to
+``OUT/<class>/<rank>_<original name>``; ``OUT/manifest.json`` lists them with scores.
+A long scoring run saves its progress to ``<ranking-file>.partial.pt`` and resumes
+from it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from common.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
+from common.datasets import check_class_count, get_dataset
+from common.device import add_device_arg, resolve_device
+from common.errors import UserError
+from common.imagefolder import ImageFolder, make_samples
+from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
+from common.seed import seed_everything
+from common.transforms import val_transform
+from rank_select.ranker import Ranker, add_model_args, forward_logits, load_ranker, model_path_from_args
+from rank_select.select import CRITERIA, check_class_size, rank_width, select_indices
+
+CSV_COLUMNS = ["path", "class", "label", "score", "loss", "margin", "pred", "el2n"]
+METRICS = ["score", "loss", "margin", "pred", "el2n"]
+STAGE = "rank_select"
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rank_select", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="custom", help="registry name (tinyimagenet, cifar10, imagenet-1k, ...)")
+    p.add_argument("--data-path", required=True, help="training ImageFolder tree to select from")
+    add_model_args(p, "ranker")
+    p.add_argument("--input-size", type=int, default=None, help="default: the ranker checkpoint's input size")
+    p.add_argument("--ranking-file", default=None,
+                   help="ranking CSV: written when missing (or with --rerank), reused otherwise "
+                        "(default: OUT/ranking.csv, always re-scored)")
+    p.add_argument("--rerank", action="store_true", help="score again even if --ranking-file exists")
+    p.add_argument("--store-rank-file", action="store_true",
+                   help="accepted for the released scripts; the ranking file is always stored")
+    p.add_argument("--output-path", required=True, help="output ImageFolder of the selected images")
+    p.add_argument("--ipc", type=int, default=50, help="images per class")
+    p.add_argument("--selection-criteria", choices=CRITERIA, default="medium",
+                   help="medium (DELT default), top, min, or random (seeded baseline)")
+    p.add_argument("--allow-fewer", action="store_true", help="take all images of a class smaller than --ipc")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers (default: %(default)s)")
+    p.add_argument("--save-every", type=float, default=120.0,
+                   help="seconds between saves of scoring progress (resume after interruption)")
+    add_device_arg(p)
+    p.add_argument("--gpu-device", default=None, help=argparse.SUPPRESS)  # released flag: cuda index, -1 = none
+    return p
+
+
+# ----------------------------------------------------------------------------- scoring (tensors)
+
+def score_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image ranking metrics from logits ``[N, C]`` and labels ``[N]`` (float32 maths)."""
+    logits = logits.float()
+    labels = labels.long().view(-1, 1)
+    logp = F.log_softmax(logits, dim=1)
+    prob = logp.exp()
+    true_logit = logits.gather(1, labels).squeeze(1)
+    others = logits.scatter(1, labels, float("-inf"))
+    onehot = torch.zeros_like(prob).scatter_(1, labels, 1.0)
+    return {
+        "score": prob.gather(1, labels).squeeze(1),
+        "loss": -logp.gather(1, labels).squeeze(1),
+        "margin": true_logit - others.max(dim=1).values,
+        "pred": logits.argmax(dim=1),
+        "el2n": (prob - onehot).norm(dim=1),
+    }
+
+
+def _fingerprint(ranker: Ranker, rel_paths: Sequence[str], labels: Sequence[int]) -> str:
+    h = hashlib.sha256()
+    h.update(sha256_file(ranker.path).encode())
+    h.update(repr((ranker.input_size, ranker.mean, ranker.std)).encode())
+    for p, y in zip(rel_paths, labels):
+        h.update(f"{p}\t{y}\n".encode())
+    return h.hexdigest()
+
+
+def score_dataset(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers: int,
+                  partial_path: str | os.PathLike | None = None, save_every: float = 120.0,
+                  fingerprint: str = "", on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """Score every image of ``dataset`` (in order); returns metric arrays of length ``len(dataset)``.
+
+    With ``partial_path``, progress is saved every ``save_every`` seconds and a later
+    call with the same ``fingerprint`` (ranker, transform and file list) continues
+    from it; the result equals an uninterrupted run.
+    """
+    n = len(dataset)
+    done: dict[str, list[torch.Tensor]] = {k: [] for k in METRICS}
+    start = 0
+    if partial_path is not None and Path(partial_path).is_file():
+        state = torch.load(partial_path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") == fingerprint and 0 < state["done"] <= n:
+            start = int(state["done"])
+            done = {k: [state[k]] for k in METRICS}
+            print(f"resuming scoring at image {start}/{n} from {partial_path}", file=sys.stderr)
+    pin = ranker.device.type == "cuda"
+    loader = DataLoader(Subset(dataset, range(start, n)), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=pin, persistent_workers=False,
+                        prefetch_factor=4 if workers > 0 else None)
+    count, last_save = start, time.monotonic()
+
+    def save() -> None:
+        state = {k: torch.cat(v) for k, v in done.items()}
+        atomic_torch_save({"fingerprint": fingerprint, "done": count, **state}, partial_path)
+
+    with tqdm(total=n, initial=start, desc="ranking", unit="img", dynamic_ncols=True) as bar:
+        for batch_idx, (x, y) in enumerate(loader):
+            metrics = score_logits(forward_logits(ranker, x), y.to(ranker.device))
+            for k in METRICS:
+                done[k].append(metrics[k].cpu())
+            count += len(y)
+            bar.update(len(y))
+            if partial_path is not None and count < n and time.monotonic() - last_save >= save_every:
+                save()
+                last_save = time.monotonic()
+            if on_batch is not None:
+                on_batch(batch_idx)
+    out = {k: torch.cat(v).numpy() if v else np.zeros(0) for k, v in done.items()}
+    if partial_path is not None and Path(partial_path).is_file():
+        Path(partial_path).unlink()
+    return out
+
+
+# ----------------------------------------------------------------------------- ranking CSV
+
+def relative_paths(root: str | os.PathLike, samples: Sequence[tuple[str, int]]) -> list[str]:
+    root = Path(root)
+    return [Path(p).relative_to(root).as_posix() for p, _ in samples]
+
+
+def ranking_frame(rel_paths: Sequence[str], classes: Sequence[str], labels: Sequence[int],
+                  metrics: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The CSV table: one row per image, sorted by class then score descending (ties: file order)."""
+    df = pd.DataFrame({"path": list(rel_paths), "class": [classes[y] for y in labels],
+                       "label": np.asarray(labels, dtype=np.int64)})
+    for k in METRICS:
+        df[k] = metrics[k]
+    df["pred"] = df["pred"].astype(np.int64)
+    order = np.lexsort((-df["score"].to_numpy(), df["label"].to_numpy()))  # stable: last key is primary
+    return df.iloc[order].reset_index(drop=True)[CSV_COLUMNS]
+
+
+def write_ranking(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.8g")
+
+
+def read_ranking(path: str | os.PathLike) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype={"path": str, "class": str})
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable ranking CSV ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    df = df.drop(columns=[c for c in df.columns if c.startswith("Unnamed:")])
+    if "path" not in df.columns and "img_path" in df.columns:  # the released data_selection.py's CSV
+        df = df.rename(columns={"img_path": "path"})
+    missing = [c for c in ("path", "class", "score") if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: ranking CSV lacks column(s) {', '.join(missing)}; pass --rerank to re-score")
+    return df
+
+
+def check_ranking_matches(df: pd.DataFrame, csv_path: str | os.PathLike, data_root: str | os.PathLike,
+                          classes: Sequence[str], rel_paths: Sequence[str]) -> None:
+    """The CSV must list exactly the data root's files and classes, else a one-line error."""
+    hint = "pass --rerank to score this data root"
+    csv_classes = sorted(set(df["class"]))
+    if csv_classes != sorted(classes):
+        only_csv = sorted(set(csv_classes) - set(classes))
+        only_data = sorted(set(classes) - set(csv_classes))
+        raise UserError(f"{csv_path}: ranking file belongs to another data root: its classes differ from "
+                        f"{data_root} (CSV only: {only_csv[:3]}, data only: {only_data[:3]}); {hint}")
+    csv_paths, data_paths = set(df["path"]), set(rel_paths)
+    if len(df) != len(csv_paths) or csv_paths != data_paths:
+        missing = sorted(data_paths - csv_paths)
+        extra = sorted(csv_paths - data_paths)
+        example = (missing or extra or ["duplicate rows"])[0]
+        raise UserError(f"{csv_path}: ranking file belongs to another data root: {len(missing)} of the "
+                        f"{len(data_paths)} files in {data_root} are missing from it and it lists {len(extra)} "
+                        f"others (e.g. {example}); {hint}")
+    wrong_folder = df["path"].str.split("/").str[0] != df["class"]
+    if wrong_folder.any():
+        raise UserError(f"{csv_path}: row {df['path'][wrong_folder].iloc[0]} has class "
+                        f"{df['class'][wrong_folder].iloc[0]}; {hint}")
+    if "label" in df.columns:
+        expected = df["class"].map({c: i for i, c in enumerate(classes)})
+        if (df["label"] != expected).any():
+            raise UserError(f"{csv_path}: labels do not follow the sorted class folders of {data_root}; {hint}")
+
+
+def ranker_note(csv_path: Path, ranker_path: str | None) -> None:
+    """Warn when a reused ranking was scored by a different ranker than the one given."""
+    side = read_manifest(sidecar_path(csv_path))
+    if not (side and ranker_path and Path(ranker_path).is_file()):
+        return
+    scored_by = side.get("inputs", {}).get("ranker", {}).get("sha256")
+    if scored_by and scored_by != sha256_file(ranker_path):
+        print(f"warning: {csv_path} was scored by another ranker ({side['inputs']['ranker']['path']}); "
+              f"reusing it (pass --rerank to score with {ranker_path})", file=sys.stderr)
+
+
+def sidecar_path(csv_path: str | os.PathLike) -> Path:
+    return Path(f"{csv_path}.manifest.json")
+
+
+# ----------------------------------------------------------------------------- selection output
+
+def pick_per_class(df: pd.DataFrame, classes: Sequence[str], rel_paths: Sequence[str], ipc: int,
+                   criterion: str, seed: int, allow_fewer: bool) -> dict[str, pd.DataFrame]:
+    """Per class, the chosen rows in priority order (selection on scores in file-name order)."""
+    by_path = df.set_index("path")
+    per_class: dict[str, list[str]] = {c: [] for c in classes}
+    for p in rel_paths:  # file-name order, as the data root lists them
+        per_class[p.split("/", 1)[0]].append(p)
+    chosen = {}
+    for label, cls in enumerate(classes):
+        rows = by_path.loc[per_class[cls]]
+        k = check_class_size(cls, len(rows), ipc, allow_fewer)
+        idx = select_indices(criterion, rows["score"].to_numpy(), k, seed=seed, label=label)
+        chosen[cls] = rows.iloc[idx].reset_index()
+    return chosen
+
+
+def check_output_path(out: Path, data_root: Path, stages: Sequence[str]) -> None:
+    """Refuse outputs that would overwrite the data or a folder this stage did not write."""
+    out_r, data_r = out.resolve(), data_root.resolve()
+    if out_r == data_r or data_r in out_r.parents or out_r in data_r.parents:
+        raise UserError(f"--output-path {out} overlaps the data path {data_root}; choose a separate folder")
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"--output-path {out} exists and is not a directory")
+        m = read_manifest(out)
+        if any(out.iterdir()) and (m is None or m.get("stage") not in stages):
+            raise UserError(f"--output-path {out} exists and was not written by {stages[0]}; "
+                            f"remove it or choose another folder (it would be replaced)")
+
+
+def write_selection(out: Path, data_root: Path, chosen: dict[str, pd.DataFrame], ipc: int,
+                    manifest: dict, ranking: pd.DataFrame | None = None) -> dict[str, list[dict]]:
+    """Copy the chosen files (bytes unchanged) to ``OUT/<class>/<rank>_<name>``, atomically.
+
+    ``ranking`` (when no --ranking-file was given) is stored as ``OUT/ranking.csv``.
+    """
+    width = rank_width(ipc)
+    listing: dict[str, list[dict]] = {}
+    with atomic_dir(out) as tmp:
+        for cls, rows in tqdm(chosen.items(), desc="copying", unit="class", dynamic_ncols=True):
+            (tmp / cls).mkdir()
+            listing[cls] = []
+            for rank, row in enumerate(rows.itertuples(index=False)):
+                name = f"{rank:0{width}d}_{row.path.split('/', 1)[1]}"
+                shutil.copyfile(data_root / row.path, tmp / cls / name)
+                listing[cls].append({"file": name, "source": row.path, "score": float(row.score)})
+        if ranking is not None:
+            write_ranking(ranking, tmp / "ranking.csv")
+        write_manifest(tmp, {**manifest, "classes": listing})
+    return listing
+
+
+# ----------------------------------------------------------------------------- main
+
+def resolve_device_args(args: argparse.Namespace) -> torch.device:
+    if args.gpu_device not in (None, "", "-1"):
+        args.device = f"cuda:{args.gpu_device.split(',')[0]}"
+    return resolve_device(args.device)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    if args.ipc < 1:
+        raise UserError(f"--ipc {args.ipc}: must be at least 1")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UserError("--batch-size must be >= 1 and --workers >= 0")
+    seed_everything(args.seed)
+    spec = get_dataset(args.dataset)
+    data_root, out = Path(args.data_path), Path(args.output_path)
+    classes, samples = make_samples(data_root)
+    check_class_count(spec, len(classes), data_root)
+    check_output_path(out, data_root, (STAGE,))
+    rel_paths = relative_paths(data_root, samples)
+    labels = [y for _, y in samples]
+    ranker_path = model_path_from_args(args, "ranker")
+    csv_path = Path(args.ranking_file) if args.ranking_file else None
+    timing: dict[str, float] = {}
+
+    if csv_path is not None and csv_path.is_file() and not args.rerank:
+        df = read_ranking(csv_path)
+        check_ranking_matches(df, csv_path, data_root, classes, rel_paths)
+        ranker_note(csv_path, ranker_path)
+        print(f"reusing ranking {csv_path} ({len(df)} images)", file=sys.stderr)
+        scored = False
+    else:
+        device = resolve_device_args(args)
+        ranker = load_ranker(ranker_path, args.ranker_arch, classes, spec, args.input_size, device, "ranker")
+        dataset = ImageFolder(data_root, val_transform(ranker.input_size, ranker.mean, ranker.std), classes=classes)
+        partial = Path(f"{csv_path}.partial.pt") if csv_path else None
+        t0 = time.perf_counter()
+        metrics = score_dataset(ranker, dataset, args.batch_size, args.workers, partial, args.save_every,
+                                _fingerprint(ranker, rel_paths, labels))
+        timing["scoring_s"] = time.perf_counter() - t0
+        timing["images_per_s"] = len(dataset) / max(timing["scoring_s"], 1e-9)
+        df = ranking_frame(rel_paths, classes, labels, metrics)
+        acc = float((df["pred"] == df["label"]).mean())
+        print(f"scored {len(df)} images in {timing['scoring_s']:.1f}s ({timing['images_per_s']:.0f} images/s); "
+              f"ranker train top-1 {100 * acc:.2f}%", file=sys.stderr)
+        if csv_path is not None:
+            write_ranking(df, csv_path)
+            atomic_write_json(sidecar_path(csv_path), build_manifest(
+                f"{STAGE}.ranking", args, inputs={"ranker": ranker_path}, data_root=str(data_root.resolve()),
+                ranker={"arch": ranker.arch, "input_size": ranker.input_size, "mean": ranker.mean,
+                        "std": ranker.std}, train_top1=acc, **timing))
+        scored = True
+
+    chosen = pick_per_class(df, classes, rel_paths, args.ipc, args.selection_criteria, args.seed,
+                            args.allow_fewer)
+    manifest = build_manifest(STAGE, args, inputs={"ranker": ranker_path if scored else None,
+                                                   "ranking_file": csv_path},
+                              data_root=str(data_root.resolve()), num_classes=len(classes),
+                              selection_criteria=args.selection_criteria, ipc=args.ipc,
+                              reused_ranking=not scored, timings=timing)
+    listing = write_selection(out, data_root, chosen, args.ipc, manifest, ranking=df if csv_path is None else None)
+    total = sum(len(v) for v in listing.values())
+    print(f"wrote {total} images ({len(listing)} classes, {args.selection_criteria}) to {out}")
+    return {"output": str(out), "images": total, **timing}
