@@ -180,7 +180,7 @@ def _download_once(url: str, part: Path, state: dict[str, Any], state_path: Path
             return False
         raise UserError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _Interrupted(getattr(exc, "reason", exc)) from None
+        raise _Interrupted(f"cannot connect: {getattr(exc, 'reason', exc)}") from None
     with resp:
         if "text/html" in resp.headers.get("Content-Type", ""):
             raise UserError(f"{url}: the server sent an HTML page, not an archive (a login or a Google Drive "
@@ -214,7 +214,10 @@ def _download_once(url: str, part: Path, state: dict[str, Any], state_path: Path
                     raise _Interrupted(f"{type(exc).__name__}: {exc}") from None
                 if not chunk:
                     break
-                f.write(chunk)
+                try:
+                    f.write(chunk)
+                except OSError as exc:
+                    raise UserError(f"{part}: cannot write the download ({exc})") from None
                 offset += len(chunk)
                 bar.update(len(chunk))
                 if offset > max_bytes:
@@ -254,6 +257,8 @@ def http_download(url: str, dest: Path, max_bytes: int = DEFAULT_MAX_SIZE, retri
         except _Interrupted as exc:
             failures += 1
             have = part.stat().st_size if part.exists() else 0
+            if failures > retries and not have:
+                raise UserError(f"{url}: download failed ({exc})") from None
             if failures > retries:
                 raise UserError(f"{url}: download interrupted ({exc}) with {human(have)} received; "
                                 f"run the same command again to resume from {part}") from None
@@ -272,6 +277,7 @@ class Member:
     size: int = 0
     target: str | None = None  # for links: normalised archive-relative path of what it points to
     ref: Any = None            # ZipInfo / TarInfo
+    data: bytes | None = None  # contents of a small manifest.json, read while listing
 
 
 def _unsafe(archive: Path, raw: str, why: str) -> UserError:
@@ -312,6 +318,10 @@ def _is_junk(name: str) -> bool:
     return parts[0] in JUNK or parts[-1] in JUNK or parts[-1].startswith("._")
 
 
+def _wanted(name: str, size: int) -> bool:
+    return name.rsplit("/", 1)[-1] == "manifest.json" and size <= 16 << 20
+
+
 def list_archive(archive: Path) -> tuple[str, list[Member]]:
     """``(kind, members)`` of a .zip or .tar(.gz/.bz2/.xz), checked; raises before anything is written."""
     members: list[Member] = []
@@ -332,7 +342,8 @@ def list_archive(archive: Path) -> tuple[str, list[Member]]:
                     elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):     # 0: no Unix file type recorded
                         raise _unsafe(archive, info.filename, "is a device file, FIFO or socket")
                     else:
-                        members.append(Member(name, "file", info.file_size, ref=info))
+                        members.append(Member(name, "file", info.file_size, ref=info,
+                                              data=zf.read(info) if _wanted(name, info.file_size) else None))
         except (*CORRUPT, OSError) as exc:
             raise UserError(f"{archive}: corrupt zip archive ({exc})") from None
         return "zip", members
@@ -344,14 +355,15 @@ def list_archive(archive: Path) -> tuple[str, list[Member]]:
         raise UserError(f"{archive}: not a .zip or .tar(.gz) archive")
     try:
         with tarfile.open(archive, "r:*") as tf:
-            for ti in tf.getmembers():
+            for ti in tf:                        # one pass over the (compressed) stream
                 name = _norm_member(archive, ti.name)
                 if not name or _is_junk(name):
                     continue
                 if ti.isdir():
                     members.append(Member(name, "dir", ref=ti))
                 elif ti.isreg():
-                    members.append(Member(name, "file", ti.size, ref=ti))
+                    members.append(Member(name, "file", ti.size, ref=ti,
+                                          data=tf.extractfile(ti).read() if _wanted(name, ti.size) else None))
                 elif ti.issym():
                     members.append(Member(name, "link", target=_link_target(archive, ti.name, name, ti.linkname, True),
                                           ref=ti))
@@ -575,20 +587,12 @@ def summarize_tree(members: list[Member]) -> tuple[dict[str, int], list[str]]:
 
 # --------------------------------------------------------------------------- fetch
 
-def _read_packed_manifest(archive: Path, kind: str, members: list[Member]) -> dict[str, Any] | None:
+def _read_packed_manifest(members: list[Member]) -> dict[str, Any] | None:
     """The archive's top-level ``manifest.json`` (as ``pack`` writes it), or None."""
-    m = next((m for m in members if m.name == "manifest.json" and m.kind == "file"), None)
-    if m is None or m.size > 64 << 20:
-        return None
+    m = next((m for m in members if m.name == "manifest.json" and m.data is not None), None)
     try:
-        if kind == "zip":
-            with zipfile.ZipFile(archive) as zf:
-                data = zf.read(m.ref)
-        else:
-            with tarfile.open(archive, "r:*") as tf:
-                data = tf.extractfile(m.ref).read()
-        manifest = json.loads(data)
-    except (*CORRUPT, OSError, ValueError):
+        manifest = json.loads(m.data) if m else None
+    except ValueError:
         return None
     return manifest if isinstance(manifest, dict) else None
 
@@ -622,6 +626,7 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; pass --force to replace it")
     order, order_source = resolve_class_order(dataset, classes_from)   # fail before downloading gigabytes
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     downloaded = urllib.parse.urlparse(url).scheme in ("http", "https")
     if downloaded:
@@ -648,14 +653,55 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
     if not sha256:
         log(f"sha256 {digest} (not verified: no checksum given; pass --sha256 to pin it)")
 
-    kind, members = list_archive(archive)
-    members, prefix = strip_wrappers(members)
-    links = resolve_links(archive, members)
+    try:
+        kind, members = list_archive(archive)
+        members, prefix = strip_wrappers(members)
+        links = resolve_links(archive, members)
+    except UserError:
+        discard()                                # unsafe, damaged or not an archive: of no use
+        raise
+    try:
+        naming, mapping, packed = _check_and_plan(archive, members, links, out, max_size, order, order_source,
+                                                  keep_names)
+    except UserError:
+        if downloaded:
+            log(f"the download stays at {archive}; the next fetch of the same URL to {out} reuses it")
+        raise
+    try:
+        with atomic_dir(out) as tmp:
+            extract_members(archive, kind, members, links, tmp, mapping, progress)
+            classes = sorted(mapping.values())
+            per_class = {c: len(list_class_files(tmp / c)) for c in classes}
+            ipcs = set(per_class.values())
+            manifest = build_manifest(
+                "hub.fetch", args, source=source, url=url, registry_entry=entry, sha256=digest,
+                sha256_verified=bool(sha256), archive_prefix_stripped=prefix, class_naming=naming,
+                class_order_from=order_source or None,
+                class_mapping={k: v for k, v in sorted(mapping.items()) if k != v} or "identity",
+                classes=classes, images_per_class=per_class, num_images=sum(per_class.values()),
+                ipc=ipcs.pop() if len(ipcs) == 1 else None, packed_manifest=packed)
+            write_manifest(tmp, manifest)
+    except UserError:
+        discard()
+        raise
+    if not keep_archive:
+        discard()
+    renamed = sum(k != v for k, v in mapping.items())
+    print(f"{out}: {manifest['num_images']} images in {len(classes)} classes "
+          f"(naming {naming}{f', {renamed} folders renamed from {order_source}' if renamed else ''}); "
+          f"sha256 {digest}{' verified' if sha256 else ''}")
+    return manifest
+
+
+def _check_and_plan(archive: Path, members: list[Member], links: dict[str, Member], out: Path,
+                    max_size: int, order: list[str] | None, order_source: str,
+                    keep_names: bool) -> tuple[str, dict[str, str], dict[str, Any] | None]:
+    """Size, disk space and ImageFolder checks, then the class-folder mapping; all before writing."""
     total = sum(m.size for m in members if m.kind == "file") + sum(t.size for t in links.values())
     if total > max_size:
         raise UserError(f"{archive.name}: unpacks to {human(total)}, over --max-size {human(max_size)}; refused "
                         f"before writing anything (raise --max-size if you trust it)")
-    free = shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free
+    free = shutil.disk_usage(out.parent).free
     if total > free:
         raise UserError(f"{archive.name}: unpacks to {human(total)} but only {human(free)} is free under {out.parent}")
     counts, loose = summarize_tree(members)
@@ -668,33 +714,11 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
     empty = sorted(c for c, n in class_counts.items() if n == 0)
     if empty and len(empty) < len(class_counts):
         raise UserError(f"{archive.name}: class folder(s) without images: {_few(empty)}")
-    packed = _read_packed_manifest(archive, kind, members)
+    packed = _read_packed_manifest(members)
     if order is None and packed and set(packed.get("classes") or ()) == set(class_counts):
         keep_names = True          # a set made by `pack`: its manifest vouches for the folder names
     naming, mapping = plan_class_mapping(list(class_counts), order, order_source, keep_names)
-
-    with atomic_dir(out) as tmp:
-        extract_members(archive, kind, members, links, tmp, mapping, progress)
-        classes = sorted(mapping.values())
-        per_class = {c: len(list_class_files(tmp / c)) for c in classes}
-        ipcs = set(per_class.values())
-        manifest = build_manifest(
-            "hub.fetch", args, source=source, url=url, registry_entry=entry, sha256=digest,
-            sha256_verified=bool(sha256), archive_prefix_stripped=prefix, class_naming=naming,
-            class_order_from=order_source or None,
-            class_mapping={k: v for k, v in sorted(mapping.items()) if k != v} or "identity",
-            classes=classes, images_per_class=per_class, num_images=sum(per_class.values()),
-            ipc=ipcs.pop() if len(ipcs) == 1 else None, packed_manifest=packed)
-        write_manifest(tmp, manifest)
-    if not keep_archive:
-        discard()
-    elif downloaded:
-        state_file.unlink(missing_ok=True)
-    renamed = sum(k != v for k, v in mapping.items())
-    print(f"{out}: {manifest['num_images']} images in {len(classes)} classes "
-          f"(naming {naming}{f', {renamed} folders renamed from {order_source}' if renamed else ''}); "
-          f"sha256 {digest}{' verified' if sha256 else ''}")
-    return manifest
+    return naming, mapping, packed
 
 
 # --------------------------------------------------------------------------- pack
