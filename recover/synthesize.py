@@ -1,0 +1,359 @@
+"""``python -m recover``: synthesise a distilled ImageFolder with SRe2L / CDA / DELT EarlyLate.
+
+Reads: a BatchNorm teacher checkpoint (``--arch-path``) and either an init folder
+(``--init-data-path``, e.g. ``rank_select``'s medium picks: DELT) or noise (SRe2L, CDA).
+Writes ``--syn-data-path/--exp-name/<class>/<file>`` plus ``manifest.json``.
+
+Work is cut into groups of whole classes (see ``recover.schedule.plan_groups``); each
+group's result depends only on ``--seed`` and its class indices, so a killed run restarted
+with the same command skips finished classes and ends with the same images, and N shards
+(``--num-shards/--shard-index`` or torchrun's RANK/WORLD_SIZE) write disjoint classes
+whose union is the single-process output.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.atomic import atomic_dir, atomic_save_image
+from common.datasets import check_class_count, get_dataset
+from common.device import add_device_arg, resolve_device
+from common.errors import UserError
+from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
+from common.manifest import build_manifest, sha256_file
+from common.transforms import pil_to_normalized, pixel_bounds, to_pil
+from models import canonical_arch, has_batchnorm, load_model, read_checkpoint
+from recover.augment import EASY2HARD_MODES
+from recover.loop import LoopConfig, NonFiniteLoss, prepare_teacher, recover_batch
+from recover.output import OutputDir
+from recover.schedule import (
+    Group,
+    Item,
+    Schedule,
+    class_rounds,
+    early_late_schedule,
+    plan_groups,
+    shard_groups,
+    uniform_schedule,
+)
+
+# Arguments that decide the images; a resumed run must match them (device and shards may change).
+SETTINGS_KEYS = ("init", "ipc", "iteration", "round_iterations", "min_iterations", "use_early_late",
+                 "round_lr_reset", "batch_size", "lr", "r_bn", "first_bn_multiplier", "jitter", "easy2hard_mode",
+                 "milestone", "seed", "save_format", "per_image_augment", "amp")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("recover: SRe2L / CDA / DELT (EarlyLate) image synthesis", add_help=True)
+    g = p.add_argument_group("data")
+    g.add_argument("--init-data-path", default=None,
+                   help="init ImageFolder (e.g. rank_select output); its first IPC files per class are the init")
+    g.add_argument("--train-data-path", default=None,
+                   help="training ImageFolder, for the class folder names when --init noise")
+    g.add_argument("--syn-data-path", default="./syn-data", help="where to write (default: %(default)s)")
+    g.add_argument("--exp-name", default=None, help="sub-folder of --syn-data-path for this run (as released)")
+    g.add_argument("--init", choices=("real", "noise"), default=None,
+                   help="real: from --init-data-path (DELT); noise: N(0,1) in normalised space (SRe2L, CDA); "
+                        "default real when --init-data-path is given")
+    g.add_argument("--dataset", default="custom", help="dataset registry name (warnings, default input size)")
+    g.add_argument("--num-classes", type=int, default=None, help="accepted for compatibility; checked if given")
+    g.add_argument("--ipc", type=int, default=50, help="images per class (default: %(default)s)")
+    g.add_argument("--save-format", choices=("png", "jpg"), default="png",
+                   help="png (lossless, default) or jpg (quality 75, as the released code)")
+    g.add_argument("--store-best-images", action="store_true",
+                   help="accepted for compatibility: the last iterate is always saved")
+    g = p.add_argument_group("teacher")
+    g.add_argument("--arch-name", default=None, help="teacher architecture (default: from the checkpoint)")
+    g.add_argument("--arch-path", default=None, help="teacher checkpoint (required)")
+    g.add_argument("--input-size", type=int, default=None, help="default: the teacher's input size")
+    g = p.add_argument_group("EarlyLate")
+    g.add_argument("--use-early-late", action="store_true", help="DELT's EarlyLate rounds (needs --round-iterations)")
+    g.add_argument("--round-iterations", type=int, default=0, help="RI: iterations per round (0: no rounds)")
+    g.add_argument("--min-iterations", type=int, default=-1,
+                   help="with RI: draw each class's rounds from [MIN//RI, ITR//RI] (seeded); -1: all ITR//RI")
+    g.add_argument("--round-lr-reset", action="store_true", help="restart the lr cosine every round")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--iteration", type=int, default=1000, help="ITR: iterations (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=100,
+                   help="images optimised together; whole classes per batch (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=0.1, help="Adam lr, cosine to 0 (default: %(default)s)")
+    g.add_argument("--r-bn", type=float, default=0.05, help="BN statistic loss weight (default: %(default)s)")
+    g.add_argument("--first-bn-multiplier", type=float, default=10.0, help="weight of the first BN (default: 10)")
+    g.add_argument("--jitter", type=int, default=32, help="max roll offset in pixels (default: %(default)s)")
+    g.add_argument("--easy2hard-mode", choices=EASY2HARD_MODES, default="cosine", help="CDA crop curriculum")
+    g.add_argument("--milestone", type=float, default=0.0,
+                   help="fraction of the iterations the curriculum lasts; 0 = off (default: %(default)s)")
+    g.add_argument("--per-image-augment", action="store_true",
+                   help="a crop/flip/roll per image (default: one per batch, as released)")
+    g.add_argument("--seed", type=int, default=0, help="seed; each batch derives its own from it (default: 0)")
+    g = p.add_argument_group("execution")
+    add_device_arg(g)
+    g.add_argument("--gpu-device", default="-1", help="accepted for compatibility: GPU index when --device auto")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher (CUDA or CPU)")
+    g.add_argument("--num-shards", type=int, default=None, help="split classes over N processes (default: WORLD_SIZE)")
+    g.add_argument("--shard-index", type=int, default=None, help="this process's shard (default: RANK)")
+    g.add_argument("-j", "--workers", type=int, default=0, help="accepted for compatibility (unused)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    early_late: bool
+    min_iterations: int | None
+    num_shards: int
+    shard_index: int
+
+
+def check_args(args: argparse.Namespace) -> Plan:
+    for name, low in (("ipc", 1), ("iteration", 1), ("batch_size", 1), ("round_iterations", 0), ("jitter", 0)):
+        if getattr(args, name) < low:
+            raise UserError(f"--{name.replace('_', '-')} must be at least {low}, not {getattr(args, name)}")
+    if not args.lr > 0 or args.r_bn < 0:
+        raise UserError("--lr must be positive and --r-bn non-negative")
+    if not 0 <= args.milestone <= 1:
+        raise UserError(f"--milestone must be in [0, 1], not {args.milestone}")
+    ri, itr = args.round_iterations, args.iteration
+    if ri and itr % ri:
+        raise UserError(f"--round-iterations {ri} does not divide --iteration {itr}")
+    if args.use_early_late and not ri:
+        raise UserError("--use-early-late needs --round-iterations > 0")
+    min_itr = None if args.min_iterations is None or args.min_iterations < 0 else args.min_iterations
+    if min_itr is not None:
+        if not ri:
+            raise UserError("--min-iterations needs --round-iterations > 0")
+        if min_itr > itr:
+            raise UserError(f"--min-iterations {min_itr} exceeds --iteration {itr}")
+        min_itr = max(min_itr, ri)  # as released: at least one round
+    early_late = bool(ri) and (args.use_early_late or (min_itr is not None and min_itr < itr))
+    num_shards = args.num_shards if args.num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
+    shard_index = args.shard_index if args.shard_index is not None else int(os.environ.get("RANK", 0))
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise UserError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+    return Plan(early_late, min_itr, num_shards, shard_index)
+
+
+def output_dir(args: argparse.Namespace) -> Path:
+    """``--syn-data-path/--exp-name`` as the released DELT/SRe2L recover scripts compose it."""
+    return Path(args.syn_data_path) / args.exp_name if args.exp_name else Path(args.syn_data_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# classes, init files, teacher
+# ---------------------------------------------------------------------------------------------
+def resolve_classes(args: argparse.Namespace) -> tuple[list[str], dict[str, list[str]] | None]:
+    """Class folder names and, for real init, each class's first IPC init files (sorted names)."""
+    if args.init == "real":
+        if not args.init_data_path:
+            raise UserError("--init real needs --init-data-path (or use --init noise)")
+        root = Path(args.init_data_path)
+        classes = find_classes(root, "init folder")
+        if args.train_data_path:
+            check_same_classes(find_classes(args.train_data_path, "train folder"), classes,
+                               f"train folder {args.train_data_path}", f"init folder {root}")
+        files = {}
+        for cls in classes:
+            names = list_class_files(root / cls)
+            if len(names) < args.ipc:
+                raise UserError(f"{root / cls}: init class has {len(names)} image(s), fewer than --ipc {args.ipc}")
+            files[cls] = names[: args.ipc]
+        return classes, files
+    if args.train_data_path:
+        return find_classes(args.train_data_path, "train folder"), None
+    meta = read_checkpoint(args.arch_path)["meta"]
+    if not meta.get("classes"):
+        raise UserError("--init noise: pass --train-data-path for the class folder names "
+                        "(the teacher checkpoint does not list its classes)")
+    return list(meta["classes"]), None
+
+
+def load_teacher(args: argparse.Namespace, classes: Sequence[str], device: torch.device):
+    if not args.arch_path:
+        raise UserError("--arch-path (the teacher checkpoint) is required; nothing is downloaded at run time")
+    size = args.input_size
+    if size is None:
+        meta = read_checkpoint(args.arch_path)["meta"]
+        arch = args.arch_name or meta.get("arch")
+        if not meta.get("input_size") and arch and not canonical_arch(arch).startswith("conv"):
+            size = get_dataset(args.dataset).default_input_size(arch)
+    model, meta = load_model(args.arch_path, arch=args.arch_name, classes=list(classes), input_size=size,
+                             device=device)
+    if args.r_bn > 0 and not has_batchnorm(model):
+        raise UserError(f"{args.arch_path}: the teacher ({meta['arch']}) has no BatchNorm2d layer, so there are no "
+                        f"statistics to match; use a BN teacher or --r-bn 0 (cross-entropy only)")
+    return model, meta
+
+
+def output_names(init_files: Sequence[str] | None, ipc: int, label: int, ext: str) -> list[str]:
+    """Output file names in init order: the init file's stem with the new extension
+    (``class{label:03d}_id{i:03d}`` for noise, as released), prefixed by the index only
+    if stems would collide or sort in another order."""
+    width = max(3, len(str(ipc - 1)))
+    if init_files is None:
+        return [f"class{label:03d}_id{i:0{width}d}.{ext}" for i in range(ipc)]
+    names = [f"{Path(f).stem}.{ext}" for f in init_files]
+    if sorted(set(names)) != names:
+        names = [f"{i:0{width}d}_{Path(f).stem}.{ext}" for i, f in enumerate(init_files)]
+    return names
+
+
+def batch_seed(seed: int, item: Item) -> int:
+    """A batch's seed from ``--seed`` and its first (class, in-class index) only."""
+    return int(np.random.SeedSequence([seed, item[0], item[1]]).generate_state(1, np.uint64)[0])
+
+
+def init_batch(batch: Sequence[Item], classes: Sequence[str], init_root: Path | None,
+               init_files: dict[str, list[str]] | None, size: int, mean, std, seed: int) -> torch.Tensor:
+    if init_files is None:
+        gen = torch.Generator().manual_seed(seed)
+        return torch.randn(len(batch), 3, size, size, generator=gen)
+    return torch.stack([pil_to_normalized(load_rgb(init_root / classes[c] / init_files[classes[c]][i]), mean, std,
+                                          size) for c, i in batch])
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    if args.init is None:
+        args.init = "real" if args.init_data_path else "noise"
+    plan = check_args(args)
+    device = pick_device(args)
+    classes, init_files = resolve_classes(args)
+    if args.num_classes is not None and args.num_classes != len(classes):
+        raise UserError(f"--num-classes {args.num_classes} but the data has {len(classes)} class folders")
+    check_class_count(get_dataset(args.dataset), len(classes), args.init_data_path or args.train_data_path or "")
+    teacher, meta = load_teacher(args, classes, device)
+    teacher = prepare_teacher(teacher, channels_last=True)
+    size = int(meta["input_size"])
+    mean, std = meta["mean"], meta["std"]
+    cfg = LoopConfig(input_size=size, lr=args.lr, r_bn=args.r_bn, first_bn_multiplier=args.first_bn_multiplier,
+                     jitter=args.jitter, easy2hard_mode=args.easy2hard_mode, milestone=args.milestone,
+                     round_lr_reset=args.round_lr_reset, per_image_augment=args.per_image_augment, amp=args.amp)
+
+    out = OutputDir(output_dir(args))
+    settings = {k: getattr(args, k) for k in SETTINGS_KEYS}
+    settings.update(min_iterations=plan.min_iterations, input_size=size, classes=list(classes),
+                    teacher_sha256=sha256_file(args.arch_path),
+                    init_files=init_files and {c: init_files[c] for c in classes})
+    out.check_settings(settings)
+
+    groups = plan_groups(len(classes), args.ipc, args.batch_size)
+    rounds = (class_rounds(len(classes), args.iteration, args.round_iterations, plan.min_iterations, args.seed)
+              if plan.early_late else None)
+
+    def schedule_of(batch: Sequence[Item]) -> Schedule:
+        if rounds is None:
+            return uniform_schedule(len(batch), args.iteration, args.round_iterations)
+        return early_late_schedule(batch, args.ipc, args.round_iterations, rounds)
+
+    planned = sum(schedule_of(b).image_iterations for g in groups for b in g.batches)
+    base = build_manifest(
+        "recover", args, inputs={"teacher": args.arch_path}, settings=settings, output=str(out.root),
+        classes=list(classes), method="early_late" if plan.early_late else "uniform",
+        teacher_meta={k: meta.get(k) for k in ("arch", "num_classes", "input_size", "mean", "std", "val_top1")},
+        rounds_per_class=rounds, groups=[g.classes for g in groups],
+        planned_image_iterations=planned, uniform_image_iterations=len(classes) * args.ipc * args.iteration,
+        device=str(device), num_shards=plan.num_shards)
+
+    mine = shard_groups(groups, plan.num_shards, plan.shard_index)
+    out.clean_stale([classes[c] for g in mine for c in g.classes])
+    todo = [g for g in mine if not all(out.is_done(classes[c]) for c in g.classes)]
+    skipped = len(mine) - len(todo)
+    out.update_manifest(base, classes)
+    if skipped:
+        print(f"recover: resuming {out.root}: {skipped} of {len(mine)} group(s) of this shard already done",
+              file=sys.stderr)
+
+    names = {c: output_names(init_files and init_files[classes[c]], args.ipc, c, args.save_format)
+             for g in todo for c in g.classes}
+    total_its = sum(schedule_of(b).total_iterations for g in todo for b in g.batches)
+    shard_tag = f" shard {plan.shard_index}/{plan.num_shards}" if plan.num_shards > 1 else ""
+    bar = tqdm(total=total_its, unit="it", desc=f"recover{shard_tag}", mininterval=2.0, dynamic_ncols=True)
+    t_start = time.perf_counter()
+    done_its = 0
+    try:
+        for g in todo:
+            done_its += run_group(g, args, classes, init_files, names, teacher, cfg, size, mean, std, device,
+                                  schedule_of, out, bar)
+            out.update_manifest(base, classes)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t_start
+    manifest = out.update_manifest(base, classes)
+    rate = f", {done_its / elapsed:.1f} image-iterations/s" if done_its and elapsed > 0 else ""
+    print(f"recover{shard_tag}: {sum(len(g.classes) for g in todo)} class(es) written to {out.root} in "
+          f"{elapsed:.1f} s{rate}; {manifest['classes_done']}/{len(classes)} classes done ({manifest['status']})")
+    return manifest
+
+
+def pick_device(args: argparse.Namespace) -> torch.device:
+    spec = args.device
+    local_rank = os.environ.get("LOCAL_RANK")
+    if spec == "auto" and torch.cuda.is_available():
+        if local_rank is not None:
+            spec = f"cuda:{local_rank}"
+        elif args.gpu_device not in (None, "", "-1"):
+            spec = f"cuda:{args.gpu_device}"
+    device = resolve_device(spec)
+    if device.type == "cuda" and device.index is None and local_rank is not None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def run_group(group: Group, args, classes, init_files, names, teacher, cfg: LoopConfig, size, mean, std,
+              device: torch.device, schedule_of, out: OutputDir, bar) -> int:
+    """Optimise one group's batches and swap its class folders in; returns image-iterations."""
+    t0 = time.perf_counter()
+    iterations = {c: [0] * args.ipc for c in group.classes}
+    losses = []
+    init_root = Path(args.init_data_path) if init_files is not None else None
+    bounds = pixel_bounds(mean, std)
+    bounds = (bounds[0].view(1, 3, 1, 1), bounds[1].view(1, 3, 1, 1))
+    save_kwargs = {"quality": 75} if args.save_format == "jpg" else {}
+    with contextlib.ExitStack() as stack:
+        tmp = {c: stack.enter_context(atomic_dir(out.root / classes[c])) for c in group.classes}
+        for batch in group.batches:
+            seed = batch_seed(args.seed, batch[0])
+            schedule = schedule_of(batch)
+            x0 = init_batch(batch, classes, init_root, init_files, size, mean, std, seed).to(device)
+            labels = torch.tensor([c for c, _ in batch], dtype=torch.long)
+            first, last = classes[batch[0][0]], classes[batch[-1][0]]
+            bar.set_postfix_str(first if first == last else f"{first}..{last}", refresh=False)
+            try:
+                result = recover_batch(teacher, x0, labels, schedule, cfg, random.Random(seed), bounds,
+                                       on_iteration=lambda it, n: bar.update(1),
+                                       check_every=1 if device.type == "cpu" else 50)
+            except NonFiniteLoss as exc:
+                names_ = ", ".join(classes[c] for c in sorted({c for c, _ in batch})[:5])
+                raise UserError(f"non-finite loss at iteration {exc.iteration} of the batch holding class(es) "
+                                f"{names_}; finished classes are kept in {out.root}; try a lower --lr") from None
+            images = result.images.cpu()
+            for pos, (c, i) in enumerate(batch):
+                atomic_save_image(to_pil(images[pos], mean, std), tmp[c] / names[c][i], **save_kwargs)
+                iterations[c][i] = schedule.iterations[pos]
+            losses.append([float(result.losses[0]), float(result.losses[-1])])
+    wall = time.perf_counter() - t0
+    group_its = sum(sum(v) for v in iterations.values())
+    for c in group.classes:
+        share = sum(iterations[c]) / group_its if group_its else 1.0 / len(group.classes)
+        out.write_record(classes[c], {
+            "label": c, "files": names[c], "init_files": init_files and init_files[classes[c]],
+            "iterations": iterations[c], "wall_time_s": round(wall * share, 3),
+            "group": group.index, "group_classes": len(group.classes), "group_wall_time_s": round(wall, 3),
+            "loss_first_last": losses, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return group_its
