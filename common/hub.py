@@ -45,9 +45,10 @@ from tqdm import tqdm
 from common.atomic import atomic_dir, atomic_path, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.errors import UserError, run_cli
-from common.imagefolder import find_classes, is_image_file, list_class_files
 from common.manifest import build_manifest, sha256_file, write_manifest
 
+# common.imagefolder is imported inside the functions that need it: it imports torch (2 s), which
+# `list` and the download itself do not need.
 REGISTRY_FILE = Path(__file__).resolve().parent / "hub_registry.json"
 REGISTRY_ENV = "DD_HUB_REGISTRY"
 DEFAULT_MAX_SIZE = 20 << 30          # unpacked bytes; a distilled ImageNet-1K IPC 200 set is ~3 GB
@@ -379,6 +380,8 @@ def list_archive(archive: Path) -> tuple[str, list[Member]]:
 
 def strip_wrappers(members: list[Member]) -> tuple[list[Member], str]:
     """Drop top-level folders that only wrap the data (``set_ipc50/new000/...`` -> ``new000/...``)."""
+    from common.imagefolder import is_image_file
+
     prefix = ""
     while members:
         tops = {m.name.split("/")[0] for m in members}
@@ -436,15 +439,16 @@ def _copy_limited(src, dst, limit: int, what: str) -> int:
 def extract_members(archive: Path, kind: str, members: list[Member], links: dict[str, Member], dest: Path,
                     rename_top: dict[str, str], progress: bool = True) -> None:
     """Write files and directories under ``dest`` only; the first path component goes through ``rename_top``."""
-    root = dest.resolve()
+    root = os.path.normpath(dest)
 
     def out_path(name: str) -> Path:
         parts = name.split("/")
         parts[0] = rename_top.get(parts[0], parts[0])
-        p = dest.joinpath(*parts)
-        if not p.resolve().is_relative_to(root):             # defence in depth; names were checked already
+        p = os.path.normpath(os.path.join(root, *parts))
+        # defence in depth (names were checked, and no links are ever created, so a string check suffices)
+        if not p.startswith(root + os.sep):
             raise _unsafe(archive, name, "resolves outside the output folder")
-        return p
+        return Path(p)
 
     files = [m for m in members if m.kind == "file"]
     is_zip = kind == "zip"
@@ -549,6 +553,8 @@ def plan_class_mapping(folders: Sequence[str], order: Sequence[str] | None, orde
 
 def resolve_class_order(dataset: str | None, classes_from: str | os.PathLike | None) -> tuple[list[str] | None, str]:
     """Target class folder names (ImageFolder order) from ``--classes-from`` or the dataset's class list."""
+    from common.imagefolder import find_classes
+
     spec = get_dataset(dataset) if dataset else None
     if classes_from:
         names = find_classes(classes_from, "--classes-from folder")
@@ -571,6 +577,8 @@ def resolve_class_order(dataset: str | None, classes_from: str | os.PathLike | N
 
 def summarize_tree(members: list[Member]) -> tuple[dict[str, int], list[str]]:
     """Images per top-level folder (what ImageFolder will see) and the top-level image files."""
+    from common.imagefolder import is_image_file
+
     counts: dict[str, int] = {}
     loose = []
     for m in members:
@@ -614,6 +622,8 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
           force: bool = False, retries: int = 3, timeout: float = 60.0, retry_wait: float = 2.0,
           progress: bool = True, args: argparse.Namespace | dict | None = None) -> dict[str, Any]:
     """Download (or open) an archive, verify and unpack it safely into ``out``; returns the manifest."""
+    from common.imagefolder import list_class_files
+
     out = Path(out)
     entry = None
     if not is_url(source) and not Path(source).exists():
@@ -741,6 +751,8 @@ def _pack_files(root: Path, skip: Path | None) -> tuple[list[str], list[str]]:
 def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = True,
          args: argparse.Namespace | dict | None = None) -> str:
     """Deterministic ``.tar.gz`` of a distilled ImageFolder with its manifest; returns its sha256."""
+    from common.imagefolder import find_classes, list_class_files
+
     src, out_file = Path(src), Path(out_file)
     classes = find_classes(src, "folder to pack")
     per_class = {c: len(list_class_files(src / c)) for c in classes}
