@@ -1,0 +1,133 @@
+"""Baselines every distilled set must be compared with, and DD-Ranking's scores.
+
+``python -m relabel_eval.baselines random --train-dir TRAIN --ipc 10 --seed 0 --output-dir SUBSET [-- EVAL ARGS]``
+    writes a seeded random subset of real training images (an ImageFolder with IPC
+    images per class) and, given evaluation arguments after ``--``, evaluates it with
+    ``python -m relabel_eval`` under exactly the same protocol as a distilled set.
+``python -m relabel_eval.baselines full --train-dir TRAIN -- EVAL ARGS``
+    the full-data hard-label reference: the same student trained on all of TRAIN
+    with cross-entropy on the class labels.
+``python -m relabel_eval.baselines ddranking --syn-soft A.json --random-soft B.json \\
+        --syn-hard C.json --full-hard D.json``
+    DD-Ranking from results files: IOR = acc(syn) - acc(random) (same soft-label
+    protocol), HLR = acc(full, hard) - acc(syn, hard), alpha = w IOR - (1 - w) HLR
+    (w = 0.5), LRS = (e^alpha - e^-1) / (e - e^-1); accuracies as fractions.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from common.atomic import atomic_dir, atomic_write_json
+from common.errors import UserError
+from common.imagefolder import find_classes, list_class_files, select_per_class
+from common.manifest import build_manifest, read_manifest, write_manifest
+from relabel_eval.results import headline_accuracy
+
+STAGE = "relabel_eval.baselines"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m relabel_eval.baselines", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("random", help="seeded random real subset at an IPC, optionally evaluated")
+    r.add_argument("--train-dir", required=True, help="real training ImageFolder")
+    r.add_argument("--ipc", type=int, required=True, help="images per class")
+    r.add_argument("--seed", type=int, default=0, help="selection seed (class k uses seed + k)")
+    r.add_argument("--output-dir", required=True, help="where the subset ImageFolder is written")
+    r.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
+    f = sub.add_parser("full", help="full-data hard-label reference (evaluates TRAIN itself)")
+    f.add_argument("--train-dir", required=True, help="real training ImageFolder")
+    f.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
+    d = sub.add_parser("ddranking", help="IOR, HLR, alpha and LRS from results files")
+    d.add_argument("--syn-soft", required=True, help="results of the distilled set under its (soft-label) protocol")
+    d.add_argument("--random-soft", required=True, help="results of the random subset under the same protocol")
+    d.add_argument("--syn-hard", required=True, help="results of the distilled set with hard labels")
+    d.add_argument("--full-hard", required=True, help="results of the full data with hard labels")
+    d.add_argument("--student", default=None, help="student to read (needed when a file has several)")
+    d.add_argument("--metric", choices=("final_top1", "best_top1"), default="final_top1")
+    d.add_argument("--weight", type=float, default=0.5, help="w in alpha = w IOR - (1 - w) HLR")
+    d.add_argument("--output", default=None, help="write the scores as JSON")
+    return p
+
+
+def dd_ranking(syn_soft: float, random_soft: float, syn_hard: float, full_hard: float,
+               weight: float = 0.5) -> dict:
+    """DD-Ranking scores from accuracies given as fractions in [0, 1]."""
+    ior = syn_soft - random_soft
+    hlr = full_hard - syn_hard
+    alpha = weight * ior - (1.0 - weight) * hlr
+    lrs = (math.exp(alpha) - math.exp(-1.0)) / (math.e - math.exp(-1.0))
+    return {"IOR": ior, "HLR": hlr, "alpha": alpha, "LRS": lrs}
+
+
+def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | Path) -> Path:
+    """Copy ``ipc`` seeded-random images per class into ``output_dir`` (reused when already made alike)."""
+    train_dir, out = Path(train_dir), Path(output_dir)
+    if ipc < 1:
+        raise UserError("--ipc must be at least 1")
+    classes = find_classes(train_dir, "--train-dir")
+    picks = {}
+    for k, cls in enumerate(classes):
+        files = list_class_files(train_dir / cls)
+        if len(files) < ipc:
+            raise UserError(f"{train_dir / cls}: only {len(files)} image(s) in this class but --ipc {ipc}")
+        picks[cls] = sorted(select_per_class(files, ipc, shuffle_seed=seed + k))
+    old = read_manifest(out) if out.is_dir() else None
+    if old and old.get("stage") == STAGE and old.get("selection") == picks:
+        print(f"{out}: random subset already there (seed {seed}, IPC {ipc})")
+        return out
+    with atomic_dir(out) as tmp:
+        for cls, names in picks.items():
+            (tmp / cls).mkdir()
+            for name in names:
+                shutil.copy2(train_dir / cls / name, tmp / cls / name)
+        write_manifest(tmp, build_manifest(STAGE, {"train_dir": str(train_dir), "ipc": ipc, "seed": seed},
+                                           method="random", selection=picks))
+    print(f"random subset: {len(classes)} classes x {ipc} images (seed {seed}) -> {out}")
+    return out
+
+
+def _evaluate(eval_args: list[str], syn_path: Path, extra: list[str]) -> dict:
+    from relabel_eval.train import main as eval_main
+
+    if "--syn-data-path" in eval_args:
+        raise UserError("do not pass --syn-data-path after --: the baseline sets it")
+    return eval_main(["--syn-data-path", str(syn_path), *extra, *eval_args])
+
+
+def main(argv: Sequence[str] | None = None):
+    args = get_args_parser().parse_args(argv)
+    if args.command == "random":
+        out = random_subset(args.train_dir, args.ipc, args.seed, args.output_dir)
+        if args.eval_args:
+            extra = [] if "--ipc" in args.eval_args else ["--ipc", str(args.ipc)]
+            return _evaluate(args.eval_args, out, extra)
+        return out
+    if args.command == "full":
+        if not args.eval_args:
+            raise UserError("full: give the evaluation arguments after -- (at least --val-dir)")
+        if "--label-mode" in args.eval_args:
+            raise UserError("full: the reference always uses --label-mode hard; do not pass it")
+        return _evaluate(args.eval_args, Path(args.train_dir), ["--label-mode", "hard"])
+    accs = {k: headline_accuracy(getattr(args, k), args.student, args.metric) / 100.0
+            for k in ("syn_soft", "random_soft", "syn_hard", "full_hard")}
+    scores = dd_ranking(accs["syn_soft"], accs["random_soft"], accs["syn_hard"], accs["full_hard"], args.weight)
+    print("accuracies ({}): {}".format(args.metric, ", ".join(f"{k} {v * 100:.2f}%" for k, v in accs.items())))
+    print("DD-Ranking: IOR {IOR:+.4f}  HLR {HLR:+.4f}  alpha {alpha:+.4f}  LRS {LRS:.4f}".format(**scores))
+    result = {"stage": STAGE, "metric": args.metric, "weight": args.weight, "accuracies": accs, "scores": scores,
+              "inputs": {k: getattr(args, k) for k in ("syn_soft", "random_soft", "syn_hard", "full_hard")}}
+    if args.output:
+        atomic_write_json(args.output, result)
+    return result
+
+
+if __name__ == "__main__":
+    from common.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -1,0 +1,100 @@
+"""CutMix / Mixup on a batch, and the two student losses (soft-label KD, hard-label CE).
+
+As the released DELT/RDED code: one lambda and one CutMix box for the whole batch,
+lambda ~ Beta(1, 1) for CutMix and Beta(0.8, 0.8) for Mixup, the box side
+``int(side * sqrt(1 - lambda))`` centred at a uniform pixel and clipped to the image.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class MixParams:
+    """One batch's mixing: ``x' = mix(x, x[perm])``; ``box = (y1, y2, x1, x2)`` for CutMix."""
+
+    mix_type: str
+    perm: torch.Tensor | None = None
+    lam: float = 1.0
+    box: tuple[int, int, int, int] | None = None
+
+    def to(self, device) -> MixParams:
+        perm = None if self.perm is None else self.perm.to(device, non_blocking=True)
+        return MixParams(self.mix_type, perm, self.lam, self.box)
+
+
+def cutmix_box(H: int, W: int, lam: float, cy: int, cx: int) -> tuple[int, int, int, int]:
+    """Box ``(y1, y2, x1, x2)`` of side ``int(H * sqrt(1 - lam))`` around ``(cy, cx)`` (released ``rand_bbox``)."""
+    cut = math.sqrt(1.0 - lam)
+    ch, cw = int(H * cut), int(W * cut)
+    y1, y2 = int(np.clip(cy - ch // 2, 0, H)), int(np.clip(cy + ch // 2, 0, H))
+    x1, x2 = int(np.clip(cx - cw // 2, 0, W)), int(np.clip(cx + cw // 2, 0, W))
+    return y1, y2, x1, x2
+
+
+def box_lambda(box: tuple[int, int, int, int], H: int, W: int) -> float:
+    """Share of the image outside the pasted box (CutMix's area-corrected lambda)."""
+    y1, y2, x1, x2 = box
+    return 1.0 - (y2 - y1) * (x2 - x1) / float(H * W)
+
+
+def draw_mix(rng: np.random.Generator, batch: int, H: int, W: int, mix_type: str,
+             alpha: float | None = None) -> dict:
+    """Draw one batch's mixing parameters as plain numbers (stored in the epoch plan)."""
+    if mix_type == "none":
+        return {"perm": np.arange(batch), "lam": 1.0, "box": (0, 0, 0, 0)}
+    a = alpha if alpha is not None else (1.0 if mix_type == "cutmix" else 0.8)
+    perm = rng.permutation(batch)
+    lam = float(rng.beta(a, a))
+    box = (0, 0, 0, 0)
+    if mix_type == "cutmix":
+        box = cutmix_box(H, W, lam, int(rng.integers(H)), int(rng.integers(W)))
+    return {"perm": perm, "lam": lam, "box": box}
+
+
+def apply_mix(x: torch.Tensor, mix: MixParams) -> torch.Tensor:
+    """The mixed batch (a new tensor; ``x`` is left unchanged)."""
+    if mix.mix_type == "none" or mix.perm is None:
+        return x
+    if mix.mix_type == "mixup":
+        return mix.lam * x + (1.0 - mix.lam) * x[mix.perm]
+    y1, y2, x1, x2 = mix.box
+    out = x.clone()
+    out[:, :, y1:y2, x1:x2] = x[mix.perm, :, y1:y2, x1:x2]
+    return out
+
+
+def target_lambda(mix: MixParams, H: int, W: int) -> float:
+    """Label weight of each image's own class: CutMix uses the actual box area."""
+    if mix.mix_type == "cutmix":
+        return box_lambda(mix.box, H, W)
+    if mix.mix_type == "mixup":
+        return mix.lam
+    return 1.0
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``KL(softmax(t/T) || softmax(s/T))`` with reduction batchmean and no T^2 factor (as released)."""
+    T = float(temperature)
+    return F.kl_div(F.log_softmax(student_logits.float() / T, dim=1),
+                    F.softmax(teacher_logits.float() / T, dim=1), reduction="batchmean")
+
+
+def mixed_ce(logits: torch.Tensor, labels: torch.Tensor, mix: MixParams, lam: float) -> torch.Tensor:
+    """Hard-label loss on a mixed batch: ``lam * CE(y) + (1 - lam) * CE(y[perm])``."""
+    logits = logits.float()
+    loss = F.cross_entropy(logits, labels)
+    if mix.mix_type == "none" or mix.perm is None or lam >= 1.0:
+        return loss
+    return lam * loss + (1.0 - lam) * F.cross_entropy(logits, labels[mix.perm])
+
+
+def topk_to_logits(values: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Full logit rows from stored top-k logits: other classes get -inf (softmax restricted to the top k)."""
+    out = torch.full((values.shape[0], num_classes), float("-inf"), dtype=torch.float32, device=values.device)
+    return out.scatter_(1, indices.long(), values.float())

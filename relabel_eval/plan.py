@@ -1,0 +1,118 @@
+"""An epoch of student training as data: sample order, per-image augmentation, per-batch mixing.
+
+Everything random in an epoch is drawn here, in the main process, from a numpy
+generator seeded by ``(seed, epoch)``. The same plan therefore comes out of an
+online run, a resumed run and ``relabel_eval.relabel`` (which stores it beside the
+teacher's logits), and replaying a stored plan reproduces the batches exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from relabel_eval.augment import sample_crops
+from relabel_eval.mix import MixParams, draw_mix
+from relabel_eval.protocol import MIX_ALPHA
+
+
+@dataclass(frozen=True)
+class AugConfig:
+    input_size: int
+    min_scale: float = 0.08
+    max_scale: float = 1.0
+    rand_augment: str | None = None
+    erasing_p: float = 0.0
+    mix_type: str = "cutmix"
+    mix_alpha: float | None = None  # None: 1.0 for CutMix, 0.8 for Mixup
+
+    def alpha(self) -> float | None:
+        if self.mix_type == "none":
+            return None
+        return self.mix_alpha if self.mix_alpha is not None else MIX_ALPHA[self.mix_type]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AugConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class EpochPlan:
+    order: np.ndarray   # (N,) image index at each position of the epoch
+    crops: np.ndarray   # (N, 4) RandomResizedCrop box (top, left, height, width) of that image
+    flips: np.ndarray   # (N,) horizontal flip
+    seeds: np.ndarray   # (N,) seed of the image's RandAugment / RandomErasing draws
+    batch_size: int
+    mix_type: str
+    perms: np.ndarray   # (N,) per batch, the in-batch permutation of the mixing partner
+    lams: np.ndarray    # (num_batches,) Beta draw of each batch
+    boxes: np.ndarray   # (num_batches, 4) CutMix box (y1, y2, x1, x2); zeros otherwise
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    @property
+    def num_batches(self) -> int:
+        return (len(self.order) + self.batch_size - 1) // self.batch_size
+
+    def batch_slice(self, b: int) -> slice:
+        return slice(b * self.batch_size, min((b + 1) * self.batch_size, len(self.order)))
+
+    def records(self, b: int) -> list[tuple]:
+        """Per-image records ``(index, top, left, h, w, flip, seed)`` of batch ``b`` (sent to the dataset)."""
+        s = self.batch_slice(b)
+        return [(int(i), *map(int, c), bool(f), int(sd))
+                for i, c, f, sd in zip(self.order[s], self.crops[s], self.flips[s], self.seeds[s])]
+
+    def mix(self, b: int) -> MixParams:
+        if self.mix_type == "none":
+            return MixParams("none")
+        s = self.batch_slice(b)
+        return MixParams(self.mix_type, torch.from_numpy(self.perms[s].astype(np.int64)), float(self.lams[b]),
+                         tuple(int(v) for v in self.boxes[b]))
+
+    def to_state(self) -> dict:
+        return {"order": torch.from_numpy(self.order.astype(np.int64)),
+                "crops": torch.from_numpy(self.crops.astype(np.int32)),
+                "flips": torch.from_numpy(self.flips.astype(np.bool_)),
+                "seeds": torch.from_numpy(self.seeds.astype(np.int64)),
+                "batch_size": int(self.batch_size), "mix_type": self.mix_type,
+                "perms": torch.from_numpy(self.perms.astype(np.int64)),
+                "lams": torch.from_numpy(self.lams.astype(np.float64)),
+                "boxes": torch.from_numpy(self.boxes.astype(np.int32))}
+
+    @classmethod
+    def from_state(cls, d: dict) -> EpochPlan:
+        return cls(order=d["order"].numpy().astype(np.int64), crops=d["crops"].numpy().astype(np.int64),
+                   flips=d["flips"].numpy().astype(bool), seeds=d["seeds"].numpy().astype(np.int64),
+                   batch_size=int(d["batch_size"]), mix_type=str(d["mix_type"]),
+                   perms=d["perms"].numpy().astype(np.int64), lams=d["lams"].numpy().astype(np.float64),
+                   boxes=d["boxes"].numpy().astype(np.int64))
+
+
+def make_epoch_plan(seed: int, epoch: int, sizes: np.ndarray, batch_size: int, cfg: AugConfig,
+                    shuffle: bool = True) -> EpochPlan:
+    """Draw epoch ``epoch`` of a run seeded ``seed`` for images of ``sizes`` ((N, 2): H, W)."""
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    n = len(sizes)
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    crops = sample_crops(rng, sizes[order], (cfg.min_scale, cfg.max_scale))
+    flips = rng.random(n) < 0.5
+    seeds = rng.integers(0, 2 ** 31 - 1, size=n, dtype=np.int64)
+    nb = (n + batch_size - 1) // batch_size
+    perms = np.arange(n, dtype=np.int64)
+    lams = np.ones(nb, dtype=np.float64)
+    boxes = np.zeros((nb, 4), dtype=np.int64)
+    S = cfg.input_size
+    for b in range(nb):
+        lo, hi = b * batch_size, min((b + 1) * batch_size, n)
+        m = draw_mix(rng, hi - lo, S, S, cfg.mix_type, cfg.alpha())
+        perms[lo:hi] = m["perm"]
+        lams[b] = m["lam"]
+        boxes[b] = m["box"]
+    return EpochPlan(order, crops, flips, seeds, int(batch_size), cfg.mix_type, perms, lams, boxes)

@@ -1,0 +1,228 @@
+"""What ``python -m relabel_eval`` and ``python -m relabel_eval.relabel`` share:
+the data / teacher / augmentation flags, their resolution, and the batch iterator
+that turns an epoch plan into mixed, normalised batches on the device.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from common.datasets import DatasetSpec, check_class_count, get_dataset
+from common.device import add_device_arg, autocast, resolve_device
+from common.errors import UserError
+from models import canonical_arch, load_model
+from relabel_eval.augment import SampleTransform
+from relabel_eval.data import DistilledSet, load_distilled, make_train_loader
+from relabel_eval.mix import MixParams, apply_mix
+from relabel_eval.plan import AugConfig, EpochPlan
+from relabel_eval.protocol import auto_batch_size, released_special_case
+
+IGNORED_FLAGS = ("wandb_api_key", "wandb_project", "factor", "mipc", "num_crop", "train_dir", "classes")
+
+
+def str2bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "y", "on"):
+        return True
+    if s in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+
+
+def nonneg_int(v) -> int:
+    i = int(v)
+    if i < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return i
+
+
+def mix_type(v) -> str:
+    s = str(v).strip().lower()
+    if s in ("none", "null", ""):
+        return "none"
+    if s not in ("cutmix", "mixup"):
+        raise argparse.ArgumentTypeError(f"--mix-type {v}: choose cutmix, mixup or none")
+    return s
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Data, teacher, augmentation and device flags, named as the released RDED/DELT scripts name them."""
+    g = p.add_argument_group("data and teacher")
+    g.add_argument("--syn-data-path", required=True, help="distilled set (ImageFolder: ROOT/<class>/<image>)")
+    g.add_argument("--ipc", type=nonneg_int, default=None,
+                   help="use the first IPC files (sorted by name) of every class (default: all)")
+    g.add_argument("--teacher-path", default=None, help="teacher checkpoint (soft labels; gives mean/std/size)")
+    g.add_argument("--arch-name", default=None, help="teacher architecture (checked against the checkpoint)")
+    g.add_argument("--dataset", "--subset", dest="dataset", default="custom",
+                   help="dataset name for the batch-size table and defaults (default: %(default)s)")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="student input size (default: the teacher's, else the dataset's)")
+    g.add_argument("--nclass", type=int, default=None, help="expected class count (checked against the data)")
+    a = p.add_argument_group("augmentation (per image, then per batch)")
+    a.add_argument("--re-batch-size", type=nonneg_int, default=0, help="batch size; 0 = DELT's table (default)")
+    a.add_argument("--mix-type", type=mix_type, default="cutmix", help="cutmix (default), mixup or none")
+    a.add_argument("--cutmix", type=float, default=1.0, help="CutMix Beta alpha (default: %(default)s)")
+    a.add_argument("--mixup", type=float, default=0.8, help="Mixup Beta alpha (default: %(default)s)")
+    a.add_argument("--use-rand-augment", action="store_true", help="timm RandAugment on each image")
+    a.add_argument("--rand-augment-config", default="rand-m6-n2-mstd1.0", help="timm RandAugment string")
+    a.add_argument("--random-erasing-p", type=float, default=0.0, help="RandomErasing probability (default 0)")
+    a.add_argument("--min-scale-crops", type=float, default=0.08, help="RandomResizedCrop min scale")
+    a.add_argument("--max-scale-crops", type=float, default=1.0, help="RandomResizedCrop max scale")
+    a.add_argument("--seed", type=nonneg_int, default=42, help="seed (default: %(default)s)")
+    r = p.add_argument_group("runtime")
+    add_device_arg(r)
+    r.add_argument("--gpu-device", default="-1", help="released scripts' GPU index; maps to --device cuda:N")
+    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on for CUDA, off on CPU; bf16 on CPU when on)")
+    r.add_argument("--workers", type=nonneg_int, default=None,
+                   help="DataLoader workers (default: min(4, CPU cores - 1))")
+    x = p.add_argument_group("accepted for the released scripts and ignored")
+    x.add_argument("--wandb-api-key", default=None, help=argparse.SUPPRESS)
+    x.add_argument("--wandb-project", default=None, help=argparse.SUPPRESS)
+    x.add_argument("--factor", type=int, default=None, help="RDED stitching factor (ignored here)")
+    x.add_argument("--mipc", type=int, default=None, help="RDED pool size (ignored here)")
+    x.add_argument("--num-crop", type=int, default=None, help="RDED crops per image (ignored here)")
+    x.add_argument("--train-dir", default=None, help="RDED train folder (ignored here)")
+    x.add_argument("--classes", default=None, help=argparse.SUPPRESS)
+
+
+@dataclass
+class Common:
+    device: torch.device
+    amp: bool
+    spec: DatasetSpec
+    data: DistilledSet
+    teacher: nn.Module | None
+    teacher_meta: dict
+    input_size: int
+    mean: tuple
+    std: tuple
+    aug: AugConfig
+    workers: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.classes)
+
+
+def default_workers() -> int:
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | None = None,
+                   student_hint: str | None = None) -> Common:
+    """Load the distilled set and (when needed) the teacher; settle input size, mean/std and augmentation.
+
+    ``stored`` is a soft-label manifest (``--label-mode fkd``): its size, mean/std and
+    augmentation are used instead of the flags, since the stored batches were made with them.
+    """
+    device_spec = args.device
+    if getattr(args, "gpu_device", "-1") not in (None, "-1", "") and device_spec == "auto":
+        device_spec = f"cuda:{int(args.gpu_device)}"
+    device = resolve_device(device_spec)
+    amp = device.type == "cuda" if args.amp is None else bool(args.amp)
+    spec = get_dataset(args.dataset)
+    if args.teacher_path is None and need_teacher:
+        raise UserError("--teacher-path is required for soft labels (or use --label-mode hard / fkd)")
+    data = load_distilled(args.syn_data_path, args.ipc)
+    check_class_count(spec, len(data.classes), args.syn_data_path)
+    if args.nclass and args.nclass != len(data.classes):
+        raise UserError(f"--nclass {args.nclass} but {args.syn_data_path} has {len(data.classes)} class folders")
+    teacher, meta = None, {}
+    if args.teacher_path is not None and (need_teacher or stored is None):
+        teacher, meta = load_model(args.teacher_path, arch=args.arch_name, classes=data.classes,
+                                   device=device if need_teacher else "cpu")
+        if need_teacher:
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            teacher = teacher.to(memory_format=torch.channels_last)
+        else:
+            teacher = None
+    if stored is not None:
+        input_size, mean, std = stored["input_size"], stored["mean"], stored["std"]
+        aug = AugConfig.from_dict(stored["aug"])
+        if args.input_size and args.input_size != input_size:
+            raise UserError(f"--input-size {args.input_size} but the soft labels were made at {input_size}")
+    else:
+        input_size = args.input_size or meta.get("input_size") or spec.default_input_size(student_hint)
+        if not input_size:
+            input_size = int(min(data.sizes.min(0)))
+        mean = tuple(meta.get("mean") or spec.mean)
+        std = tuple(meta.get("std") or spec.std)
+        if not 0 < args.min_scale_crops <= args.max_scale_crops <= 1:
+            raise UserError(f"--min-scale-crops {args.min_scale_crops} / --max-scale-crops {args.max_scale_crops}: "
+                            f"need 0 < min <= max <= 1")
+        alpha = args.cutmix if args.mix_type == "cutmix" else args.mixup if args.mix_type == "mixup" else None
+        aug = AugConfig(int(input_size), args.min_scale_crops, args.max_scale_crops,
+                        args.rand_augment_config if args.use_rand_augment else None,
+                        args.random_erasing_p, args.mix_type, alpha)
+    if aug.rand_augment:
+        SampleTransform(aug.input_size, aug.rand_augment)._ra_for(32)  # a bad config string fails here, not in a worker
+    workers = default_workers() if args.workers is None else args.workers
+    return Common(device, amp, spec, data, teacher, meta, int(input_size), tuple(mean), tuple(std), aug, workers)
+
+
+def batch_size_for(args: argparse.Namespace, common: Common, stud_name: str) -> tuple[int, str]:
+    """``(batch size, source)``: the flag, the released special case, or DELT's table."""
+    if args.re_batch_size:
+        return int(args.re_batch_size), "flag"
+    special = released_special_case(common.spec.name, args.arch_name or common.teacher_meta.get("arch"), stud_name)
+    if "batch_size" in special:
+        return int(special["batch_size"]), "released special case"
+    return auto_batch_size(common.data.ipc, common.num_classes, common.spec.family), "table"
+
+
+class BatchMaker:
+    """Turns the DataLoader's per-image tensors of an epoch plan into normalised, mixed device batches."""
+
+    def __init__(self, common: Common):
+        self.common = common
+        self.transform = SampleTransform(common.aug.input_size, common.aug.rand_augment, common.aug.erasing_p)
+        self.loader, self.sampler = make_train_loader(common.data, self.transform, common.workers,
+                                                      pin_memory=common.device.type == "cuda")
+        dev = common.device
+        self.mean = torch.tensor(common.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+        self.std = torch.tensor(common.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+
+    def batches(self, plan: EpochPlan) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, MixParams]]:
+        """``(batch index, mixed normalised input (channels_last), labels, mixing)``."""
+        self.sampler.set_plan(plan)
+        dev = self.common.device
+        for b, (x, y) in enumerate(self.loader):
+            x = x.to(dev, non_blocking=True)
+            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+            mix = plan.mix(b).to(dev)
+            yield b, apply_mix(x, mix), y.to(dev, non_blocking=True), mix
+
+
+def teacher_logits(teacher: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
+    with torch.no_grad(), autocast(device, amp):
+        return teacher(x).float()
+
+
+def warn_ignored(args: argparse.Namespace) -> None:
+    used = [f"--{k.replace('_', '-')}" for k in IGNORED_FLAGS if getattr(args, k, None) not in (None, "")]
+    if used:
+        print(f"note: {', '.join(used)} accepted for the released scripts and ignored", flush=True)
+
+
+def student_archs(values: list[str] | None, fallback: str | None) -> list[str]:
+    """``--stud-name a b`` or ``--stud-name a,b``; default: the teacher's architecture."""
+    names = [n for v in (values or []) for n in str(v).split(",") if n.strip()]
+    if not names:
+        if not fallback:
+            raise UserError("--stud-name is required when no teacher checkpoint gives an architecture")
+        names = [fallback]
+    return [canonical_arch(n.strip()) for n in names]
+
+
+def default_output(syn_path: str, label_mode: str) -> Path:
+    return Path("runs") / "relabel_eval" / f"{Path(syn_path).resolve().name}_{label_mode}.json"

@@ -1,0 +1,376 @@
+"""``python -m relabel_eval``: train fresh students on a distilled set and validate them.
+
+The DELT/RDED protocol (ALGORITHMS.md, "relabel_eval"): per-image RandAugment /
+RandomResizedCrop / flip, one CutMix box (or Mixup) per batch, the teacher in eval
+mode on the mixed batch, ``KL(log_softmax(s/T) || softmax(t/T))`` batchmean, AdamW
+with weight decay on conv/linear weights only, a half cosine stepped per epoch, and
+DELT's batch-size table. ``--label-mode hard`` trains with (mixed) cross-entropy on
+the class labels instead; ``--label-mode fkd`` replays stored soft labels
+(``relabel_eval.relabel``). Reports the FINAL top-1/top-5 as the headline and the
+best seen during training beside it, per seed and as mean +- std.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from common.atomic import atomic_torch_save, atomic_write_json
+from common.device import autocast
+from common.errors import UserError
+from common.manifest import build_manifest, sha256_file
+from common.seed import seed_everything
+from models import build_model
+from relabel_eval.data import ValSet
+from relabel_eval.mix import kd_loss, mixed_ce, target_lambda
+from relabel_eval.plan import make_epoch_plan
+from relabel_eval.protocol import (
+    adamw_lr_for,
+    default_temperature,
+    eval_epochs,
+    make_optimizer,
+    make_scheduler,
+    released_special_case,
+)
+from relabel_eval.relabel import SoftLabelStore
+from relabel_eval.results import append_results_csv, summarize_runs, write_history_csv
+from relabel_eval.setup import (
+    BatchMaker,
+    Common,
+    add_common_args,
+    batch_size_for,
+    default_output,
+    resolve_common,
+    str2bool,
+    student_archs,
+    teacher_logits,
+    warn_ignored,
+)
+
+STAGE = "relabel_eval"
+# Arguments that do not change a run's result (left out of the resume fingerprint).
+_NOT_RESULT = {"output", "results_csv", "log_dir", "workers", "device", "gpu_device", "seeds", "seed", "stud_name",
+               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m relabel_eval", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    t = p.add_argument_group("student training")
+    t.add_argument("--stud-name", nargs="+", default=None,
+                   help="student architecture(s), space- or comma-separated (default: the teacher's)")
+    t.add_argument("--label-mode", choices=("soft", "hard", "fkd"), default="soft",
+                   help="soft: online teacher (default); hard: CE on class labels; fkd: stored soft labels")
+    t.add_argument("--soft-label-dir", default=None, help="output of relabel_eval.relabel (--label-mode fkd)")
+    t.add_argument("--val-dir", required=True, help="validation ImageFolder (same class folders)")
+    t.add_argument("--val-ipc", type=int, default=None, help="validation images per class (default: all)")
+    t.add_argument("--re-epochs", type=int, default=300, help="training epochs (default: %(default)s)")
+    t.add_argument("--re-accum-steps", type=int, default=1, help="gradient accumulation steps")
+    t.add_argument("--temperature", "-T", type=float, default=None, help="KD temperature (default: 20 CutMix, 4 Mixup)")
+    t.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds in one call (overrides --seed)")
+    t.add_argument("--eval-every", type=int, default=10, help="validate every N epochs and at the end")
+    o = p.add_argument_group("optimiser (AdamW unless --sgd)")
+    o.add_argument("--adamw-lr", type=float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
+    o.add_argument("--adamw-weight-decay", type=float, default=0.01)
+    o.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
+    o.add_argument("--learning-rate", "-lr", type=float, default=0.1, help="SGD lr")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    o.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    o.add_argument("--cos", type=str2bool, nargs="?", const=True, default=True,
+                   help="half-cosine lr schedule (default); --cos false: linear decay")
+    r = p.add_argument_group("outputs")
+    r.add_argument("--output", default=None, help="results JSON (default: runs/relabel_eval/<set>_<mode>.json)")
+    r.add_argument("--results-csv", default=None, help="results table to append to (default: results.csv beside "
+                                                       "the JSON)")
+    r.add_argument("--log-dir", default=None, help="per-run CSV logs of every epoch")
+    r.add_argument("--exp-name", default=None, help="name of this evaluation in the results table")
+    r.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted call")
+    return p
+
+
+class OnlineTeacher:
+    def __init__(self, common: Common):
+        self.common = common
+
+    def __call__(self, b: int, xm: torch.Tensor) -> torch.Tensor:
+        return teacher_logits(self.common.teacher, xm, self.common.device, self.common.amp)
+
+
+class StoredLogits:
+    def __init__(self, logits: torch.Tensor, plan, device: torch.device):
+        self.logits, self.plan, self.device = logits, plan, device
+
+    def __call__(self, b: int, xm: torch.Tensor) -> torch.Tensor:
+        return self.logits[self.plan.batch_slice(b)].to(self.device, non_blocking=True)
+
+
+def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, optimizer, scaler,
+                    temperature: float, accum_steps: int = 1) -> dict:
+    """One epoch; ``targets(b, mixed_x)`` gives teacher logits (soft / fkd) or is None (hard labels).
+
+    Train accuracy comes from the training forward on the mixed batch (no extra forward).
+    """
+    common = maker.common
+    student.train()
+    dev, S = common.device, common.aug.input_size
+    loss_sum = torch.zeros((), device=dev)
+    correct = torch.zeros((), device=dev, dtype=torch.long)
+    n, last = 0, plan.num_batches - 1
+    optimizer.zero_grad(set_to_none=True)
+    for b, xm, y, mix in maker.batches(plan):
+        with autocast(dev, common.amp):
+            out = student(xm)
+        if targets is None:
+            loss = mixed_ce(out, y, mix, target_lambda(mix, S, S))
+        else:
+            loss = kd_loss(out, targets(b, xm), temperature)
+        scaler.scale(loss / accum_steps).backward()
+        if (b + 1) % accum_steps == 0 or b == last:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach() * len(y)
+        correct += (out.detach().argmax(1) == y).sum()
+        n += len(y)
+    return {"loss": float(loss_sum) / max(n, 1), "train_top1_mixed": 100.0 * float(correct) / max(n, 1), "images": n}
+
+
+@torch.no_grad()
+def evaluate(model, val: ValSet, device: torch.device, amp: bool) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (%) on the validation set."""
+    was_training = model.training
+    model.eval()
+    c1 = c5 = n = 0
+    for x, y in val.batches():
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(x)
+        top = out.float().topk(min(5, out.shape[1]), dim=1).indices
+        hit = top == y[:, None]
+        c1 += int(hit[:, 0].sum())
+        c5 += int(hit.any(1).sum())
+        n += len(y)
+    model.train(was_training)
+    return 100.0 * c1 / n, 100.0 * c5 / n
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str, seed: int, cfg: dict,
+                  state_path: Path | None = None, log_csv: Path | None = None, store: SoftLabelStore | None = None,
+                  on_epoch_end: Callable[[int], None] | None = None) -> dict:
+    """Train one student with one seed; resumes from ``state_path`` when it exists.
+
+    ``cfg``: epochs, batch_size, lr, temperature, label_mode, eval_every, accum_steps and the
+    optimiser flags. Returns the run's results (final and best accuracy, timings, history).
+    """
+    dev, E = common.device, cfg["epochs"]
+    seed_everything(seed)
+    student = build_model(stud_name, common.num_classes, common.input_size)
+    student = student.to(dev).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(student, cfg["sgd"], cfg["lr"], cfg["adamw_weight_decay"], cfg["lr"],
+                               cfg["momentum"], cfg["weight_decay"])
+    scheduler = make_scheduler(optimizer, E, cfg["cos"])
+    scaler = torch.amp.GradScaler("cuda", enabled=common.amp and dev.type == "cuda")
+    start, history, train_time = 0, [], 0.0
+    if state_path is not None and state_path.is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        student.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        scaler.load_state_dict(st["scaler"])
+        _set_rng_state(st["rng"])
+        start, history, train_time = int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
+    evals = set(eval_epochs(E, cfg["eval_every"]))
+    online = OnlineTeacher(common) if cfg["label_mode"] == "soft" else None
+    bar = tqdm(range(start, E), desc=f"{stud_name} seed {seed}", leave=False,
+               initial=start, total=E, dynamic_ncols=True)
+    for epoch in bar:
+        if store is not None:
+            plan, logits = store.load(epoch)
+            targets = StoredLogits(logits, plan, dev)
+        else:
+            plan = make_epoch_plan(seed, epoch, common.data.sizes, cfg["batch_size"], common.aug)
+            targets = online
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        stats = train_one_epoch(student, maker, plan, targets, optimizer, scaler, cfg["temperature"],
+                                cfg["accum_steps"])
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        dt = time.perf_counter() - t0
+        train_time += dt
+        scheduler.step()
+        rec = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "train_top1_mixed": stats["train_top1_mixed"],
+               "epoch_time_s": dt, "images_per_s": stats["images"] / dt if dt > 0 else None}
+        if epoch in evals:
+            rec["val_top1"], rec["val_top5"] = evaluate(student, val, dev, common.amp)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
+        history.append(rec)
+        if epoch in evals or epoch == E - 1:
+            if state_path is not None:
+                atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                   "rng": _rng_state(), "epoch": epoch + 1, "history": json.dumps(history),
+                                   "train_time": train_time}, state_path)
+            if log_csv is not None:
+                write_history_csv(history, log_csv)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    bar.close()
+    evaluated = [h for h in history if "val_top1" in h]
+    final = evaluated[-1]
+    best = max(evaluated, key=lambda h: h["val_top1"])
+    images = sum(h["images_per_s"] * h["epoch_time_s"] for h in history if h["images_per_s"])
+    return {"student": stud_name, "seed": seed, "final_top1": final["val_top1"], "final_top5": final["val_top5"],
+            "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": E,
+            "train_time_s": train_time, "images_per_s": images / train_time if train_time > 0 else None,
+            "history": history, "_model": student}
+
+
+def _fingerprint(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RESULT}
+
+
+def _prepare_partial(partial: Path, fp: dict, no_resume: bool) -> None:
+    fp_file = partial / "fingerprint.json"
+    if partial.exists():
+        old = json.loads(fp_file.read_text()) if fp_file.is_file() else None
+        if no_resume or old is None:
+            shutil.rmtree(partial)
+        elif old != fp:
+            raise UserError(f"{partial}: an interrupted evaluation with other arguments is there; "
+                            f"pass --no-resume to discard it")
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(fp_file, fp)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    warn_ignored(args)
+    if args.re_epochs < 1:
+        raise UserError("--re-epochs must be at least 1")
+    if args.re_accum_steps < 1:
+        raise UserError("--re-accum-steps must be at least 1")
+    store = None
+    if args.label_mode == "fkd":
+        if not args.soft_label_dir:
+            raise UserError("--label-mode fkd needs --soft-label-dir (made by python -m relabel_eval.relabel)")
+        store = SoftLabelStore(args.soft_label_dir)
+        if args.ipc is None:
+            args.ipc = int(store.manifest["ipc"])
+        if args.re_epochs > store.epochs:
+            raise UserError(f"--re-epochs {args.re_epochs} but {args.soft_label_dir} holds {store.epochs} epochs "
+                            f"of soft labels")
+    elif args.soft_label_dir:
+        raise UserError("--soft-label-dir is only used with --label-mode fkd")
+    hint = args.stud_name[0].split(",")[0] if args.stud_name else args.arch_name
+    common = resolve_common(args, need_teacher=args.label_mode == "soft",
+                            stored=store.manifest if store else None, student_hint=hint)
+    if store is not None:
+        store.check(common.data)
+    students = student_archs(args.stud_name, common.teacher_meta.get("arch")
+                             or (store.manifest["teacher_arch"] if store else None) or args.arch_name)
+    seeds = args.seeds or [args.seed]
+    if any(s < 0 for s in seeds):
+        raise UserError("--seeds must be non-negative")
+    if len(set(seeds)) != len(seeds):
+        raise UserError("--seeds has duplicates")
+    temperature = args.temperature or default_temperature(common.aug.mix_type)
+    output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
+    results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
+    partial = output.with_name(output.name + ".partial")
+    _prepare_partial(partial, _fingerprint(args), args.no_resume)
+
+    val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,
+                 common.workers)
+    maker = BatchMaker(common)
+    data = common.data
+    print(f"distilled set {args.syn_data_path}: {len(data)} images, {common.num_classes} classes, IPC {data.ipc}; "
+          f"val {len(val)} images; input {common.input_size}; labels: {args.label_mode}; device {common.device}"
+          f"{' (amp)' if common.amp else ''}; workers {common.workers}", flush=True)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    per_student = {}
+    for stud in students:
+        lr, lr_source = (args.learning_rate, "flag (sgd)") if args.sgd else \
+            ((args.adamw_lr, "flag") if args.adamw_lr > 0 else adamw_lr_for(stud))
+        special = released_special_case(common.spec.name, args.arch_name or common.teacher_meta.get("arch"), stud)
+        if not args.sgd and args.adamw_lr <= 0 and "adamw_lr" in special:
+            lr, lr_source = special["adamw_lr"], "released special case"
+        if store is not None:
+            bs, bs_source = int(store.manifest["batch_size"]), "soft labels"
+        else:
+            bs, bs_source = batch_size_for(args, common, stud)
+        cfg = {"epochs": args.re_epochs, "batch_size": bs, "lr": lr, "temperature": temperature,
+               "label_mode": args.label_mode, "eval_every": args.eval_every, "accum_steps": args.re_accum_steps,
+               "sgd": args.sgd, "adamw_weight_decay": args.adamw_weight_decay, "momentum": args.momentum,
+               "weight_decay": args.weight_decay, "cos": args.cos}
+        print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
+              f"{'SGD' if args.sgd else 'AdamW'}, T {temperature:g}, {args.re_epochs} epochs, seeds {seeds}",
+              flush=True)
+        runs = []
+        for seed in seeds:
+            tag = f"{stud}_seed{seed}"
+            done = partial / f"{tag}.json"
+            if done.is_file():
+                run = json.loads(done.read_text())
+                print(f"  seed {seed}: already done (resumed call)")
+            else:
+                log_csv = Path(args.log_dir) / f"{output.stem}_{tag}.csv" if args.log_dir else None
+                run = train_student(common, maker, val, stud, seed, cfg, partial / f"{tag}.pt", log_csv, store)
+                run.pop("_model")
+                atomic_write_json(done, run)
+                (partial / f"{tag}.pt").unlink(missing_ok=True)
+            runs.append(run)
+            print(f"  {stud} seed {seed}: FINAL top-1 {run['final_top1']:.2f} (top-5 {run['final_top5']:.2f}) | "
+                  f"best top-1 during training {run['best_top1']:.2f} @ epoch {run['best_top1_epoch']} | "
+                  f"{run['train_time_s']:.1f} s, {run['images_per_s']:.0f} img/s", flush=True)
+        summary = summarize_runs(runs)
+        per_student[stud] = {"batch_size": bs, "batch_size_source": bs_source, "lr": lr, "lr_source": lr_source,
+                             "summary": summary, "runs": runs}
+        print(f"{stud} [{args.label_mode} labels, {len(seeds)} seed(s)]: FINAL top-1 "
+              f"{summary['final_top1_mean']:.2f} +- {summary['final_top1_std']:.2f} "
+              f"(top-5 {summary['final_top5_mean']:.2f}); best during training {summary['best_top1_mean']:.2f} "
+              f"+- {summary['best_top1_std']:.2f}", flush=True)
+
+    teacher_info = None
+    if args.teacher_path:
+        teacher_info = {"path": str(args.teacher_path), "sha256": sha256_file(args.teacher_path),
+                        "arch": common.teacher_meta.get("arch"), "val_top1": common.teacher_meta.get("val_top1")}
+    result = {
+        "stage": STAGE, "name": args.exp_name or output.stem, "syn_data_path": str(args.syn_data_path),
+        "val_dir": str(args.val_dir), "label_mode": args.label_mode, "soft_label_dir": args.soft_label_dir,
+        "num_images": len(data), "num_classes": common.num_classes, "ipc": data.ipc, "val_images": len(val),
+        "input_size": common.input_size, "mean": list(common.mean), "std": list(common.std),
+        "teacher": teacher_info, "seeds": seeds,
+        "protocol": {"epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
+                     "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
+                     "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp},
+        "headline": "final_top1 (accuracy after the last epoch); best_top1 is the best seen during training",
+        "students": per_student,
+        "manifest": build_manifest(STAGE, args, inputs={"teacher": args.teacher_path}, started=started,
+                                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+    }
+    atomic_write_json(output, result)
+    append_results_csv(results_csv, result, output)
+    shutil.rmtree(partial, ignore_errors=True)
+    print(f"results: {output} (table: {results_csv})")
+    return result
