@@ -91,6 +91,12 @@ class Handler(BaseHTTPRequestHandler):
         data, start = route["data"], 0
         if rng and not route.get("ignore_range"):
             start = int(re.fullmatch(r"bytes=(\d+)-", rng)[1])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
@@ -242,6 +248,18 @@ def test_server_ignoring_range_restarts_from_zero(server, tiny_data, tmp_path):
               classes_from=tiny_data / "val", retries=0, **quick())
     assert server.requests[-1] == ("/set.zip", "bytes=700-")     # asked to resume, got 200, started over
     assert len(list((tmp_path / "out").rglob("*.png"))) == 30
+
+
+def test_complete_partial_file_is_accepted_on_416(server, tiny_data, tmp_path):
+    """A run killed after the last byte but before the rename: the server answers 416 to the resume."""
+    data = make_zip(release_files(["new000", "new001", "new002"]))
+    server.routes["/set.zip"] = {"data": data}
+    (tmp_path / "out.download.part").write_bytes(data)
+    (tmp_path / "out.download.json").write_text(json.dumps({"url": server.url("/set.zip"), "length": len(data)}))
+    hub.fetch(server.url("/set.zip"), tmp_path / "out", sha256=hashlib.sha256(data).hexdigest(),
+              classes_from=tiny_data / "val", **quick())
+    assert server.requests == [("/set.zip", f"bytes={len(data)}-")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "out"]
 
 
 def test_wrong_checksum_removes_the_download(server, tiny_data, tmp_path):
