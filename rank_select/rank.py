@@ -12,8 +12,9 @@ data root, ``class``, ``label``, ``score`` = p(true class), ``loss`` = cross-ent
 missing or with ``--rerank`` and reused otherwise, after checking it lists exactly
 the data root's files and classes. Selected images are copied byte for byte to
 ``OUT/<class>/<rank>_<original name>``; ``OUT/manifest.json`` lists them with scores.
-A long scoring run saves its progress to ``<ranking-file>.partial.pt`` and resumes
-from it.
+A long scoring run saves its progress every ``--save-every`` seconds to
+``<ranking-file>.partial.pt`` (``.OUT.scores.partial.pt`` without a ranking file) and
+a re-run with the same ranker and data resumes from it.
 """
 from __future__ import annotations
 
@@ -328,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         device = resolve_device_args(args)
         ranker = load_ranker(ranker_path, args.ranker_arch, classes, spec, args.input_size, device, "ranker")
         dataset = ImageFolder(data_root, val_transform(ranker.input_size, ranker.mean, ranker.std), classes=classes)
-        partial = Path(f"{csv_path}.partial.pt") if csv_path else None
+        partial = Path(f"{csv_path}.partial.pt") if csv_path else out.with_name(f".{out.name}.scores.partial.pt")
         t0 = time.perf_counter()
         metrics = score_dataset(ranker, dataset, args.batch_size, args.workers, partial, args.save_every,
                                 _fingerprint(ranker, rel_paths, labels))

@@ -1,0 +1,98 @@
+"""RDED patch scoring throughput (patches/s): batched crops of many images per forward vs one image per forward.
+
+    python bench/patch_speed.py --data-path ../shared/data/tinyimagenet-10/train \
+        --observer-path runs/teachers/tin10_conv3.pth --images 300 --repeats 3
+
+Both variants crop the same images with the same seeds (``rank_select.patches``'
+``CropDataset``) and score every crop with the observer; "per image" runs one
+forward pass per source image (its ``num_crop`` crops), "batched" runs
+``--batch-size`` crops from many images per pass, as ``python -m rank_select.patches``
+does. The losses must agree; the ratio of medians over ``--repeats`` is printed.
+Without ``--data-path`` a generated shapes tree and a random conv3 are used.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common.datasets import get_dataset  # noqa: E402
+from common.device import add_device_arg, resolve_device  # noqa: E402
+from common.imagefolder import find_classes, make_samples  # noqa: E402
+from rank_select.patches import CropDataset, crop_losses  # noqa: E402
+from rank_select.ranker import load_ranker  # noqa: E402
+
+
+def score_all(ranker, dataset, images_per_forward: int, workers: int) -> torch.Tensor:
+    loader = DataLoader(dataset, batch_size=images_per_forward, shuffle=False, num_workers=workers)
+    out = []
+    for crops, _, labels, _ in loader:
+        m = crops.shape[1]
+        flat = crops.flatten(0, 1)
+        out.append(crop_losses(ranker, flat, labels.repeat_interleave(m), len(flat)))
+    if ranker.device.type == "cuda":
+        torch.cuda.synchronize()
+    return torch.cat(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-path", default=None)
+    p.add_argument("--observer-path", default=None)
+    p.add_argument("--images", type=int, default=300, help="source images (spread over the classes)")
+    p.add_argument("--num-crop", type=int, default=5)
+    p.add_argument("--factor", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=500, help="crops per forward in the batched variant")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--workers", type=int, default=0)
+    add_device_arg(p)
+    args = p.parse_args()
+    device = resolve_device(args.device)
+    tmp = None
+    if args.data_path is None:
+        from tests.conftest import make_teacher, make_tree
+
+        tmp = tempfile.TemporaryDirectory()
+        data = make_tree(Path(tmp.name) / "train", 10, max(1, args.images // 10))
+        observer = make_teacher(Path(tmp.name) / "t.pth", find_classes(data))
+    else:
+        data, observer = Path(args.data_path), args.observer_path
+    classes = find_classes(data)
+    ranker = load_ranker(observer, None, classes, get_dataset("custom"), None, device, "observer")
+    _, samples = make_samples(data, classes, per_class=max(1, args.images // len(classes)), shuffle_seed=0)
+    ds = CropDataset(samples, list(range(len(samples))), args.num_crop, ranker.input_size // args.factor, 0)
+    n_crops = len(ds) * args.num_crop
+
+    variants = {"per image": 1, "batched": max(1, args.batch_size // args.num_crop)}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    results = {}
+    for r in range(args.repeats + 1):  # round 0 warms up and is discarded; order alternates
+        order = list(variants) if r % 2 else list(variants)[::-1]
+        for name in order:
+            t0 = time.perf_counter()
+            results[name] = score_all(ranker, ds, variants[name], args.workers)
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    diff = (results["per image"] - results["batched"]).abs().max().item()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"device {device}, {len(ds)} images x {args.num_crop} crops = {n_crops} patches of "
+          f"{ranker.input_size // args.factor}px (input {ranker.input_size}, {ranker.arch}), workers {args.workers}, "
+          f"threads {torch.get_num_threads()}, {args.repeats} repeats (medians); max |loss difference| {diff:.1e}")
+    for k in variants:
+        print(f"{k:>10} ({variants[k] * args.num_crop:4d} crops/forward): {n_crops / med[k]:9.1f} patches/s")
+    print(f"speed-up batched / per image: {med['per image'] / med['batched']:.2f}x")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
