@@ -556,6 +556,14 @@ def resolve_class_order(dataset: str | None, classes_from: str | os.PathLike | N
     from common.imagefolder import find_classes
 
     spec = get_dataset(dataset) if dataset else None
+    if classes_from and Path(classes_from).is_file():         # a teacher checkpoint: its ordered class list
+        from models import read_checkpoint
+
+        names = list(read_checkpoint(classes_from)["meta"].get("classes") or [])
+        if not names:
+            raise UserError(f"--classes-from {classes_from}: the checkpoint records no class list; pass your val "
+                            f"folder instead")
+        return names, f"--classes-from {classes_from}"
     if classes_from:
         names = find_classes(classes_from, "--classes-from folder")
         if {"train", "val"} <= set(names):
@@ -806,7 +814,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256", default=None, help="expected sha256 of the archive")
     p.add_argument("--dataset", default=None, help="dataset name; its class list orders index-named folders")
     p.add_argument("--classes-from", default=None,
-                   help="your val (or train) ImageFolder: index-named folders are renamed to its class folders")
+                   help="your val (or train) ImageFolder, or a teacher checkpoint: index-named folders are renamed "
+                        "to its class folders, in their ImageFolder order")
     p.add_argument("--keep-names", action="store_true", help="keep the archive's class folder names as they are")
     p.add_argument("--max-size", type=parse_size, default=DEFAULT_MAX_SIZE,
                    help="refuse archives (download or unpacked) larger than this (default 20G)")

@@ -428,6 +428,14 @@ def test_imagenet_subset_releases_map_through_the_dataset_class_list(tmp_path):
     assert m["class_naming"] == "wnid" and m["class_mapping"] == "identity"
 
 
+def test_classes_from_a_teacher_checkpoint(tmp_path, tiny_data, tiny_teacher):
+    archive = tmp_path / "set.zip"
+    archive.write_bytes(make_zip(release_files(["00002", "00000", "00001"])))
+    hub.fetch(str(archive), tmp_path / "out", classes_from=tiny_teacher, **quick())
+    assert find_classes(tmp_path / "out") == find_classes(tiny_data / "train")
+    assert (tmp_path / "out" / "02_triangle" / "class000_id000.png").read_bytes() == png_bytes(0)
+
+
 def test_existing_output_needs_force(tmp_path):
     archive = tmp_path / "set.zip"
     archive.write_bytes(make_zip(release_files(["new000", "new001"])))
