@@ -299,7 +299,9 @@ def _norm_member(archive: Path, raw: str) -> str:
 
 def _link_target(archive: Path, raw: str, name: str, linkname: str, relative_to_member: bool) -> str:
     """Resolve a link target inside the archive tree; refuse one that points outside it."""
-    if not linkname or linkname.startswith("/") or re.match(r"^[A-Za-z]:", linkname):
+    if not linkname:
+        raise _unsafe(archive, raw, "is a link without a target")
+    if linkname.startswith("/") or re.match(r"^[A-Za-z]:", linkname):
         raise _unsafe(archive, raw, f"is a link to an absolute path ({linkname!r}) outside the archive")
     parts = name.split("/")[:-1] if relative_to_member else []
     for p in linkname.replace("\\", "/").split("/"):
