@@ -13,10 +13,7 @@ Without ``--data-path`` a generated shapes tree and a random conv3 are used.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,11 +22,11 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.datasets import get_dataset  # noqa: E402
+from rank_speed import bench_inputs, median_times  # noqa: E402  (bench/ is the script's folder)
+
 from common.device import add_device_arg, resolve_device  # noqa: E402
 from common.imagefolder import find_classes, make_samples  # noqa: E402
 from rank_select.patches import CropDataset, crop_losses  # noqa: E402
-from rank_select.ranker import load_ranker  # noqa: E402
 
 
 def score_all(ranker, dataset, images_per_forward: int, workers: int) -> torch.Tensor:
@@ -57,33 +54,20 @@ def main() -> None:
     add_device_arg(p)
     args = p.parse_args()
     device = resolve_device(args.device)
-    tmp = None
-    if args.data_path is None:
-        from tests.conftest import make_teacher, make_tree
-
-        tmp = tempfile.TemporaryDirectory()
-        data = make_tree(Path(tmp.name) / "train", 10, max(1, args.images // 10))
-        observer = make_teacher(Path(tmp.name) / "t.pth", find_classes(data))
-    else:
-        data, observer = Path(args.data_path), args.observer_path
+    data, ranker, tmp = bench_inputs(args.data_path, args.observer_path, args.images, device, "observer")
     classes = find_classes(data)
-    ranker = load_ranker(observer, None, classes, get_dataset("custom"), None, device, "observer")
     _, samples = make_samples(data, classes, per_class=max(1, args.images // len(classes)), shuffle_seed=0)
     ds = CropDataset(samples, list(range(len(samples))), args.num_crop, ranker.input_size // args.factor, 0)
     n_crops = len(ds) * args.num_crop
 
     variants = {"per image": 1, "batched": max(1, args.batch_size // args.num_crop)}
-    times: dict[str, list[float]] = {k: [] for k in variants}
     results = {}
-    for r in range(args.repeats + 1):  # round 0 warms up and is discarded; order alternates
-        order = list(variants) if r % 2 else list(variants)[::-1]
-        for name in order:
-            t0 = time.perf_counter()
-            results[name] = score_all(ranker, ds, variants[name], args.workers)
-            if r:
-                times[name].append(time.perf_counter() - t0)
+
+    def run(name):
+        results[name] = score_all(ranker, ds, variants[name], args.workers)
+
+    med = median_times({k: (lambda k=k: run(k)) for k in variants}, args.repeats)
     diff = (results["per image"] - results["batched"]).abs().max().item()
-    med = {k: statistics.median(v) for k, v in times.items()}
     print(f"device {device}, {len(ds)} images x {args.num_crop} crops = {n_crops} patches of "
           f"{ranker.input_size // args.factor}px (input {ranker.input_size}, {ranker.arch}), workers {args.workers}, "
           f"threads {torch.get_num_threads()}, {args.repeats} repeats (medians); max |loss difference| {diff:.1e}")

@@ -33,6 +33,33 @@ from rank_select.rank import score_dataset, score_logits  # noqa: E402
 from rank_select.ranker import load_ranker  # noqa: E402
 
 
+def bench_inputs(data_path, model_path, images: int, device, role: str):
+    """(data root, loaded model, temp dir or None): the given tree and checkpoint, else generated ones."""
+    tmp = None
+    if data_path is None:
+        from tests.conftest import make_teacher, make_tree
+
+        tmp = tempfile.TemporaryDirectory()
+        data = make_tree(Path(tmp.name) / "train", 10, max(1, images // 10))
+        model_path = make_teacher(Path(tmp.name) / "t.pth", find_classes(data))
+    else:
+        data = Path(data_path)
+    return data, load_ranker(model_path, None, find_classes(data), get_dataset("custom"), None, device, role), tmp
+
+
+def median_times(variants: dict, repeats: int) -> dict[str, float]:
+    """Median wall time of each callable over ``repeats`` rounds; round 0 warms up, the order alternates."""
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for r in range(repeats + 1):
+        names = list(variants) if r % 2 else list(variants)[::-1]
+        for name in names:
+            t0 = time.perf_counter()
+            variants[name]()
+            if r:
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def baseline(model, dataset, batch_size, workers, device) -> None:
     """Released-style scoring loop: no_grad, NCHW float32, softmax + gather."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
@@ -48,7 +75,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-path", default=None)
     p.add_argument("--ranker-path", default=None)
-    p.add_argument("--images", type=int, default=2000, help="images scored per repeat (a prefix of the tree)")
+    p.add_argument("--images", type=int, default=2000, help="images scored per repeat (every k-th image of the tree)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
@@ -58,17 +85,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    tmp = None
-    if args.data_path is None:
-        from tests.conftest import make_teacher, make_tree
-
-        tmp = tempfile.TemporaryDirectory()
-        data = make_tree(Path(tmp.name) / "train", 10, max(1, args.images // 10))
-        ranker_path = make_teacher(Path(tmp.name) / "t.pth", find_classes(data))
-    else:
-        data, ranker_path = Path(args.data_path), args.ranker_path
+    data, ranker, tmp = bench_inputs(args.data_path, args.ranker_path, args.images, device, "ranker")
     classes = find_classes(data)
-    ranker = load_ranker(ranker_path, None, classes, get_dataset("custom"), None, device)
+    ranker_path = ranker.path
     tf = val_transform(ranker.input_size, ranker.mean, ranker.std)
     ours_ds = ImageFolder(data, tf, classes=classes)
     n = min(args.images, len(ours_ds))
@@ -88,16 +107,10 @@ def main() -> None:
     got = score_logits(forward_logits(ranker, x), y.to(device))["score"]
     print(f"max |score difference| ours vs baseline on 16 images: {(ref - got).abs().max().item():.2e}")
 
-    t_base, t_ours = [], []
-    for r in range(args.repeats + 1):  # round 0 warms the file cache and is discarded; order alternates
-        runs = [("base", lambda: baseline(base_model, base_ds, args.batch_size, args.workers, device)),
-                ("ours", lambda: score_dataset(ranker, ours_ds, args.batch_size, args.workers))]
-        for name, fn in (runs if r % 2 else runs[::-1]):
-            t0 = time.perf_counter()
-            fn()
-            if r:
-                (t_base if name == "base" else t_ours).append(time.perf_counter() - t0)
-    mb, mo = statistics.median(t_base), statistics.median(t_ours)
+    med = median_times({"base": lambda: baseline(base_model, base_ds, args.batch_size, args.workers, device),
+                        "ours": lambda: score_dataset(ranker, ours_ds, args.batch_size, args.workers)},
+                       args.repeats)
+    mb, mo = med["base"], med["ours"]
     print(f"device {device}, {n} images, input {ranker.input_size}, arch {ranker.arch}, batch {args.batch_size}, "
           f"workers {args.workers}, threads {torch.get_num_threads()}, {args.repeats} repeats (medians)")
     print(f"baseline (released-style): {n / mb:8.1f} images/s")
