@@ -286,3 +286,22 @@ def test_parser_accepts_released_flags():
          "--store-rank-file", "--ranker-arch", "resnet18", "--ranking-file", "r.csv", "--selection-criteria",
          "medium", "--ipc", "50", "--gpu-device", "0", "--batch-size", "200", "--workers", "16"])
     assert args.ranker_arch == "resnet18" and args.gpu_device == "0" and args.ipc == 50
+
+
+def test_released_arch_names_resolve_to_the_modified_resnet():
+    import argparse
+
+    from rank_select.ranker import model_path_from_args, resolve_arch
+
+    stem3, stem7 = {"conv1.weight": torch.zeros(64, 3, 3, 3)}, {"conv1.weight": torch.zeros(64, 3, 7, 7)}
+    assert resolve_arch("resnet18", {}, stem3, "r.pth") == "resnet18_modified"  # bare RDED/DELT weights
+    assert resolve_arch("resnet18", {}, stem7, "r.pth") == "resnet18"
+    assert resolve_arch("resnet18", {"arch": "resnet18_modified"}, {}, "r.pth") == "resnet18_modified"
+    assert resolve_arch(None, {"arch": "conv3"}, {}, "r.pth") == "conv3"
+    assert resolve_arch("conv4", {"arch": "conv3"}, {}, "r.pth") == "conv4"  # load_model then refuses it
+    ns = argparse.Namespace(ranker_path="a.pth", ranker_weights="b.pth", ranker_arch="resnet18")
+    with pytest.raises(UserError, match="alternatives"):
+        model_path_from_args(ns, "ranker")
+    ns = argparse.Namespace(ranker_path=None, ranker_weights="b.pth", ranker_arch=None)
+    with pytest.raises(UserError, match="needs --ranker-arch"):
+        model_path_from_args(ns, "ranker")
