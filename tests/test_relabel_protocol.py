@@ -239,3 +239,26 @@ def test_diversity_scores():
     cents = class_centroids(g, labels, 2)  # (0.5, 0.5) and (1, 0)
     assert inter_class_cosine(cents) == pytest.approx(1 / math.sqrt(2))
     assert inter_class_cosine(torch.eye(3)) == pytest.approx(0.0)
+
+
+def test_released_script_flags_parse():
+    """The DELT and RDED validation commands parse (plus --teacher-path / paths, which they hard-code)."""
+    from relabel_eval.setup import student_archs
+    from relabel_eval.train import get_args_parser
+
+    delt = ("--wandb-project P --wandb-api-key K --val-dir /v --syn-data-path /s --exp-name E --subset imagenet-1k "
+            "--arch-name resnet18 --use-rand-augment --rand-augment-config rand-m6-n2-mstd1.0 --random-erasing-p 0.0 "
+            "--min-scale-crops 0.25 --max-scale-crops 1.0 --ipc 50 --val-ipc 50 --stud-name resnet18 --re-epochs 300 "
+            "--gpu-device 0 --seed 3407 --teacher-path /t.pth").split()
+    a = get_args_parser().parse_args(delt)
+    assert (a.dataset, a.ipc, a.min_scale_crops, a.seed, a.use_rand_augment) == ("imagenet-1k", 50, 0.25, 3407, True)
+    rded = ("--subset tinyimagenet --arch-name conv4 --factor 1 --num-crop 5 --mipc 300 --ipc 10 --stud-name conv4 "
+            "--re-epochs 300 --syn-data-path /s --val-dir /v --teacher-path /t.pth --mix-type cutmix --cos True "
+            "--re-batch-size 0 --adamw-lr 0 --sgd -lr 0.1 --momentum 0.9 --weight-decay 1e-4 --temperature 20").split()
+    b = get_args_parser().parse_args(rded)
+    assert b.cos is True and b.sgd and b.learning_rate == 0.1 and b.factor == 1
+    assert get_args_parser().parse_args(rded + ["--cos", "false"]).cos is False
+    assert get_args_parser().parse_args(rded + ["--mix-type", "None"]).mix_type == "none"
+    assert student_archs(["conv3,resnet18_modified", "mobilenet_v2"], None) == ["conv3", "resnet18_modified",
+                                                                                 "mobilenet_v2"]
+    assert student_archs(None, "conv3") == ["conv3"]
