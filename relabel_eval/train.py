@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise UserError("--seeds must be non-negative")
     if len(set(seeds)) != len(seeds):
         raise UserError("--seeds has duplicates")
-    temperature = args.temperature or default_temperature(common.aug.mix_type)
+    temperature = None if args.label_mode == "hard" else args.temperature or default_temperature(common.aug.mix_type)
     output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
     partial = output.with_name(output.name + ".partial")
@@ -324,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                "sgd": args.sgd, "adamw_weight_decay": args.adamw_weight_decay, "momentum": args.momentum,
                "weight_decay": args.weight_decay, "cos": args.cos}
         print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
-              f"{'SGD' if args.sgd else 'AdamW'}, T {temperature:g}, {args.re_epochs} epochs, seeds {seeds}",
+              f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
+              f"{args.re_epochs} epochs, seeds {seeds}",
               flush=True)
         runs = []
         for seed in seeds:
