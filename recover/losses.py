@@ -6,9 +6,13 @@ per-channel mean and biased variance of the BN layer's input over (N, H, W) and
 ``w = first_bn_multiplier`` for the first BN, 1 for the others. Norms, not squared
 norms; variance, not std.
 
-The released hook computes the variance after ``permute(1, 0, 2, 3).contiguous()
-.reshape(C, -1)``, a full copy of every BN input (and another in backward); here one
-fused ``torch.var_mean`` reduces over (0, 2, 3) in place, in fp32 even under autocast.
+Speed: the released hook computes the variance after ``permute(1, 0, 2, 3).contiguous()
+.reshape(C, -1)``, a full copy of every BN input, and autograd then runs BN's backward,
+the variance's backward (several full-size temporaries) and a sum of the two. Here each
+BN of the (frozen, eval-mode) teacher is swapped for :class:`StatBatchNorm` while the
+loss is in use: one autograd function gives the BN output ``x * scale + shift`` and the
+batch mean/variance (two-pass, as exact as ``torch.var_mean``), and its backward is one
+fused expression ``gy * scale + x * a + b``.
 """
 from __future__ import annotations
 
@@ -17,9 +21,69 @@ from torch import nn
 
 
 def bn_stat_term(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
-    """``||mean(x) - running_mean||_2 + ||var(x) - running_var||_2`` over (N, H, W), biased variance."""
+    """``||mean(x) - running_mean||_2 + ||var(x) - running_var||_2`` over (N, H, W), biased variance
+    (the plain definition, used to check the fused path)."""
     var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
     return torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(var - running_var)
+
+
+def channel_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance over (N, H, W) in fp32, two passes (mean, then
+    mean of squared deviations): faster than ``torch.var_mean`` on CPU, same precision."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    mean = x.mean(dim=(0, 2, 3), dtype=dtype)
+    dev = (x if x.dtype == dtype else x.to(dtype)) - mean.view(1, -1, 1, 1)
+    return mean, dev.square_().mean(dim=(0, 2, 3))
+
+
+class _BatchNormWithStats(torch.autograd.Function):
+    """``(x * scale + shift, mean(x), var(x))`` with a single fused backward."""
+
+    @staticmethod
+    def forward(ctx, x, scale, shift):
+        mean, var = channel_mean_var(x)
+        view = (1, -1, 1, 1)
+        y = torch.addcmul(shift.to(x.dtype).view(view), x, scale.to(x.dtype).view(view))
+        ctx.save_for_backward(x, scale, mean)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, gy, gmean, gvar):
+        x, scale, mean = ctx.saved_tensors
+        m = x.numel() // x.shape[1]
+        # d mean / dx = 1/M; d var / dx = 2 (x - mean) / M
+        a = 2.0 * gvar / m
+        b = gmean / m - a * mean
+        view = (1, -1, 1, 1)
+        gx = torch.addcmul(b.to(x.dtype).view(view), x, a.to(x.dtype).view(view))
+        gx.addcmul_(gy, scale.to(gy.dtype).view(view))
+        return gx, None, None
+
+
+class StatBatchNorm(nn.Module):
+    """An eval-mode BatchNorm2d that also records its input's statistic term."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        if bn.running_mean is None or bn.running_var is None:
+            raise ValueError("BatchNorm2d without running statistics: nothing to match")
+        self.bn = bn
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
+        self.register_buffer("scale", scale.detach().float(), persistent=False)
+        self.register_buffer("shift", shift.detach().float(), persistent=False)
+        self.term: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, mean, var = _BatchNormWithStats.apply(x, self.scale, self.shift)
+        self.term = (torch.linalg.vector_norm(mean - self.bn.running_mean)
+                     + torch.linalg.vector_norm(var - self.bn.running_var))
+        return y
 
 
 def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -28,38 +92,43 @@ def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 class BNStatLoss:
-    """Forward hooks on the teacher's BN layers; ``loss()`` after a forward gives the weighted sum.
-
-    Use as a context manager (hooks removed on exit) or call ``remove()``.
-    """
+    """Swaps the teacher's BN layers for :class:`StatBatchNorm`; ``loss()`` after a forward gives
+    the weighted sum. Use as a context manager or call ``remove()`` to put the BN layers back.
+    The teacher must be in eval mode with frozen parameters (as recovery uses it)."""
 
     def __init__(self, model: nn.Module, first_bn_multiplier: float = 10.0):
-        self.layers = bn_layers(model)
-        if not self.layers:
+        self.swapped: list[tuple[nn.Module, str, nn.BatchNorm2d, StatBatchNorm]] = []
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.BatchNorm2d):
+                    wrapper = StatBatchNorm(child)
+                    setattr(parent, name, wrapper)
+                    self.swapped.append((parent, name, child, wrapper))
+        if not self.swapped:
             raise ValueError("model has no BatchNorm2d layer")
-        self.weights = [float(first_bn_multiplier)] + [1.0] * (len(self.layers) - 1)
-        self.terms: list[torch.Tensor | None] = [None] * len(self.layers)
-        self.handles = [layer.register_forward_hook(self._hook(k)) for k, layer in enumerate(self.layers)]
-
-    def _hook(self, k: int):
-        def hook(module: nn.BatchNorm2d, inputs, output):
-            self.terms[k] = bn_stat_term(inputs[0], module.running_mean, module.running_var)
-        return hook
+        order = {id(m): k for k, m in enumerate(bn_layers_in_order(model))}
+        self.swapped.sort(key=lambda s: order[id(s[3])])
+        self.weights = [float(first_bn_multiplier)] + [1.0] * (len(self.swapped) - 1)
 
     def loss(self) -> torch.Tensor:
-        if any(t is None for t in self.terms):
+        terms = [w.term for _, _, _, w in self.swapped]
+        if any(t is None for t in terms):
             raise RuntimeError("BNStatLoss.loss() called before a forward pass through every BN layer")
-        total = sum(w * t for w, t in zip(self.weights, self.terms))
-        self.terms = [None] * len(self.layers)
-        return total
+        for _, _, _, w in self.swapped:
+            w.term = None
+        return sum(k * t for k, t in zip(self.weights, terms))
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+        for parent, name, bn, _ in self.swapped:
+            setattr(parent, name, bn)
+        self.swapped = []
 
     def __enter__(self) -> BNStatLoss:
         return self
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def bn_layers_in_order(model: nn.Module) -> list[StatBatchNorm]:
+    return [m for m in model.modules() if isinstance(m, StatBatchNorm)]

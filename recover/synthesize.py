@@ -35,6 +35,7 @@ from common.manifest import build_manifest, sha256_file
 from common.transforms import pil_to_normalized, pixel_bounds, to_pil
 from models import canonical_arch, has_batchnorm, load_model, read_checkpoint
 from recover.augment import EASY2HARD_MODES
+from recover.cpu import keep_freed_memory
 from recover.loop import LoopConfig, NonFiniteLoss, prepare_teacher, recover_batch
 from recover.output import OutputDir
 from recover.schedule import (
@@ -233,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         args.init = "real" if args.init_data_path else "noise"
     plan = check_args(args)
     device = pick_device(args)
+    if device.type == "cpu":
+        keep_freed_memory()
     classes, init_files = resolve_classes(args)
     if args.num_classes is not None and args.num_classes != len(classes):
         raise UserError(f"--num-classes {args.num_classes} but the data has {len(classes)} class folders")

@@ -34,15 +34,16 @@ def direct_loss(net, x, multiplier):
 def test_bn_loss_equals_direct_computation():
     net = small_bn_net()
     x = torch.randn(6, 3, 8, 8)
+    expected10, expected1 = direct_loss(net, x, 10.0), direct_loss(net, x, 1.0)
     with BNStatLoss(net, first_bn_multiplier=10.0) as bn:
         net(x)
-        ours = bn.loss()
-    assert torch.allclose(ours, direct_loss(net, x, 10.0), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(bn.loss(), expected10, rtol=1e-5, atol=1e-6)
     with BNStatLoss(net, first_bn_multiplier=1.0) as bn:
-        net(x)
-        assert torch.allclose(bn.loss(), direct_loss(net, x, 1.0), rtol=1e-5, atol=1e-6)
-    # hooks removed on exit
-    assert all(not m._forward_hooks for m in bn_layers(net))
+        y = net(x)
+        assert torch.allclose(bn.loss(), expected1, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(y, net(x), atol=1e-6)  # the swapped BN computes the same output
+    # the BN layers are put back on exit
+    assert isinstance(net[1], nn.BatchNorm2d) and isinstance(net[4], nn.BatchNorm2d)
 
 
 def test_bn_term_matches_released_permute_reshape_and_gradient():
@@ -62,6 +63,18 @@ def test_bn_term_matches_released_permute_reshape_and_gradient():
     assert torch.allclose(bn_stat_term(a, net[1].running_mean, net[1].running_var), released, rtol=1e-5)
 
 
+def test_fused_bn_gradient_matches_autograd():
+    net = small_bn_net()
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    loss_ref = net(x).square().sum() + 0.3 * direct_loss(net, x, 10.0)
+    g_ref, = torch.autograd.grad(loss_ref, x)
+    with BNStatLoss(net, 10.0) as bn:
+        loss = net(x).square().sum() + 0.3 * bn.loss()
+        g, = torch.autograd.grad(loss, x)
+    assert torch.allclose(loss, loss_ref, rtol=1e-5)
+    assert torch.allclose(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
 def test_every_batchnorm_including_downsample():
     from models import build_model
 
@@ -70,3 +83,7 @@ def test_every_batchnorm_including_downsample():
     assert len(layers) == 20  # bn1 + 8 blocks x 2 + 3 downsample BNs
     assert model.layer2[0].downsample[1] in layers
     assert layers[0] is model.bn1  # the first-BN multiplier goes to the stem's BN
+    with BNStatLoss(model.eval(), 10.0) as bn:
+        assert [s[2] for s in bn.swapped] == layers and bn.weights[:2] == [10.0, 1.0]
+        assert type(model.bn1).__name__ == type(model.layer2[0].downsample[1]).__name__ == "StatBatchNorm"
+    assert bn_layers(model) == layers
