@@ -172,7 +172,8 @@ def test_errors_are_one_line(tiny_data, tiny_teacher, tmp_path, capsys, monkeypa
     fails(match="class list does not match", teacher=other)
     no_bn = make_teacher(tmp_path / "in.pth", CLASSES, arch="conv3_in")
     fails(match="no BatchNorm2d", teacher=no_bn)
-    synth.main(argv(tiny_data, no_bn, tmp_path / "err", "--exp-name", "ce_only", "--r-bn", "0", "--ipc", "1"))
+    m = synth.main(argv(tiny_data, no_bn, tmp_path / "err", "--exp-name", "ce_only", "--r-bn", "0", "--ipc", "1"))
+    assert m["method"] == "uniform" and m["per_class"][CLASSES[0]]["iterations"] == [4]  # IPC 1: no rounds
     # a non-finite loss in the second group: stop, name class and iteration, keep the first group
     real, calls = synth.recover_batch, []
 
