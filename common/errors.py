@@ -16,6 +16,16 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error, also when a DataLoader worker re-raised it with a traceback."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        for line in reversed(text.strip().splitlines()):
+            if "UserError: " in line:
+                return line.split("UserError: ", 1)[1].strip()
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; turn :class:`UserError` into one line on stderr and exit code 2.
 
@@ -26,7 +36,7 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     except UserError as exc:
         if os.environ.get("DD_TRACEBACK"):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

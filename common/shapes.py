@@ -70,29 +70,29 @@ def render(seed: int, split: int, label: int, index: int, size: int = 32) -> Ima
     S = size * SUPER
     bg = tuple(int(v) for v in rng.integers(0, 256, 3))
     # foreground colour at a random distance from the background: some images are low-contrast
-    contrast = rng.uniform(50, 200)
+    contrast = rng.uniform(70, 220)
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction) + 1e-8
     fg = tuple(int(v) for v in np.clip(np.array(bg) + contrast * direction * math.sqrt(3), 0, 255))
     img = Image.new("RGB", (S, S), bg)
     d = ImageDraw.Draw(img)
     # clutter: lines and a blob in random colours
-    for _ in range(int(rng.integers(1, 4))):
+    for _ in range(int(rng.integers(0, 3))):
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
         x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, S, 4))
         d.line([x0, y0, x1, y1], fill=col, width=int(rng.integers(1, 3)) * SUPER)
     blob = tuple(int(v) for v in rng.integers(0, 256, 3))
     bx, by, br = rng.uniform(0, S), rng.uniform(0, S), rng.uniform(0.06, 0.15) * S
     d.ellipse([bx - br, by - br * 0.6, bx + br, by + br * 0.6], fill=blob)
-    r = rng.uniform(0.16, 0.34) * S
+    r = rng.uniform(0.2, 0.36) * S
     cx, cy = rng.uniform(r * 0.8, S - r * 0.8), rng.uniform(r * 0.8, S - r * 0.8)
     draw_shape(d, CLASSES[label], cx, cy, r, rng.uniform(0, 2 * math.pi), fg, bg)
     # a second line drawn over the shape occludes part of it
-    if rng.uniform() < 0.5:
+    if rng.uniform() < 0.3:
         col = tuple(int(v) for v in rng.integers(0, 256, 3))
         d.line([float(v) for v in rng.uniform(0, S, 4)], fill=col, width=2 * SUPER)
-    img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0, 1.2) * SUPER)).resize((size, size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, rng.uniform(8, 30), (size, size, 3))
+    img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0, 0.8) * SUPER)).resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, rng.uniform(4, 20), (size, size, 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 

@@ -66,7 +66,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"{path}: refuses to load: not a weights-only checkpoint ({str(exc).splitlines()[0]})") from None
+        glob = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
+        if glob:  # a pickled object that is not plain tensors/containers: never executed
+            raise UserError(f"{path}: refuses to load: not a weights-only checkpoint ({glob[0][:160]})") from None
+        raise UserError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a torch.save file)") from None
     except Exception as exc:  # zip errors, truncated files, random bytes
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -1,0 +1,102 @@
+"""Measure a checkpoint's val top-1 with the val transform.
+
+    python -m squeeze.evaluate --arch-path teacher.pth --data-path DATA
+
+The check a researcher runs on a downloaded teacher before distilling with it:
+the class list and normalisation come from the checkpoint, and a checkpoint whose
+classes do not match the data stops with one line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from common.atomic import atomic_write_json
+from common.datasets import get_dataset
+from common.device import add_device_arg, resolve_device
+from common.imagefolder import ImageFolder, find_classes
+from common.transforms import val_transform
+from models import load_model
+
+
+def val_root(data_path: str | Path) -> Path:
+    """``DATA/val`` when it exists, else ``DATA`` itself (a bare val folder)."""
+    p = Path(data_path)
+    return p / "val" if (p / "val").is_dir() else p
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
+             amp: bool = False, progress: bool = False, desc: str = "val") -> dict[str, float]:
+    """Top-1, top-5 (in percent) and mean cross-entropy over a loader; model left in eval mode."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    loss_sum = 0.0
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        correct1 += (topk[:, 0] == y).sum().item()
+        correct5 += (topk == y[:, None]).any(dim=1).sum().item()
+        total += y.numel()
+    total = max(total, 1)
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total,
+            "images": total}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m squeeze.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch-path", required=True, help="checkpoint to evaluate (ours, RDED, SRe2L or torchvision)")
+    p.add_argument("--data-path", required=True, help="data root with val/ (or a val folder itself)")
+    p.add_argument("--arch-name", default=None, help="architecture, when the checkpoint does not record it")
+    p.add_argument("--dataset", default="custom")
+    p.add_argument("--input-size", type=int, default=None, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--output", default=None, help="write the result as JSON here")
+    add_device_arg(p)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    get_dataset(args.dataset)
+    device = resolve_device(args.device)
+    root = val_root(args.data_path)
+    classes = find_classes(root, "val folder")
+    model, meta = load_model(args.arch_path, args.arch_name, classes=classes, input_size=args.input_size,
+                             device=device)
+    size = args.input_size or meta["input_size"]
+    ds = ImageFolder(root, val_transform(size, meta["mean"], meta["std"]), classes=classes)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
+    t0 = time.perf_counter()
+    res = evaluate(model, loader, device, progress=True)
+    res.update({"checkpoint": str(args.arch_path), "arch": meta["arch"], "input_size": size,
+                "data": str(root), "seconds": time.perf_counter() - t0,
+                "recorded_val_top1": meta.get("val_top1")})
+    print(f"{args.arch_path}: {meta['arch']} on {root}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+          f"({res['images']} images)" + (f"  [checkpoint records {meta['val_top1']:.2f}%]"
+                                         if meta.get("val_top1") is not None else ""))
+    if args.output:
+        atomic_write_json(args.output, res)
+    else:
+        print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    import sys
+
+    from common.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -1,0 +1,231 @@
+"""squeeze: train and check a supervised teacher on any ImageFolder dataset.
+
+    python -m squeeze --dataset tinyimagenet --data-path DATA --arch-name resnet18_modified \
+        --input-size 64 --epochs 50 --output teacher.pth
+
+The torchvision classification-reference recipe: SGD with momentum, linear
+warm-up then cosine (stepped per iteration), RandomCrop-with-padding + flip for
+small inputs or RandomResizedCrop + flip, optional label smoothing, AMP on CUDA.
+Every epoch writes ``<output>.last.pth`` (model, optimiser, scheduler, epoch);
+``--resume`` continues from it and gives the same weights as an uninterrupted run,
+because each epoch's shuffling and augmentation are seeded from (seed, epoch).
+The final teacher (``"model"`` + ``"meta"`` with val_top1) goes to ``--output``
+and its metrics to ``<output>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from common.atomic import atomic_torch_save, atomic_write_json
+from common.datasets import check_class_count, get_dataset, resolve_input_size
+from common.device import add_device_arg, resolve_device
+from common.errors import UserError
+from common.imagefolder import ImageFolder, check_train_val, infer_input_size
+from common.manifest import build_manifest
+from common.seed import seed_everything, seed_worker
+from common.transforms import train_transform, val_transform
+from models import build_model, make_meta, read_checkpoint, save_checkpoint
+from models.registry import canonical_arch
+from squeeze.evaluate import evaluate
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m squeeze", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="custom", help="registry name (cifar10, tinyimagenet, imagenet-nette, ...)")
+    p.add_argument("--data-path", required=True, help="root with train/ and val/ ImageFolder trees")
+    p.add_argument("--arch-name", default="conv3", help="conv3..conv6, resnet18_modified, any torchvision name")
+    p.add_argument("--input-size", type=int, default=None, help="default: the dataset's size for this arch")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=float, default=2, help="linear warm-up length (epochs)")
+    p.add_argument("--warmup-start", type=float, default=0.01, help="warm-up starts at lr * this")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--train-aug", choices=["auto", "crop", "rrc"], default="auto",
+                   help="crop: RandomCrop(pad)+flip; rrc: RandomResizedCrop+flip; auto: crop up to 32px")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on CUDA)")
+    p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
+                   help="decode the training images once into memory (auto: up to 60k images)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from <output>.last.pth (or the given training checkpoint)")
+    p.add_argument("--max-epochs-this-run", type=int, default=None,
+                   help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
+    add_device_arg(p)
+    return p
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, warmup_start: float) -> float:
+    """Multiplier of the base lr: linear warm-up from ``warmup_start`` to 1, then cosine to 0."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return warmup_start + (1.0 - warmup_start) * step / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on BatchNorm parameters and biases (torchvision reference's --norm-weight-decay 0)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def last_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".last.pth") if output.suffix != ".pth" else \
+        output.with_name(output.stem + ".last.pth")
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, label_smoothing,
+                    epoch: int, epochs: int) -> dict[str, float]:
+    model.train()
+    loss_sum = correct = total = 0
+    t0 = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=1.0)
+    for x, y in bar:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=amp):
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if not torch.isfinite(loss):
+            raise UserError(f"non-finite training loss at epoch {epoch + 1}; lower --lr")
+        loss_sum += loss.item() * y.numel()
+        correct += (logits.argmax(1) == y).sum().item()
+        total += y.numel()
+        bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{100 * correct / total:.1f}")
+    dt = time.perf_counter() - t0
+    return {"train_loss": loss_sum / max(total, 1), "train_top1": 100.0 * correct / max(total, 1),
+            "epoch_seconds": dt, "images_per_second": total / max(dt, 1e-9)}
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    spec = get_dataset(args.dataset)
+    device = resolve_device(args.device)
+    data = Path(args.data_path)
+    if not data.exists():
+        raise UserError(f"{data}: --data-path does not exist")
+    if not (data / "train").is_dir() or not (data / "val").is_dir():
+        raise UserError(f"{data}: --data-path must contain train/ and val/ ImageFolder trees "
+                        f"(python -m common.prepare writes them)")
+    classes = check_train_val(data / "train", data / "val")
+    check_class_count(spec, len(classes), data / "train")
+    arch = canonical_arch(args.arch_name)
+    size = resolve_input_size(spec, arch, args.input_size,
+                              fallback=infer_input_size(data / "train") if spec.num_classes is None else None)
+    model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
+    mean, std = spec.mean, spec.std
+    amp = bool(args.amp and device.type == "cuda")
+    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
+
+    n_train = sum(1 for _ in (data / "train").rglob("*") if _.is_file())
+    cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
+    train_ds = ImageFolder(data / "train", train_transform(size, mean, std, args.train_aug), classes=classes,
+                           cache=cache)
+    val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache)
+    if len(train_ds) < args.batch_size:
+        raise UserError(f"{data / 'train'}: {len(train_ds)} images, fewer than --batch-size {args.batch_size}")
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256, num_workers=workers,
+                                             pin_memory=device.type == "cuda")
+    steps_per_epoch = len(train_ds) // args.batch_size  # drop_last: every step has a full batch
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = min(int(args.warmup_epochs * steps_per_epoch), max(0, total_steps - 1))
+    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=args.lr, momentum=args.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_at(s, total_steps, warmup_steps, args.warmup_start))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+
+    output = Path(args.output)
+    state_file = last_path(output) if args.resume in (None, "auto") else Path(args.resume)
+    start_epoch, history = 0, []
+    if args.resume is not None:
+        if not state_file.is_file():
+            if args.resume != "auto":
+                raise UserError(f"{state_file}: --resume checkpoint not found")
+            print(f"no training checkpoint at {state_file}; starting from scratch", file=sys.stderr)
+        else:
+            ck = read_checkpoint(state_file)
+            if ck["meta"].get("classes") != classes or ck["meta"].get("arch") != arch:
+                raise UserError(f"{state_file}: --resume checkpoint is for another arch or class list")
+            model.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["lr_scheduler"])
+            if "scaler" in ck and amp:
+                scaler.load_state_dict(ck["scaler"])
+            start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
+            print(f"resumed from {state_file} at epoch {start_epoch}", file=sys.stderr)
+
+    meta_base = dict(arch=arch, num_classes=len(classes), input_size=size, classes=classes, dataset=spec.name,
+                     mean=mean, std=std)
+    run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run")}
+    print(f"squeeze: {arch} on {data} ({len(classes)} classes, {len(train_ds)} train / {len(val_ds)} val, "
+          f"input {size}, device {device}, {args.epochs} epochs)", file=sys.stderr)
+    t_start = time.perf_counter()
+    epochs_run = 0
+    for epoch in range(start_epoch, args.epochs):
+        if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
+            print(f"stopping after {epochs_run} epoch(s); continue with --resume", file=sys.stderr)
+            return {"stopped_at_epoch": epoch, "history": history}
+        # each epoch is a pure function of (weights, optimiser state, seed, epoch): resume is exact
+        seed_everything(args.seed * 100003 + epoch)
+        g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+        loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                             num_workers=workers, generator=g, worker_init_fn=seed_worker,
+                                             pin_memory=device.type == "cuda", persistent_workers=False)
+        stats = train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, args.label_smoothing,
+                                epoch, args.epochs)
+        val = evaluate(model, val_loader, device, amp=amp)
+        stats.update({"epoch": epoch + 1, "val_top1": val["top1"], "val_top5": val["top5"],
+                      "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"]})
+        history.append(stats)
+        print(f"epoch {epoch + 1}/{args.epochs}: train loss {stats['train_loss']:.3f} "
+              f"top-1 {stats['train_top1']:.1f}% | val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% | "
+              f"{stats['epoch_seconds']:.1f}s ({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
+        save_checkpoint(state_file, model, make_meta(**meta_base, val_top1=val["top1"]), epoch=epoch,
+                        optimizer=optimizer.state_dict(), lr_scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict(), history=history, args=run_args)
+        epochs_run += 1
+
+    final = history[-1] if history else {}
+    val_top1 = final.get("val_top1")
+    meta = make_meta(**meta_base, val_top1=val_top1, val_top5=final.get("val_top5"), epochs=args.epochs,
+                     recipe={k: run_args[k] for k in ("lr", "batch_size", "weight_decay", "momentum",
+                                                      "warmup_epochs", "label_smoothing", "train_aug", "seed")})
+    save_checkpoint(output, model, meta)
+    report = build_manifest("squeeze", run_args, inputs={"teacher": output}, val_top1=val_top1,
+                            val_top5=final.get("val_top5"), arch=arch, input_size=size, classes=classes,
+                            train_seconds_this_run=time.perf_counter() - t_start,
+                            train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
+    atomic_write_json(output.with_suffix(".json") if output.suffix else Path(str(output) + ".json"), report)
+    print(f"teacher written to {output}: val top-1 {val_top1:.2f}%", file=sys.stderr)
+    if os.environ.get("DD_KEEP_LAST") != "1" and state_file == last_path(output) and state_file.exists():
+        pass  # the training checkpoint stays: it lets a finished run be extended or inspected
+    return report
+
+
+if __name__ == "__main__":
+    from common.errors import run_cli
+
+    sys.exit(run_cli(main))
