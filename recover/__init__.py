@@ -1,1 +1,13 @@
-"""recover stage."""
+"""recover stage: optimisation-based synthesis of a distilled ImageFolder.
+
+One loop serves three methods (ALGORITHMS.md, "recover: SRe2L loss" and "recover: EarlyLate"):
+
+- DELT: ``--init-data-path <rank_select output> --use-early-late --round-iterations RI``;
+- SRe2L: ``--init noise --train-data-path <train>`` (all images, all iterations);
+- CDA: SRe2L plus ``--easy2hard-mode cosine --milestone m``.
+
+Modules: ``schedule`` (batch layout, EarlyLate rounds, lr cosine), ``augment`` (crop
+curriculum, crop/flip/roll), ``losses`` (BN-statistic loss), ``loop`` (one batch),
+``output`` (resume state and manifest), ``synthesize`` (the command line),
+``reference`` (the released-style loop, an oracle for tests and benchmarks).
+"""
