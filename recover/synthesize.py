@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import os
 import random
 import sys
@@ -253,10 +255,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     settings = {k: getattr(args, k) for k in SETTINGS_KEYS}
     settings.update(min_iterations=plan.min_iterations, input_size=size, classes=list(classes),
                     teacher_sha256=sha256_file(args.arch_path),
-                    init_files=init_files and {c: init_files[c] for c in classes})
+                    init_files_sha256=init_files and hashlib.sha256(json.dumps(
+                        [init_files[c] for c in classes]).encode()).hexdigest())
     out.check_settings(settings)
 
     groups = plan_groups(len(classes), args.ipc, args.batch_size)
+    if args.batch_size > args.ipc and args.batch_size % args.ipc:
+        per = args.batch_size // args.ipc
+        print(f"recover: --batch-size {args.batch_size} holds {per} whole class(es) of IPC {args.ipc} "
+              f"({per * args.ipc} images) per batch", file=sys.stderr)
     rounds = (class_rounds(len(classes), args.iteration, args.round_iterations, plan.min_iterations, args.seed)
               if plan.early_late else None)
 
