@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import stat
 import tarfile
@@ -508,7 +509,6 @@ def test_pack_is_deterministic_and_round_trips_through_fetch(server, tiny_data, 
     assert manifest["files_sha256"]["00_circle/img_000.png"] == \
         hashlib.sha256((src / "00_circle/img_000.png").read_bytes()).hexdigest()
 
-    import os
     for p in src.rglob("*.png"):                         # new mtimes must not change the archive
         os.utime(p, (1e9, 1e9))
     assert hub.pack(src, tmp_path / "b.tar.gz", progress=False) == digest
