@@ -108,8 +108,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    with Image.open(path) as im:
-        return im.size
+    return load_rgb(path).size
 
 
 def infer_input_size(root: str | os.PathLike) -> int:

@@ -64,16 +64,23 @@ def draw_shape(draw: ImageDraw.ImageDraw, cls: str, cx: float, cy: float, r: flo
         raise ValueError(cls)
 
 
+def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+    import colorsys
+
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, s, v))
+
+
 def render(seed: int, split: int, label: int, index: int, size: int = 32) -> Image.Image:
     """One image, a pure function of its arguments."""
     rng = np.random.default_rng([seed, split, label, index])
     S = size * SUPER
-    bg = tuple(int(v) for v in rng.integers(0, 256, 3))
-    # foreground colour at a random distance from the background: some images are low-contrast
-    contrast = rng.uniform(70, 220)
-    direction = rng.normal(size=3)
-    direction /= np.linalg.norm(direction) + 1e-8
-    fg = tuple(int(v) for v in np.clip(np.array(bg) + contrast * direction * math.sqrt(3), 0, 255))
+    # colour is a weak cue, as in real data: each class prefers a hue band (neighbours overlap);
+    # the background is dark or light and the shape mid-bright, so shapes are visible but the
+    # contrast varies
+    hue = (label / len(CLASSES) + rng.normal(0, 0.12)) % 1.0
+    fg = _hsv(hue, rng.uniform(0.35, 1.0), rng.uniform(0.45, 0.9))
+    dark = rng.uniform() < 0.5
+    bg = _hsv(rng.uniform(), rng.uniform(0, 0.7), rng.uniform(0.0, 0.3) if dark else rng.uniform(0.8, 1.0))
     img = Image.new("RGB", (S, S), bg)
     d = ImageDraw.Draw(img)
     # clutter: lines and a blob in random colours
@@ -84,8 +91,8 @@ def render(seed: int, split: int, label: int, index: int, size: int = 32) -> Ima
     blob = tuple(int(v) for v in rng.integers(0, 256, 3))
     bx, by, br = rng.uniform(0, S), rng.uniform(0, S), rng.uniform(0.06, 0.15) * S
     d.ellipse([bx - br, by - br * 0.6, bx + br, by + br * 0.6], fill=blob)
-    r = rng.uniform(0.2, 0.36) * S
-    cx, cy = rng.uniform(r * 0.8, S - r * 0.8), rng.uniform(r * 0.8, S - r * 0.8)
+    r = rng.uniform(0.22, 0.38) * S
+    cx, cy = S / 2 + rng.uniform(-0.22, 0.22) * S, S / 2 + rng.uniform(-0.22, 0.22) * S
     draw_shape(d, CLASSES[label], cx, cy, r, rng.uniform(0, 2 * math.pi), fg, bg)
     # a second line drawn over the shape occludes part of it
     if rng.uniform() < 0.3:

@@ -133,8 +133,11 @@ def main(argv=None) -> dict:
     classes = check_train_val(data / "train", data / "val")
     check_class_count(spec, len(classes), data / "train")
     arch = canonical_arch(args.arch_name)
-    size = resolve_input_size(spec, arch, args.input_size,
-                              fallback=infer_input_size(data / "train") if spec.num_classes is None else None)
+    fallback = None
+    if args.input_size is None and spec.num_classes is None:
+        fallback = infer_input_size(data / "train")  # custom data: the images' own size
+    size = resolve_input_size(spec, arch, args.input_size, fallback=fallback)
+    seed_everything(args.seed)  # the initial weights are a function of --seed
     model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
     mean, std = spec.mean, spec.std
     amp = bool(args.amp and device.type == "cuda")
