@@ -142,7 +142,8 @@ def prepare_imagenet_subset(name: str, imagenet_root: Path, out: Path, copy: boo
             raise UserError(f"{imagenet_root}: expected an ImageNet-1K tree with {split}/<wnid>/ folders")
     missing = [w for w in wnids if not (imagenet_root / "train" / w).is_dir()]
     if missing:
-        raise UserError(f"{imagenet_root / 'train'}: missing {len(missing)} wnid folder(s) of {name}, e.g. {missing[0]}")
+        raise UserError(f"{imagenet_root / 'train'}: missing {len(missing)} wnid folder(s) of {name}, "
+                        f"e.g. {missing[0]}")
     with atomic_dir(out) as tmp:
         for split in ("train", "val"):
             for w in tqdm(wnids, desc=f"{name} {split}"):
@@ -176,7 +177,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"{name} from a local ImageNet-1K tree")
         s.add_argument("--imagenet-root", required=True, help="ImageNet-1K root with train/<wnid> and val/<wnid>")
         s.add_argument("--copy", action="store_true", help="copy files instead of symlinking them")
-    for s in sub.choices.values():
+    for s in {id(v): v for v in sub.choices.values()}.values():  # aliases share a parser
         s.add_argument("--out", required=True, help="output root (train/ and val/ are written inside)")
         s.add_argument("--force", action="store_true", help="replace an existing output")
     return p

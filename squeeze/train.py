@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.atomic import atomic_torch_save, atomic_write_json
+from common.atomic import atomic_write_json
 from common.datasets import check_class_count, get_dataset, resolve_input_size
 from common.device import add_device_arg, resolve_device
 from common.errors import UserError

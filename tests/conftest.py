@@ -34,8 +34,8 @@ def make_tree(root: Path, num_classes: int = 3, per_class: int = 8, size: int = 
 def make_teacher(path: Path, classes: list[str], arch: str = "conv3", input_size: int = 32,
                  data_root: Path | None = None, seed: int = 0) -> Path:
     """A randomly initialised teacher whose BN running statistics were set on real batches."""
-    from common.transforms import val_transform
     from common.imagefolder import ImageFolder
+    from common.transforms import val_transform
     from models import build_model, make_meta, save_checkpoint
 
     torch.manual_seed(seed)
