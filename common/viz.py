@@ -38,3 +38,44 @@ def folder_grid(root: str | os.PathLike, out_png: str | os.PathLike, per_class: 
     grid = image_grid(rows, cell=cell, labels=classes if label else None, label_width=90 if label else 0)
     atomic_save_image(grid, out_png)
     return Path(out_png)
+
+
+def sets_grid(roots: list[str | os.PathLike], out_png: str | os.PathLike, names: list[str] | None = None,
+              per_class: int = 10, max_classes: int = 10, cell: int = 32) -> Path:
+    """One PNG comparing several ImageFolder sets: for each set, one row per class (titled by set name)."""
+    rows, labels = [], []
+    for k, root in enumerate(roots):
+        root = Path(root)
+        name = names[k] if names and k < len(names) else root.name
+        for c in find_classes(root)[:max_classes]:
+            rows.append([load_rgb(root / c / f) for f in list_class_files(root / c)[:per_class]])
+            labels.append(f"{name}: {c}")
+    grid = image_grid(rows, cell=cell, labels=labels, label_width=150)
+    atomic_save_image(grid, out_png)
+    return Path(out_png)
+
+
+def get_args_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m common.viz", description="Sample grids of ImageFolder sets as PNG.")
+    p.add_argument("roots", nargs="+", help="ImageFolder roots (one block of rows each)")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--names", nargs="+", default=None, help="a label per root")
+    p.add_argument("--per-class", type=int, default=10)
+    p.add_argument("--max-classes", type=int, default=10)
+    p.add_argument("--cell", type=int, default=32, help="pixels per image in the grid")
+    return p
+
+
+def main(argv=None) -> Path:
+    args = get_args_parser().parse_args(argv)
+    return sets_grid(args.roots, args.out, args.names, args.per_class, args.max_classes, args.cell)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from common.errors import run_cli
+
+    sys.exit(run_cli(main))

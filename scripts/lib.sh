@@ -1,0 +1,84 @@
+# Shared by every generated script in scripts/<dataset>/: the four stages as bash
+# functions. A script sets its variables, sources this file and calls run_pipeline.
+# DRY_RUN=1 prints every command instead of running it; STAGES picks stages.
+
+# Print a command (shell-quoted, one line starting with "+ ") and run it unless DRY_RUN=1.
+run() {
+    printf '+'; printf ' %q' "$@"; printf '\n'
+    if [ "${DRY_RUN:-0}" != 1 ]; then "$@"; fi
+}
+
+setup_device() {
+    case "${GPU}" in
+        cpu|auto) DEVICE=${GPU}; NPROC=1 ;;
+        *) export CUDA_VISIBLE_DEVICES=${GPU}; DEVICE=cuda
+           NPROC=$(awk -F, '{print NF}' <<< "${GPU}") ;;
+    esac
+}
+
+stage_squeeze() {
+    if [ ! -f "${TEACHER}" ]; then
+        if [ "${TEACHER_EPOCHS}" = 0 ]; then
+            echo "note: ${TEACHER} must hold pretrained ${ARCH} weights (torchvision's ImageNet file, local path)" >&2
+            [ "${DRY_RUN:-0}" = 1 ] || exit 2
+        else
+            # shellcheck disable=SC2086
+            run python -m squeeze --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "${ARCH}" \
+                --input-size "${INPUT_SIZE}" --epochs "${TEACHER_EPOCHS}" ${TEACHER_FLAGS} \
+                --device "${DEVICE}" --output "${TEACHER}"
+        fi
+    fi
+    # the check every later number depends on: the teacher's accuracy on this data
+    run python -m squeeze.evaluate --arch-path "${TEACHER}" --arch-name "${ARCH}" --data-path "${DATA_ROOT}" \
+        --input-size "${INPUT_SIZE}" --device "${DEVICE}"
+}
+
+stage_select() {
+    run python -m rank_select --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" \
+        --ranker-path "${TEACHER}" --ranker-arch "${ARCH}" --input-size "${INPUT_SIZE}" \
+        --ranking-file "${RANKING_FILE}" --output-path "${INIT_PATH}" --ipc "${IPC}" \
+        --selection-criteria "${CRITERION}" --device "${DEVICE}"
+}
+
+stage_synthesize() {
+    local launcher=(python -m recover) early_late=()
+    if [ "${NPROC}" -gt 1 ]; then launcher=(torchrun --nproc_per_node="${NPROC}" -m recover); fi
+    # EarlyLate needs rounds; IPC 1 uses none (DELT's scripts drop the flag there)
+    if [ "${IPC}" -gt 1 ] && [ -n "${ROUND_ITR}" ]; then
+        early_late=(--use-early-late --round-iterations "${ROUND_ITR}")
+    fi
+    run "${launcher[@]}" --init-data-path "${INIT_PATH}" --syn-data-path "${SYN_PATH}" --exp-name "${EXP_NAME}" \
+        --arch-name "${ARCH}" --arch-path "${TEACHER}" --dataset "${DATASET}" --input-size "${INPUT_SIZE}" \
+        --ipc "${IPC}" --iteration "${ITR}" "${early_late[@]}" --batch-size "${BATCH}" --lr "${LR}" \
+        --r-bn "${R_BN}" --jitter "${JITTER}" --easy2hard-mode "${EASY2HARD}" --milestone "${MILESTONE}" \
+        --device "${DEVICE}"
+}
+
+stage_validate() {
+    local seed outputs=()
+    for seed in ${SEEDS}; do
+        run python -m relabel_eval --syn-data-path "${SYN_PATH}/${EXP_NAME}" --val-dir "${DATA_ROOT}/val" \
+            --teacher-path "${TEACHER}" --arch-name "${ARCH}" --stud-name "${STUDENT}" --dataset "${DATASET}" \
+            --input-size "${INPUT_SIZE}" --ipc "${IPC}" --re-epochs "${RE_EPOCHS}" \
+            --use-rand-augment --rand-augment-config "${RAND_AUG}" --min-scale-crops "${MIN_SCALE}" \
+            --max-scale-crops 1.0 --seed "${seed}" --device "${DEVICE}" \
+            --output "${SYN_PATH}/${EXP_NAME}/eval_${STUDENT}_seed${seed}.json"
+        outputs+=("${SYN_PATH}/${EXP_NAME}/eval_${STUDENT}_seed${seed}.json")
+    done
+    run python scripts/summarize.py --published "${PUBLISHED}" "${outputs[@]}"
+}
+
+run_pipeline() {
+    setup_device
+    echo "== ${DATASET} ${ARCH} IPC ${IPC}: stages ${STAGES}" >&2
+    local s
+    for s in ${STAGES}; do
+        case "${s}" in
+            squeeze) stage_squeeze ;;
+            select) stage_select ;;
+            synthesize) stage_synthesize ;;
+            validate) stage_validate ;;
+            *) echo "error: STAGES: unknown stage '${s}' (squeeze select synthesize validate)" >&2; exit 2 ;;
+        esac
+    done
+}

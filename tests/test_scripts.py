@@ -1,0 +1,100 @@
+"""scripts/: every script is valid bash, matches the settings table, and passes only flags
+that the stage's own argument parser defines (checked by a DRY_RUN=1 run of each script)."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = sorted(p for p in (ROOT / "scripts").rglob("*.sh") if p.name != "lib.sh")
+BENCH = sorted((ROOT / "bench").glob("*.sh"))
+
+
+def parser_for(command: list[str]):
+    """The argparse parser behind a printed command, and the arguments to give it."""
+    if command[0] == "torchrun":
+        i = command.index("-m")
+        command = ["python", *command[i:]]
+    assert command[0] in ("python", "python3"), command
+    if command[1] == "-m":
+        module, args = command[2], command[3:]
+        pkg_main = ROOT / module.replace(".", "/") / "__main__.py"
+        if pkg_main.is_file():  # a stage package: its __main__ names the module with main()
+            module = re.search(r"from (\S+) import main", pkg_main.read_text()).group(1)
+        return importlib.import_module(module).get_args_parser(), args
+    path = ROOT / command[1]
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_args_parser(), command[2:]
+
+
+def dry_run(script: Path, **env) -> list[list[str]]:
+    e = {**os.environ, "DRY_RUN": "1", **env}
+    res = subprocess.run(["bash", str(script)], cwd=ROOT, env=e, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"{script}: {res.stderr[-2000:]}"
+    cmds = [shlex.split(line[2:]) for line in res.stdout.splitlines() if line.startswith("+ ")]
+    assert cmds, f"{script} printed no command"
+    return cmds
+
+
+@pytest.mark.parametrize("script", SCRIPTS + BENCH + [ROOT / "scripts" / "lib.sh"], ids=lambda p: p.name)
+def test_bash_syntax(script):
+    res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_scripts_match_settings_table():
+    res = subprocess.run(["python", "scripts/generate.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    rows = (ROOT / "scripts" / "settings.csv").read_text().strip().splitlines()[1:]
+    assert len([s for s in SCRIPTS if s.parent.name != "scripts"]) == len(rows)
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s.parent.name != "scripts"],
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_printed_command_parses(script):
+    cmds = dry_run(script, GPU="cpu")
+    modules = [c[2] if c[1] == "-m" else c[1] for c in cmds]
+    assert {"squeeze.evaluate", "rank_select", "recover", "relabel_eval"} <= set(modules)
+    for cmd in cmds:
+        parser, args = parser_for(cmd)
+        parser.parse_args(args)  # SystemExit (test failure) on any flag the parser does not define
+    text = script.read_text()
+    for var in ("DATA_ROOT", "TEACHER", "SYN_PATH", "INIT_PATH", "IPC", "ITR", "ROUND_ITR", "EXP_NAME", "GPU",
+                "SEEDS"):
+        assert re.search(rf"^{var}=", text, re.M), f"{script}: {var} not at the top"
+    seeds = [c for c in cmds if c[:3] == ["python", "-m", "relabel_eval"]]
+    assert [c[c.index("--seed") + 1] for c in seeds] == ["3407", "4663", "2897"]
+
+
+def test_multi_gpu_uses_torchrun_and_ipc1_has_no_rounds():
+    cmds = dry_run(ROOT / "scripts" / "imagenet-1k" / "resnet18_ipc50.sh", GPU="0,1,2,3")
+    rec = [c for c in cmds if "recover" in c]
+    assert rec and rec[0][:3] == ["torchrun", "--nproc_per_node=4", "-m"]
+    ipc1 = dry_run(ROOT / "scripts" / "tinyimagenet" / "conv4_ipc1.sh", GPU="cpu")
+    rec1 = [c for c in ipc1 if "recover" in c][0]
+    assert "--use-early-late" not in rec1 and "--round-iterations" not in rec1
+
+
+def test_reproduce_dispatches_and_rejects_unknown():
+    res = subprocess.run(["bash", "scripts/reproduce.sh", "tinyimagenet", "conv4", "10"], cwd=ROOT,
+                         env={**os.environ, "DRY_RUN": "1", "GPU": "cpu"}, capture_output=True, text=True)
+    assert res.returncode == 0 and "--ipc 10" in res.stdout
+    bad = subprocess.run(["bash", "scripts/reproduce.sh", "tinyimagenet", "conv4", "7"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no published setting" in bad.stderr
+
+
+def test_quickstart_dry_run_parses(tmp_path):
+    cmds = dry_run(ROOT / "scripts" / "quickstart.sh", OUT=str(tmp_path / "qs"))
+    for cmd in cmds:
+        parser, args = parser_for(cmd)
+        parser.parse_args(args)
