@@ -93,8 +93,10 @@ def test_reproduce_dispatches_and_rejects_unknown():
     assert bad.returncode == 2 and "no published setting" in bad.stderr
 
 
-def test_quickstart_dry_run_parses(tmp_path):
-    cmds = dry_run(ROOT / "scripts" / "quickstart.sh", OUT=str(tmp_path / "qs"))
+@pytest.mark.parametrize("script", [ROOT / "scripts" / "quickstart.sh", ROOT / "bench" / "cpu_table.sh"],
+                         ids=lambda p: p.name)
+def test_pipeline_dry_runs_parse(script, tmp_path):
+    cmds = dry_run(script, OUT=str(tmp_path / "out"), TABLE=str(tmp_path / "table.md"))
     for cmd in cmds:
         parser, args = parser_for(cmd)
         parser.parse_args(args)
