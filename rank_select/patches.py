@@ -269,6 +269,7 @@ def swap_into_place(stage: Path, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    t_start = time.perf_counter()
     for flag in ("ipc", "mipc", "num_crop", "factor", "batch_size"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
@@ -338,13 +339,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                         "mean": list(ranker.mean), "std": list(ranker.std)},
                               crop={"scale": list(CROP_SCALE), "ratio": list(CROP_RATIO), "size": crop_size,
                                     "box": "top, left, height, width in source pixels"},
-                              timings={"scoring_s": elapsed, "patches_per_s": rate, "crops_scored": n_crops},
+                              wall_time_s=time.perf_counter() - t_start,
+                              timings={"scoring_s": elapsed, "patches_per_sec": rate, "crops_scored": n_crops},
                               classes={c: {k: v for k, v in done[c].items() if k != "class"} for c in classes})
     write_manifest(stage / "manifest.json", manifest)
     swap_into_place(stage, out)
     total = sum(len(v["images"]) for v in done.values())
     print(f"wrote {total} images ({len(classes)} classes, factor {args.factor}) to {out}")
-    return {"output": str(out), "images": total, "patches_per_s": rate, "scoring_s": elapsed}
+    return {"output": str(out), "images": total, "patches_per_sec": rate, "scoring_s": elapsed}
 
 
 def write_class(stage: Path, label: int, cls: str, pool: ClassPool, pool_paths: Sequence[str],

@@ -318,12 +318,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ranker_path = model_path_from_args(args, "ranker")
     csv_path = Path(args.ranking_file) if args.ranking_file else None
     timing: dict[str, float] = {}
+    t_start = time.perf_counter()
 
     if csv_path is not None and csv_path.is_file() and not args.rerank:
         df = read_ranking(csv_path)
         check_ranking_matches(df, csv_path, data_root, classes, rel_paths)
         ranker_note(csv_path, ranker_path)
         print(f"reusing ranking {csv_path} ({len(df)} images)", file=sys.stderr)
+        side = read_manifest(sidecar_path(csv_path)) or {}
+        if isinstance(side.get("scoring_s"), (int, float)):
+            timing["reused_ranking_scoring_s"] = float(side["scoring_s"])
         scored = False
     else:
         device = resolve_device_args(args)
@@ -334,10 +338,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         metrics = score_dataset(ranker, dataset, args.batch_size, args.workers, partial, args.save_every,
                                 _fingerprint(ranker, rel_paths, labels))
         timing["scoring_s"] = time.perf_counter() - t0
-        timing["images_per_s"] = len(dataset) / max(timing["scoring_s"], 1e-9)
+        timing["images_per_sec"] = len(dataset) / max(timing["scoring_s"], 1e-9)
         df = ranking_frame(rel_paths, classes, labels, metrics)
         acc = float((df["pred"] == df["label"]).mean())
-        print(f"scored {len(df)} images in {timing['scoring_s']:.1f}s ({timing['images_per_s']:.0f} images/s); "
+        print(f"scored {len(df)} images in {timing['scoring_s']:.1f}s ({timing['images_per_sec']:.0f} images/s); "
               f"ranker train top-1 {100 * acc:.2f}%", file=sys.stderr)
         if csv_path is not None:
             write_ranking(df, csv_path)
@@ -349,11 +353,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     chosen = pick_per_class(df, classes, rel_paths, args.ipc, args.selection_criteria, args.seed,
                             args.allow_fewer)
+    # cost of this set: this run, plus the scoring of a reused ranking
+    timing["wall_time_s"] = time.perf_counter() - t_start + timing.get("reused_ranking_scoring_s", 0.0)
     manifest = build_manifest(STAGE, args, inputs={"ranker": ranker_path if scored else None,
                                                    "ranking_file": csv_path},
                               data_root=str(data_root.resolve()), num_classes=len(classes),
                               selection_criteria=args.selection_criteria, ipc=args.ipc,
-                              reused_ranking=not scored, timings=timing)
+                              reused_ranking=not scored, wall_time_s=timing["wall_time_s"], timings=timing)
     listing = write_selection(out, data_root, chosen, args.ipc, manifest, ranking=df if csv_path is None else None)
     total = sum(len(v) for v in listing.values())
     print(f"wrote {total} images ({len(listing)} classes, {args.selection_criteria}) to {out}")

@@ -174,6 +174,7 @@ def test_end_to_end_scores_copies_and_manifest(tmp_path, tiny_data, tiny_teacher
             assert (out / cls / f).read_bytes() == (train / cls / f[4:]).read_bytes()
     m = json.loads((out / "manifest.json").read_text())
     assert m["stage"] == "rank_select" and m["inputs"]["ranker"]["sha256"]
+    assert m["wall_time_s"] >= m["timings"]["scoring_s"] > 0 and m["timings"]["images_per_sec"] > 0
     assert [e["source"] for e in m["classes"][classes[0]]] == [f"{classes[0]}/{f[4:]}" for f in
                                                                sorted(p.name for p in (out / classes[0]).iterdir())]
     assert Path(f"{csv}.manifest.json").is_file()
@@ -186,6 +187,8 @@ def test_reuse_csv_without_ranker_and_atomic_replace(tmp_path, tiny_data, tiny_t
     run(base_args(train, out, None, csv, ipc=2, criterion="min"))  # no ranker needed: the CSV is reused
     assert "reusing ranking" in capsys.readouterr().err
     assert csv.read_bytes() == before
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["reused_ranking"] and m["wall_time_s"] >= m["timings"]["reused_ranking_scoring_s"] > 0
     df = pd.read_csv(csv)
     for cls in find_classes(train):
         files = sorted(f.name for f in (out / cls).iterdir())

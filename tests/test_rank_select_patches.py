@@ -106,6 +106,7 @@ def test_end_to_end_deterministic_and_manifest_boxes_reproduce_patches(tmp_path,
     assert len(a) == 6 and a == b and a != c
     m = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert m["stage"] == "rank_select.patches" and m["inputs"]["observer"]["sha256"]
+    assert m["wall_time_s"] >= m["timings"]["scoring_s"] > 0 and m["timings"]["crops_scored"] == 3 * 6 * 3
     for cls in find_classes(train):
         assert sorted(p.name for p in (tmp_path / "a" / cls).iterdir()) == ["000_rded.png", "001_rded.png"]
         entry = m["classes"][cls]
