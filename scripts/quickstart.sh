@@ -12,7 +12,7 @@ DATA=${DATA:-$OUT/data}
 IPC=${IPC:-10}
 ITR=${ITR:-200}
 ROUND_ITR=${ROUND_ITR:-40}
-TEACHER_EPOCHS=${TEACHER_EPOCHS:-12}
+TEACHER_EPOCHS=${TEACHER_EPOCHS:-15}
 RE_EPOCHS=${RE_EPOCHS:-40}
 SEEDS=${SEEDS:-"3407 4663 2897"}
 GPU=${GPU:-auto}
@@ -22,9 +22,9 @@ source scripts/lib.sh
 setup_device
 t0=$(date +%s)
 
-[ -d "$DATA/train" ] || run python -m common.prepare shapes --out "$DATA" --train-per-class 300 --val-per-class 100
+[ -d "$DATA/train" ] || run python -m common.prepare shapes --out "$DATA" --train-per-class 500 --val-per-class 100
 [ -f "$TEACHER" ] || run python -m squeeze --dataset shapes --data-path "$DATA" --arch-name conv3 --input-size 32 \
-    --epochs "$TEACHER_EPOCHS" --lr 0.05 --device "$DEVICE" --output "$TEACHER"
+    --epochs "$TEACHER_EPOCHS" --batch-size 64 --lr 0.05 --device "$DEVICE" --output "$TEACHER"
 run python -m rank_select --dataset shapes --data-path "$DATA/train" --ranker-path "$TEACHER" \
     --ranking-file "$OUT/ranking.csv" --output-path "$OUT/init_medium" --ipc "$IPC" --selection-criteria medium \
     --device "$DEVICE"
