@@ -15,7 +15,7 @@ IPCS=${IPCS:-"10 50"}
 SEEDS=${SEEDS:-"3407 4663 2897"}
 ITR=${ITR:-500}
 ROUND_ITR=${ROUND_ITR:-100}
-RE_EPOCHS=${RE_EPOCHS:-100}
+RE_EPOCHS=${RE_EPOCHS:-"100"}  # one number, or per IPC: "10:60 50:30"
 LR=${LR:-0.25}          # CIFAR-scale recovery settings (input 32): lr 0.25, r_bn 0.01, jitter 4
 R_BN=${R_BN:-0.01}
 JITTER=${JITTER:-4}
@@ -24,6 +24,16 @@ TABLE=${TABLE:-results/cpu_table.md}
 
 source scripts/lib.sh
 setup_device
+epochs_for() {  # the relabel_eval epochs for IPC $1 from RE_EPOCHS
+    local pair
+    for pair in ${RE_EPOCHS}; do
+        case "$pair" in
+            *:*) [ "${pair%%:*}" = "$1" ] && { echo "${pair#*:}"; return; } ;;
+            *) echo "$pair"; return ;;
+        esac
+    done
+    echo "error: RE_EPOCHS='${RE_EPOCHS}' names no epochs for IPC $1" >&2; exit 2
+}
 t_start=$(date +%s)
 common=(--arch-name conv3 --arch-path "$TEACHER" --dataset custom --input-size 32 --batch-size 100 --lr "$LR"
         --r-bn "$R_BN" --jitter "$JITTER" --device "$DEVICE")
@@ -35,12 +45,13 @@ run python -m squeeze.evaluate --arch-path "$TEACHER" --data-path "$DATA" --devi
 rows=()
 for IPC in $IPCS; do
     D=$OUT/ipc$IPC
-    run python -m rank_select --dataset custom --data-path "$DATA/train" --ranker-path "$TEACHER" \
+    E=$(epochs_for "$IPC")
+    [ -f "$D/medium/manifest.json" ] || run python -m rank_select --dataset custom --data-path "$DATA/train" --ranker-path "$TEACHER" \
         --ranking-file "$OUT/ranking.csv" --output-path "$D/medium" --ipc "$IPC" --selection-criteria medium \
         --device "$DEVICE"
-    run python -m relabel_eval.baselines random --train-dir "$DATA/train" --ipc "$IPC" --seed 0 \
+    [ -f "$D/random_real/manifest.json" ] || run python -m relabel_eval.baselines random --train-dir "$DATA/train" --ipc "$IPC" --seed 0 \
         --output-dir "$D/random_real"
-    run python -m rank_select.patches --dataset custom --data-path "$DATA/train" --observer-path "$TEACHER" \
+    [ -f "$D/rded/manifest.json" ] || run python -m rank_select.patches --dataset custom --data-path "$DATA/train" --observer-path "$TEACHER" \
         --output-path "$D/rded" --ipc "$IPC" --mipc 300 --num-crop 5 --factor 1 --input-size 32 --seed 0 \
         --device "$DEVICE"
     [ -f "$D/sre2l/manifest.json" ] || run python -m recover --init noise --train-data-path "$DATA/train" \
@@ -58,7 +69,7 @@ for IPC in $IPCS; do
         for mode in soft hard; do
             [ -f "$D/eval_${m}_${mode}.json" ] || run python -m relabel_eval --syn-data-path "$D/$m" \
                 --val-dir "$DATA/val" --teacher-path "$TEACHER" --stud-name conv3 --dataset custom --input-size 32 \
-                --ipc "$IPC" --re-epochs "$RE_EPOCHS" --label-mode "$mode" --seeds $SEEDS --device "$DEVICE" \
+                --ipc "$IPC" --re-epochs "$E" --label-mode "$mode" --seeds $SEEDS --device "$DEVICE" \
                 --output "$D/eval_${m}_${mode}.json"
         done
         rows+=(--row method="${names[$i]}" ipc="$IPC" syn="$D/$m" soft="$D/eval_${m}_soft.json"
@@ -74,6 +85,6 @@ cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 mins=$(( ($(date +%s) - t_start) / 60 ))
 run python scripts/results_table.py --out "$TABLE" "${rows[@]}" \
     --title "tinyimagenet-10 (10 classes, 500 train / 50 val per class) at 32x32; conv3 teacher and student; \
-recovery ITR $ITR, DELT round $ROUND_ITR, lr $LR, r_bn $R_BN, jitter $JITTER; relabel_eval $RE_EPOCHS epochs \
+recovery ITR $ITR, DELT round $ROUND_ITR, lr $LR, r_bn $R_BN, jitter $JITTER; relabel_eval epochs $RE_EPOCHS \
 (soft = CutMix + KD from the teacher at T=20; hard = CutMix + CE), final top-1 mean +- std over seeds $SEEDS. \
 Hardware: $(nproc) CPU cores (${cpu:-unknown CPU}), $DEVICE; whole run ${mins} min. Produced by bench/cpu_table.sh."
