@@ -107,15 +107,15 @@ def plot_diversity(sets: dict, out_png: str | Path, model_desc: str) -> Path:
     w = 0.38
     b1 = ax2.bar([x - w / 2 for x in xs], intra, w, yerr=err, capsize=3, label="intra-class (mean over classes)")
     b2 = ax2.bar([x + w / 2 for x in xs], inter, w, hatch="//", alpha=0.7, label="inter-class centroids")
-    for bars in (b1, b2):
-        for bar in bars:
-            ax2.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{bar.get_height():.3f}",
+    for bars, errs in ((b1, err), (b2, [0.0] * len(names))):
+        for bar, e in zip(bars, errs):
+            ax2.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + e + 0.01, f"{bar.get_height():.3f}",
                      ha="center", va="bottom", fontsize=7)
     ax2.set_xticks(list(xs))
     ax2.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
-    ax2.set_ylim(0, 1.08)
+    ax2.set_ylim(0, 1.25)
     ax2.set_title("mean")
-    ax2.legend(fontsize=7, loc="lower right")
+    ax2.legend(fontsize=7, loc="upper left", ncol=1)
     fig.suptitle(f"Diversity of distilled sets (cosine similarity of {model_desc} features)", fontsize=10)
     fig.tight_layout()
     out_png = Path(out_png)
