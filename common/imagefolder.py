@@ -162,6 +162,11 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def arrays(self) -> list[np.ndarray] | None:
+        """The decoded HWC uint8 images when built with ``cache=True`` (else None)."""
+        return self._cache
+
     def load(self, index: int) -> Image.Image:
         if self._cache is not None:
             return Image.fromarray(self._cache[index])

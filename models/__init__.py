@@ -10,6 +10,6 @@ from models.registry import (
                              penultimate_features,
 )
 
-__all__ = ["ConvNet", "build_model", "canonical_arch", "classifier_layer", "has_batchnorm", "list_archs",
+__all__ = ["ConvNet", "build_model", "canonical_arch", "classifier_layer", "classifier_name", "has_batchnorm", "list_archs",
            "load_model", "make_meta", "penultimate_features", "read_checkpoint", "save_checkpoint",
            "strip_prefixes"]

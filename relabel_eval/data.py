@@ -56,7 +56,7 @@ def load_distilled(root: str | os.PathLike, ipc: int | None = None, what: str = 
             raise UserError(f"{root / cls}: only {n} image(s) in this class but --ipc {ipc}")
     ds = ImageFolder(root, per_class=ipc or None, cache=True, what=what)
     files = [str(Path(p).relative_to(root)) for p, _ in ds.samples]
-    arrays = list(ds._cache)
+    arrays = list(ds.arrays)
     sizes = np.array([a.shape[:2] for a in arrays], dtype=np.int64).reshape(-1, 2)
     return DistilledSet(root, list(ds.classes), files, np.asarray(ds.targets, dtype=np.int64), arrays, sizes)
 
