@@ -2,14 +2,15 @@
 from models.checkpoint import load_model, make_meta, read_checkpoint, save_checkpoint, strip_prefixes
 from models.convnet import ConvNet
 from models.registry import (
-                             build_model,
-                             canonical_arch,
-                             classifier_layer,
-                             has_batchnorm,
-                             list_archs,
-                             penultimate_features,
+    build_model,
+    canonical_arch,
+    classifier_layer,
+    classifier_name,
+    has_batchnorm,
+    list_archs,
+    penultimate_features,
 )
 
-__all__ = ["ConvNet", "build_model", "canonical_arch", "classifier_layer", "classifier_name", "has_batchnorm", "list_archs",
-           "load_model", "make_meta", "penultimate_features", "read_checkpoint", "save_checkpoint",
+__all__ = ["ConvNet", "build_model", "canonical_arch", "classifier_layer", "classifier_name", "has_batchnorm",
+           "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint", "save_checkpoint",
            "strip_prefixes"]

@@ -24,8 +24,7 @@ from common.device import add_device_arg, resolve_device
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
 from common.transforms import pil_to_normalized
-from models import load_model, penultimate_features
-from models import classifier_layer, classifier_name
+from models import classifier_layer, classifier_name, load_model, penultimate_features
 from relabel_eval.data import load_distilled
 
 STAGE = "relabel_eval.diversity"
