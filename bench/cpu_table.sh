@@ -34,7 +34,6 @@ epochs_for() {  # the relabel_eval epochs for IPC $1 from RE_EPOCHS
     done
     echo "error: RE_EPOCHS='${RE_EPOCHS}' names no epochs for IPC $1" >&2; exit 2
 }
-t_start=$(date +%s)
 common=(--arch-name conv3 --arch-path "$TEACHER" --dataset custom --input-size 32 --batch-size 100 --lr "$LR"
         --r-bn "$R_BN" --jitter "$JITTER" --device "$DEVICE")
 [ -f "$TEACHER" ] || run python -m squeeze --dataset custom --data-path "$DATA" --arch-name conv3 --input-size 32 \
@@ -54,12 +53,12 @@ for IPC in $IPCS; do
     [ -f "$D/rded/manifest.json" ] || run python -m rank_select.patches --dataset custom --data-path "$DATA/train" --observer-path "$TEACHER" \
         --output-path "$D/rded" --ipc "$IPC" --mipc 300 --num-crop 5 --factor 1 --input-size 32 --seed 0 \
         --device "$DEVICE"
-    [ -f "$D/sre2l/manifest.json" ] || run python -m recover --init noise --train-data-path "$DATA/train" \
+    run python -m recover --init noise --train-data-path "$DATA/train" \
         --syn-data-path "$D" --exp-name sre2l --ipc "$IPC" --iteration "$ITR" "${common[@]}"
-    [ -f "$D/cda/manifest.json" ] || run python -m recover --init noise --train-data-path "$DATA/train" \
+    run python -m recover --init noise --train-data-path "$DATA/train" \
         --syn-data-path "$D" --exp-name cda --ipc "$IPC" --iteration "$ITR" --easy2hard-mode cosine --milestone 1 \
         "${common[@]}"
-    [ -f "$D/delt/manifest.json" ] || run python -m recover --init real --init-data-path "$D/medium" \
+    run python -m recover --init real --init-data-path "$D/medium" \
         --syn-data-path "$D" --exp-name delt --ipc "$IPC" --iteration "$ITR" --use-early-late \
         --round-iterations "$ROUND_ITR" --easy2hard-mode cosine --milestone 1 "${common[@]}"
     methods=(random_real medium rded sre2l cda delt)
@@ -82,9 +81,9 @@ for IPC in $IPCS; do
 done
 
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
-mins=$(( ($(date +%s) - t_start) / 60 ))
 run python scripts/results_table.py --out "$TABLE" "${rows[@]}" \
     --title "tinyimagenet-10 (10 classes, 500 train / 50 val per class) at 32x32; conv3 teacher and student; \
 recovery ITR $ITR, DELT round $ROUND_ITR, lr $LR, r_bn $R_BN, jitter $JITTER; relabel_eval epochs $RE_EPOCHS \
 (soft = CutMix + KD from the teacher at T=20; hard = CutMix + CE), final top-1 mean +- std over seeds $SEEDS. \
-Hardware: $(nproc) CPU cores (${cpu:-unknown CPU}), $DEVICE; whole run ${mins} min. Produced by bench/cpu_table.sh."
+Hardware: $(nproc) CPU cores (${cpu:-unknown CPU}), $DEVICE. Produced by bench/cpu_table.sh \
+(recover resumes and skips finished classes; finished evaluations are kept)."
