@@ -58,6 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on CUDA)")
     p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                    help="decode the training images once into memory (auto: up to 60k images)")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="check every image first and skip (and list) corrupt ones instead of stopping")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
@@ -146,7 +148,7 @@ def main(argv=None) -> dict:
     n_train = sum(1 for _ in (data / "train").rglob("*") if _.is_file())
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
     train_ds = ImageFolder(data / "train", train_transform(size, mean, std, args.train_aug), classes=classes,
-                           cache=cache)
+                           cache=cache, skip_corrupt=args.skip_corrupt)
     val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache)
     if len(train_ds) < args.batch_size:
         raise UserError(f"{data / 'train'}: {len(train_ds)} images, fewer than --batch-size {args.batch_size}")

@@ -128,3 +128,15 @@ def test_evaluate_matches_manual_accuracy(tiny_data, tmp_path):
     res = squeeze_eval.main(["--arch-path", str(tmp_path / "r.pth"), "--data-path", str(tiny_data / "val"),
                              "--device", "cpu", "--batch-size", "5"])
     assert res["top1"] == pytest.approx(manual)
+
+
+def test_skip_corrupt_lists_and_trains(tmp_path, capsys):
+    data = tmp_path / "d"
+    make_tree(data / "train", 2, 8)
+    make_tree(data / "val", 2, 2, split=1)
+    (data / "train" / "00_circle" / "img_000.png").write_bytes(b"not an image")
+    out = tmp_path / "t.pth"
+    assert run_cli(squeeze_train.main, _args(data, out, "--skip-corrupt", "--epochs", "1")) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 corrupt image(s)" in err and "img_000.png" in err
+    assert read_checkpoint(out)["meta"]["num_classes"] == 2
