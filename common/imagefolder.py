@@ -104,7 +104,8 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     except FileNotFoundError:
         raise UserError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: corrupt or unreadable image ({exc}); remove or replace the file (squeeze: --skip-corrupt skips such files)") from None
+        raise UserError(f"{path}: corrupt or unreadable image ({exc}); remove or replace the file "
+                        f"(squeeze: --skip-corrupt skips such files)") from None
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
