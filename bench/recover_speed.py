@@ -34,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common.datasets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from common.device import resolve_device  # noqa: E402
 from common.imagefolder import find_classes, list_class_files, load_rgb  # noqa: E402
 from common.transforms import pil_to_normalized, pixel_bounds  # noqa: E402
@@ -58,7 +59,7 @@ def get_teacher(args, classes, device):
     note = str(path)
     if not path.is_file():  # fallback: random conv3 whose BN statistics are set on the data
         size = args.input_size
-        x, _ = load_init(Path(args.data), classes, 20, size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        x, _ = load_init(Path(args.data), classes, 20, size, IMAGENET_MEAN, IMAGENET_STD)
         torch.manual_seed(0)
         model = build_model("conv3", len(classes), size).train()
         with torch.no_grad():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -225,8 +224,6 @@ def main(argv=None) -> dict:
                             train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
     atomic_write_json(output.with_suffix(".json") if output.suffix else Path(str(output) + ".json"), report)
     print(f"teacher written to {output}: val top-1 {val_top1:.2f}%", file=sys.stderr)
-    if os.environ.get("DD_KEEP_LAST") != "1" and state_file == last_path(output) and state_file.exists():
-        pass  # the training checkpoint stays: it lets a finished run be extended or inspected
     return report
 
 
