@@ -25,6 +25,7 @@ from common.atomic import atomic_torch_save, atomic_write_json
 from common.device import autocast
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
+from common.metrics import evaluate
 from common.seed import seed_everything
 from models import build_model
 from relabel_eval.data import ValSet
@@ -141,26 +142,6 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     return {"loss": float(loss_sum) / max(n, 1), "train_top1_mixed": 100.0 * float(correct) / max(n, 1), "images": n}
 
 
-@torch.no_grad()
-def evaluate(model, val: ValSet, device: torch.device, amp: bool) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (%) on the validation set."""
-    was_training = model.training
-    model.eval()
-    c1 = c5 = n = 0
-    for x, y in val.batches():
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            out = model(x)
-        top = out.float().topk(min(5, out.shape[1]), dim=1).indices
-        hit = top == y[:, None]
-        c1 += int(hit[:, 0].sum())
-        c5 += int(hit.any(1).sum())
-        n += len(y)
-    model.train(was_training)
-    return 100.0 * c1 / n, 100.0 * c5 / n
-
-
 def _rng_state() -> dict:
     st = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -222,7 +203,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         rec = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "train_top1_mixed": stats["train_top1_mixed"],
                "epoch_time_s": dt, "images_per_s": stats["images"] / dt if dt > 0 else None}
         if epoch in evals:
-            rec["val_top1"], rec["val_top5"] = evaluate(student, val, dev, common.amp)
+            res = evaluate(student, val.batches(), dev, common.amp)
+            rec["val_top1"], rec["val_top5"] = res["top1"], res["top5"]
             bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
         history.append(rec)
         if epoch in evals or epoch == E - 1:

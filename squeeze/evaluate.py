@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-from tqdm import tqdm
 
 from common.atomic import atomic_write_json
 from common.datasets import get_dataset
 from common.device import add_device_arg, resolve_device
 from common.imagefolder import ImageFolder, find_classes
+from common.metrics import evaluate
 from common.transforms import val_transform
 from models import load_model
 
@@ -29,28 +28,6 @@ def val_root(data_path: str | Path) -> Path:
     """``DATA/val`` when it exists, else ``DATA`` itself (a bare val folder)."""
     p = Path(data_path)
     return p / "val" if (p / "val").is_dir() else p
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device,
-             amp: bool = False, progress: bool = False, desc: str = "val") -> dict[str, float]:
-    """Top-1, top-5 (in percent) and mean cross-entropy over a loader; model left in eval mode."""
-    model.eval()
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
-    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        correct1 += (topk[:, 0] == y).sum().item()
-        correct5 += (topk == y[:, None]).any(dim=1).sum().item()
-        total += y.numel()
-    total = max(total, 1)
-    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total,
-            "images": total}
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -30,11 +30,11 @@ from common.device import add_device_arg, resolve_device
 from common.errors import UserError
 from common.imagefolder import ImageFolder, check_train_val, infer_input_size
 from common.manifest import build_manifest
+from common.metrics import evaluate
 from common.seed import seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
 from models.registry import canonical_arch
-from squeeze.evaluate import evaluate
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
                                              pin_memory=device.type == "cuda", persistent_workers=False)
         stats = train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, args.label_smoothing,
                                 epoch, args.epochs)
-        val = evaluate(model, val_loader, device, amp=amp)
+        val = evaluate(model, val_loader, device, amp=amp)  # amp is only ever on with CUDA
         stats.update({"epoch": epoch + 1, "val_top1": val["top1"], "val_top5": val["top5"],
                       "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"]})
         history.append(stats)
