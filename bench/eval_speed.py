@@ -34,9 +34,9 @@ from common.imagefolder import find_classes  # noqa: E402
 from models import build_model, make_meta, save_checkpoint  # noqa: E402
 from relabel_eval import relabel as relabel_mod  # noqa: E402
 from relabel_eval import train as train_mod  # noqa: E402
+from relabel_eval.context import BatchMaker, resolve_common  # noqa: E402
 from relabel_eval.plan import make_epoch_plan  # noqa: E402
 from relabel_eval.protocol import make_optimizer  # noqa: E402
-from relabel_eval.setup import BatchMaker, resolve_common  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/data/tinyimagenet-10/train")
 

@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from rank_speed import bench_inputs, median_times  # noqa: E402  (bench/ is the script's folder)
 
-from common.device import add_device_arg, resolve_device  # noqa: E402
+from common.device import device_from_args  # noqa: E402
+from common.flags import add_device_args  # noqa: E402
 from common.imagefolder import find_classes, make_samples  # noqa: E402
 from rank_select.patches import CropDataset, crop_losses  # noqa: E402
 
@@ -51,9 +52,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=500, help="crops per forward in the batched variant")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=0)
-    add_device_arg(p)
+    add_device_args(p)
     args = p.parse_args()
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     data, ranker, tmp = bench_inputs(args.data_path, args.observer_path, args.images, device, "observer")
     classes = find_classes(data)
     _, samples = make_samples(data, classes, per_class=max(1, args.images // len(classes)), shuffle_seed=0)

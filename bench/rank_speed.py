@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.datasets import get_dataset  # noqa: E402
-from common.device import add_device_arg, resolve_device  # noqa: E402
+from common.device import device_from_args  # noqa: E402
+from common.flags import add_device_args  # noqa: E402
 from common.imagefolder import ImageFolder, find_classes  # noqa: E402
 from common.transforms import val_transform  # noqa: E402
 from rank_select.rank import score_dataset, score_logits  # noqa: E402
@@ -80,11 +81,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    add_device_arg(p)
+    add_device_args(p)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     data, ranker, tmp = bench_inputs(args.data_path, args.ranker_path, args.images, device, "ranker")
     classes = find_classes(data)
     ranker_path = ranker.path

@@ -1,16 +1,26 @@
-"""``--device auto|cpu|cuda|cuda:N``: the device is a flag, never hard-coded."""
+"""``--device auto|cpu|cuda|cuda:N``: the device is a flag, never hard-coded.
+
+The flags themselves (``--device``, ``--gpu-device N`` = ``cuda:N``) are defined in the
+torch-free ``common.flags``; this module turns them into a :class:`torch.device`.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
 from common.errors import UserError
+from common.flags import device_spec
 
 
-def add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
-    parser.add_argument("--device", default=default,
-                        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+def device_from_args(args: argparse.Namespace) -> torch.device:
+    """The device of ``--device`` / ``--gpu-device``; under torchrun, ``auto`` means ``cuda:LOCAL_RANK``."""
+    spec = device_spec(args)
+    local_rank = os.environ.get("LOCAL_RANK")
+    if spec in ("auto", "cuda") and local_rank is not None and torch.cuda.is_available():
+        spec = f"cuda:{int(local_rank)}"
+    return resolve_device(spec)
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:

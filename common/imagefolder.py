@@ -58,6 +58,18 @@ def select_per_class(files: Sequence[str], limit: int | None, shuffle_seed: int 
     return files
 
 
+def random_real_indices(n: int, k: int, seed: int, label: int) -> list[int]:
+    """The random-real baseline: ``k`` of a class's ``n`` files (positions in file-name order), first pick first.
+
+    Seeded by ``seed + label`` (class index), as ``select_per_class``'s seeded shuffle, so
+    ``relabel_eval.baselines random`` and ``rank_select --selection-criteria random``
+    pick the same images for the same seed.
+    """
+    order = list(range(n))
+    random.Random(seed + label).shuffle(order)
+    return order[:k]
+
+
 def make_samples(root: str | os.PathLike, classes: Sequence[str] | None = None,
                  per_class: int | None = None, shuffle_seed: int | None = None,
                  allow_empty: bool = False, what: str = "data path") -> tuple[list[str], list[tuple[str, int]]]:

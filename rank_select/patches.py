@@ -36,13 +36,14 @@ from tqdm import tqdm
 
 from common.atomic import atomic_save_image, atomic_write_json
 from common.datasets import check_class_count, get_dataset
-from common.device import add_device_arg
+from common.device import device_from_args
 from common.errors import UserError
+from common.flags import add_device_args, add_workers_arg, workers_from_args
 from common.imagefolder import find_classes, load_rgb, make_samples
 from common.manifest import build_manifest, sha256_file, write_manifest
 from common.seed import seed_everything
 from common.transforms import normalize
-from rank_select.rank import check_output_path, default_workers, resolve_device_args
+from rank_select.rank import check_output_path
 from rank_select.ranker import Ranker, add_model_args, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import rank_width
 
@@ -70,13 +71,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="default: the observer checkpoint's input size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=500, help="crops per observer forward pass")
-    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers (default: %(default)s)")
+    add_workers_arg(p)
     p.add_argument("--save-format", choices=["png", "jpg"], default="png",
                    help="png (lossless, default) or jpg (quality 75, as the released sets)")
     p.add_argument("--allow-fewer", action="store_true",
                    help="write fewer images for a class whose pool is smaller than ipc * factor^2")
-    add_device_arg(p)
-    p.add_argument("--gpu-device", default=None, help=argparse.SUPPRESS)
+    add_device_args(p)
     return p
 
 
@@ -279,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     classes = find_classes(data_root)
     check_class_count(spec, len(classes), data_root)
     check_output_path(out, data_root, (STAGE,))
-    device = resolve_device_args(args)
+    device = device_from_args(args)
+    workers = workers_from_args(args, device.type)
     observer_path = model_path_from_args(args, "observer")
     ranker = load_ranker(observer_path, args.observer_arch, classes, spec, args.input_size, device, "observer")
     crop_size = ranker.input_size // args.factor
@@ -308,8 +309,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         positions += list(range(len(pools[y])))
     per_batch = max(1, args.batch_size // args.num_crop)  # images whose crops share one forward pass
     loader = DataLoader(CropDataset(samples, positions, args.num_crop, crop_size, args.seed),
-                        batch_size=per_batch, shuffle=False, num_workers=args.workers,
-                        pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers > 0 else None)
+                        batch_size=per_batch, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers > 0 else None)
     width, ext = rank_width(args.ipc), args.save_format
     open_pools: dict[int, ClassPool] = {}
     t0 = time.perf_counter()

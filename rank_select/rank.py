@@ -36,8 +36,9 @@ from tqdm import tqdm
 
 from common.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
 from common.datasets import check_class_count, get_dataset
-from common.device import add_device_arg, resolve_device
+from common.device import device_from_args
 from common.errors import UserError
+from common.flags import add_device_args, add_workers_arg, workers_from_args
 from common.imagefolder import ImageFolder, make_samples
 from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
 from common.seed import seed_everything
@@ -48,10 +49,6 @@ from rank_select.select import CRITERIA, check_class_size, rank_width, select_in
 CSV_COLUMNS = ["path", "class", "label", "score", "loss", "margin", "pred", "el2n"]
 METRICS = ["score", "loss", "margin", "pred", "el2n"]
 STAGE = "rank_select"
-
-
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,11 +71,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-fewer", action="store_true", help="take all images of a class smaller than --ipc")
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers (default: %(default)s)")
+    add_workers_arg(p)
     p.add_argument("--save-every", type=float, default=120.0,
                    help="seconds between saves of scoring progress (resume after interruption)")
-    add_device_arg(p)
-    p.add_argument("--gpu-device", default=None, help=argparse.SUPPRESS)  # released flag: cuda index, -1 = none
+    add_device_args(p)
     return p
 
 
@@ -295,18 +291,12 @@ def write_selection(out: Path, data_root: Path, chosen: dict[str, pd.DataFrame],
 
 # ----------------------------------------------------------------------------- main
 
-def resolve_device_args(args: argparse.Namespace) -> torch.device:
-    if args.gpu_device not in (None, "", "-1"):
-        args.device = f"cuda:{args.gpu_device.split(',')[0]}"
-    return resolve_device(args.device)
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.ipc < 1:
         raise UserError(f"--ipc {args.ipc}: must be at least 1")
-    if args.batch_size < 1 or args.workers < 0:
-        raise UserError("--batch-size must be >= 1 and --workers >= 0")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
     seed_everything(args.seed)
     spec = get_dataset(args.dataset)
     data_root, out = Path(args.data_path), Path(args.output_path)
@@ -330,13 +320,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
             timing["reused_ranking_scoring_s"] = float(side["scoring_s"])
         scored = False
     else:
-        device = resolve_device_args(args)
+        device = device_from_args(args)
         ranker = load_ranker(ranker_path, args.ranker_arch, classes, spec, args.input_size, device, "ranker")
         dataset = ImageFolder(data_root, val_transform(ranker.input_size, ranker.mean, ranker.std), classes=classes)
         partial = Path(f"{csv_path}.partial.pt") if csv_path else out.with_name(f".{out.name}.scores.partial.pt")
         t0 = time.perf_counter()
-        metrics = score_dataset(ranker, dataset, args.batch_size, args.workers, partial, args.save_every,
-                                _fingerprint(ranker, rel_paths, labels))
+        metrics = score_dataset(ranker, dataset, args.batch_size, workers_from_args(args, device.type), partial,
+                                args.save_every, _fingerprint(ranker, rel_paths, labels))
         timing["scoring_s"] = time.perf_counter() - t0
         timing["images_per_sec"] = len(dataset) / max(timing["scoring_s"], 1e-9)
         df = ranking_frame(rel_paths, classes, labels, metrics)

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from common.errors import UserError
+from common.imagefolder import random_real_indices
 
 CRITERIA = ("top", "min", "medium", "random")
 
@@ -58,9 +59,8 @@ def select_medium(scores, k: int) -> np.ndarray:
 
 
 def select_random(scores, k: int, seed: int, label: int = 0) -> np.ndarray:
-    """``k`` images drawn without replacement; seeded per (seed, class index)."""
-    n = len(_as_array(scores))
-    return np.random.default_rng([seed, label]).permutation(n)[:k]
+    """``k`` images drawn without replacement: the random-real baseline (``common.imagefolder``)."""
+    return np.asarray(random_real_indices(len(_as_array(scores)), k, seed, label), dtype=np.int64)
 
 
 def select_indices(criterion: str, scores, k: int, seed: int = 0, label: int = 0) -> np.ndarray:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common.device import autocast
+from common.optim import freeze
 from recover.augment import augment, min_crop_scale
 from recover.losses import BNStatLoss
 from recover.schedule import Schedule, lr_at
@@ -54,9 +55,7 @@ class BatchResult:
 
 def prepare_teacher(teacher: nn.Module, channels_last: bool = True) -> nn.Module:
     """Eval mode, frozen: only the images receive gradients."""
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    freeze(teacher)
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
     return teacher

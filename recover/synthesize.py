@@ -30,8 +30,9 @@ from tqdm import tqdm
 
 from common.atomic import atomic_dir, atomic_save_image
 from common.datasets import check_class_count, get_dataset
-from common.device import add_device_arg, resolve_device
+from common.device import device_from_args
 from common.errors import UserError
+from common.flags import add_device_args
 from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
 from common.manifest import build_manifest, sha256_file
 from common.transforms import pil_to_normalized, pixel_bounds, to_pil
@@ -101,8 +102,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a crop/flip/roll per image (default: one per batch, as released)")
     g.add_argument("--seed", type=int, default=0, help="seed; each batch derives its own from it (default: 0)")
     g = p.add_argument_group("execution")
-    add_device_arg(g)
-    g.add_argument("--gpu-device", default="-1", help="accepted for compatibility: GPU index when --device auto")
+    add_device_args(g)
     g.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher (CUDA or CPU)")
     g.add_argument("--num-shards", type=int, default=None, help="split classes over N processes (default: WORLD_SIZE)")
     g.add_argument("--shard-index", type=int, default=None, help="this process's shard (default: RANK)")
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.init is None:
         args.init = "real" if args.init_data_path else "noise"
     plan = check_args(args)
-    device = pick_device(args)
+    device = device_from_args(args)
     if device.type == "cpu":
         keep_freed_memory()
     classes, init_files = resolve_classes(args)
@@ -310,20 +310,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"recover{shard_tag}: {sum(len(g.classes) for g in todo)} class(es) written to {out.root} in "
           f"{elapsed:.1f} s{rate}; {manifest['classes_done']}/{len(classes)} classes done ({manifest['status']})")
     return manifest
-
-
-def pick_device(args: argparse.Namespace) -> torch.device:
-    spec = args.device
-    local_rank = os.environ.get("LOCAL_RANK")
-    if spec == "auto" and torch.cuda.is_available():
-        if local_rank is not None:
-            spec = f"cuda:{local_rank}"
-        elif args.gpu_device not in (None, "", "-1"):
-            spec = f"cuda:{args.gpu_device}"
-    device = resolve_device(spec)
-    if device.type == "cuda" and device.index is None and local_rank is not None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def run_group(group: Group, args, classes, init_files, names, teacher, cfg: LoopConfig, size, mean, std,

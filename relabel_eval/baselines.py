@@ -24,7 +24,7 @@ from typing import Sequence
 
 from common.atomic import atomic_dir, atomic_write_json
 from common.errors import UserError
-from common.imagefolder import find_classes, list_class_files, select_per_class
+from common.imagefolder import find_classes, list_class_files, random_real_indices
 from common.manifest import build_manifest, read_manifest, write_manifest
 from relabel_eval.results import headline_accuracy
 
@@ -77,7 +77,7 @@ def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | 
         files = list_class_files(train_dir / cls)
         if len(files) < ipc:
             raise UserError(f"{train_dir / cls}: only {len(files)} image(s) in this class but --ipc {ipc}")
-        picks[cls] = sorted(select_per_class(files, ipc, shuffle_seed=seed + k))
+        picks[cls] = sorted(files[i] for i in random_real_indices(len(files), ipc, seed, k))
     old = read_manifest(out) if out.is_dir() else None
     if old and old.get("stage") == STAGE and old.get("selection") == picks:
         print(f"{out}: random subset already there (seed {seed}, IPC {ipc})")

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from common.atomic import atomic_path, atomic_write_json
-from common.device import add_device_arg, resolve_device
+from common.device import device_from_args
 from common.errors import UserError
+from common.flags import add_device_args
 from common.manifest import build_manifest, sha256_file
 from common.transforms import pil_to_normalized
 from models import classifier_layer, classifier_name, load_model, penultimate_features
@@ -41,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--output", required=True, help="JSON results")
     p.add_argument("--plot", default=None, help="PNG plot (default: the JSON path with .png)")
-    add_device_arg(p)
+    add_device_args(p)
     return p
 
 
@@ -132,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise UserError(f"--names has {len(names)} entries for {len(paths)} --syn-data-path sets")
     if len(set(names)) != len(names):
         raise UserError("set names must differ (pass --names)")
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     model_path = args.model_path or args.teacher_path
     first = load_distilled(paths[0], args.ipc)
     model, meta = load_model(model_path, arch=args.arch_name, classes=first.classes, device=device)

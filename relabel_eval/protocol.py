@@ -1,5 +1,5 @@
 """The DELT/RDED evaluation protocol as small functions: lr table, parameter groups,
-half-cosine schedule, batch-size table, temperature.
+half-cosine schedule, batch-size table, temperature (the no-weight-decay rule is ``common.optim``).
 
 Values follow the released ``argument.py`` of RDED and DELT (ALGORITHMS.md,
 "relabel_eval"); where the released code has no answer (an IPC outside its table,
@@ -13,6 +13,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from common.optim import param_groups
 from models import canonical_arch
 
 # AdamW lr per student, exactly the released table (DELT evaluation/argument.py).
@@ -84,28 +85,6 @@ def released_special_case(dataset: str, arch_name: str | None, stud_name: str) -
 
 def default_temperature(mix_type: str) -> float:
     return TEMPERATURE[mix_type]
-
-
-def split_decay_params(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Names of parameters with and without weight decay.
-
-    As the released ``get_parameters``: decay only for parameters whose name contains
-    ``weight`` and that have more than one dimension (conv and linear weights), so
-    biases and BatchNorm/LayerNorm scales are not decayed.
-    """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if ("weight" in name and p.ndim > 1) else no_decay).append(name)
-    return decay, no_decay
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    params = dict(model.named_parameters())
-    decay, no_decay = split_decay_params(model)
-    return [{"params": [params[n] for n in decay], "weight_decay": weight_decay},
-            {"params": [params[n] for n in no_decay], "weight_decay": 0.0}]
 
 
 def lr_factor(epoch: int, total_epochs: int, cos: bool = True) -> float:

@@ -25,10 +25,17 @@ from common.atomic import atomic_torch_save
 from common.errors import UserError
 from common.imagefolder import check_same_classes
 from common.manifest import build_manifest, read_manifest, write_manifest
+from relabel_eval.context import (
+    BatchMaker,
+    add_common_args,
+    batch_size_for,
+    resolve_common,
+    teacher_logits,
+    warn_ignored,
+)
 from relabel_eval.data import DistilledSet
 from relabel_eval.mix import topk_to_logits
 from relabel_eval.plan import EpochPlan, make_epoch_plan
-from relabel_eval.setup import BatchMaker, add_common_args, batch_size_for, resolve_common, teacher_logits, warn_ignored
 
 STAGE = "relabel_eval.relabel"
 

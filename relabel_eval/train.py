@@ -26,8 +26,21 @@ from common.device import autocast
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
 from common.metrics import evaluate
+from common.optim import SCHEDULER_KEY
 from common.seed import seed_everything
 from models import build_model
+from relabel_eval.context import (
+    BatchMaker,
+    Common,
+    add_common_args,
+    batch_size_for,
+    default_output,
+    resolve_common,
+    str2bool,
+    student_archs,
+    teacher_logits,
+    warn_ignored,
+)
 from relabel_eval.data import ValSet
 from relabel_eval.mix import kd_loss, mixed_ce, target_lambda
 from relabel_eval.plan import make_epoch_plan
@@ -41,18 +54,6 @@ from relabel_eval.protocol import (
 )
 from relabel_eval.relabel import SoftLabelStore
 from relabel_eval.results import append_results_csv, summarize_runs, write_history_csv
-from relabel_eval.setup import (
-    BatchMaker,
-    Common,
-    add_common_args,
-    batch_size_for,
-    default_output,
-    resolve_common,
-    str2bool,
-    student_archs,
-    teacher_logits,
-    warn_ignored,
-)
 
 STAGE = "relabel_eval"
 # Arguments that do not change a run's result (left out of the resume fingerprint).
@@ -176,7 +177,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         student.load_state_dict(st["model"])
         optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
+        scheduler.load_state_dict(st[SCHEDULER_KEY])
         scaler.load_state_dict(st["scaler"])
         _set_rng_state(st["rng"])
         start, history, train_time = int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
@@ -210,7 +211,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         if epoch in evals or epoch == E - 1:
             if state_path is not None:
                 atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                   SCHEDULER_KEY: scheduler.state_dict(), "scaler": scaler.state_dict(),
                                    "rng": _rng_state(), "epoch": epoch + 1, "history": json.dumps(history),
                                    "train_time": train_time}, state_path)
             if log_csv is not None:

@@ -17,7 +17,8 @@ import torch
 
 from common.atomic import atomic_write_json
 from common.datasets import get_dataset
-from common.device import add_device_arg, resolve_device
+from common.device import device_from_args
+from common.flags import add_device_args
 from common.imagefolder import ImageFolder, find_classes
 from common.metrics import evaluate
 from common.transforms import val_transform
@@ -41,14 +42,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--output", default=None, help="write the result as JSON here")
-    add_device_arg(p)
+    add_device_args(p)
     return p
 
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     get_dataset(args.dataset)
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     root = val_root(args.data_path)
     classes = find_classes(root, "val folder")
     model, meta = load_model(args.arch_path, args.arch_name, classes=classes, input_size=args.input_size,

@@ -26,11 +26,13 @@ from tqdm import tqdm
 
 from common.atomic import atomic_write_json
 from common.datasets import check_class_count, get_dataset, resolve_input_size
-from common.device import add_device_arg, resolve_device
+from common.device import device_from_args
 from common.errors import UserError
+from common.flags import add_device_args, add_workers_arg, workers_from_args
 from common.imagefolder import ImageFolder, check_train_val, infer_input_size
 from common.manifest import build_manifest
 from common.metrics import evaluate
+from common.optim import SCHEDULER_KEY, param_groups
 from common.seed import seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
@@ -54,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--train-aug", choices=["auto", "crop", "rrc"], default="auto",
                    help="crop: RandomCrop(pad)+flip; rrc: RandomResizedCrop+flip; auto: crop up to 32px")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on CUDA)")
+    add_workers_arg(p)
     p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                    help="decode the training images once into memory (auto: up to 60k images)")
     p.add_argument("--skip-corrupt", action="store_true",
@@ -66,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="continue from <output>.last.pth (or the given training checkpoint)")
     p.add_argument("--max-epochs-this-run", type=int, default=None,
                    help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
-    add_device_arg(p)
+    add_device_args(p)
     return p
 
 
@@ -76,15 +78,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, warmup_start: float) -
         return warmup_start + (1.0 - warmup_start) * step / warmup_steps
     t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on BatchNorm parameters and biases (torchvision reference's --norm-weight-decay 0)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def last_path(output: str | Path) -> Path:
@@ -124,7 +117,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, la
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     spec = get_dataset(args.dataset)
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     data = Path(args.data_path)
     if not data.exists():
         raise UserError(f"{data}: --data-path does not exist")
@@ -142,7 +135,7 @@ def main(argv=None) -> dict:
     model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
     mean, std = spec.mean, spec.std
     amp = bool(args.amp and device.type == "cuda")
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
+    workers = workers_from_args(args, device.type)
 
     n_train = sum(1 for _ in (data / "train").rglob("*") if _.is_file())
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
@@ -175,7 +168,7 @@ def main(argv=None) -> dict:
                 raise UserError(f"{state_file}: --resume checkpoint is for another arch or class list")
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["lr_scheduler"])
+            scheduler.load_state_dict(ck[SCHEDULER_KEY])
             if "scaler" in ck and amp:
                 scaler.load_state_dict(ck["scaler"])
             start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
@@ -208,7 +201,7 @@ def main(argv=None) -> dict:
               f"top-1 {stats['train_top1']:.1f}% | val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% | "
               f"{stats['epoch_seconds']:.1f}s ({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
         save_checkpoint(state_file, model, make_meta(**meta_base, val_top1=val["top1"]), epoch=epoch,
-                        optimizer=optimizer.state_dict(), lr_scheduler=scheduler.state_dict(),
+                        optimizer=optimizer.state_dict(), **{SCHEDULER_KEY: scheduler.state_dict()},
                         scaler=scaler.state_dict(), history=history, args=run_args)
         epochs_run += 1
 

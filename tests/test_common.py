@@ -153,6 +153,37 @@ def test_device_resolution():
         resolve_device("tpu")
 
 
+def test_gpu_device_means_exactly_cuda_n_in_every_stage():
+    import argparse
+
+    from common.flags import add_device_args, default_workers, device_spec
+    from rank_select.patches import get_args_parser as patches_parser
+    from rank_select.rank import get_args_parser as rank_parser
+    from recover.synthesize import get_args_parser as recover_parser
+    from relabel_eval.train import get_args_parser as eval_parser
+    from squeeze.train import get_args_parser as squeeze_parser
+
+    p = argparse.ArgumentParser()
+    add_device_args(p)
+    assert device_spec(p.parse_args([])) == "auto"
+    assert device_spec(p.parse_args(["--gpu-device", "-1"])) == "auto"
+    assert device_spec(p.parse_args(["--gpu-device", "2"])) == "cuda:2"
+    assert device_spec(p.parse_args(["--gpu-device", "1,3"])) == "cuda:1"
+    assert device_spec(p.parse_args(["--device", "cuda:2", "--gpu-device", "2"])) == "cuda:2"
+    assert device_spec(p.parse_args(["--device", "cpu"])) == "cpu"
+    with pytest.raises(UserError, match="--gpu-device 1 means --device cuda:1, but --device cpu"):
+        device_spec(p.parse_args(["--device", "cpu", "--gpu-device", "1"]))
+    with pytest.raises(UserError, match="expected a GPU index"):
+        device_spec(p.parse_args(["--gpu-device", "x"]))
+    base = {"squeeze": ["--data-path", "d", "--output", "o"], "rank": ["--data-path", "d", "--output-path", "o"],
+            "patches": ["--data-path", "d", "--output-path", "o"], "recover": [],
+            "eval": ["--syn-data-path", "s", "--val-dir", "v"]}
+    for name, parser in (("squeeze", squeeze_parser), ("rank", rank_parser), ("patches", patches_parser),
+                         ("recover", recover_parser), ("eval", eval_parser)):
+        assert device_spec(parser().parse_args(base[name] + ["--gpu-device", "3"])) == "cuda:3", name
+    assert default_workers("cpu") == 0 and 0 <= default_workers("cuda") <= 8
+
+
 def test_transforms_and_pixel_space():
     assert val_resize_size(32) == 32 and val_resize_size(64) == 73 and val_resize_size(224) == 256
     img = Image.new("RGB", (80, 60), (255, 0, 128))

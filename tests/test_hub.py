@@ -1,4 +1,4 @@
-"""common.hub: download with resume and checksum, safe unpacking, class-folder mapping, registry, pack.
+"""hub: download with resume and checksum, safe unpacking, class-folder mapping, registry, pack.
 
 A real HTTP server on 127.0.0.1 (started per test, with Range support and an option
 to drop the connection midway) stands in for Hugging Face / Google Drive.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from common import hub
+import hub
 from common.datasets import get_dataset
 from common.errors import UserError, run_cli
 from common.imagefolder import ImageFolder, check_same_classes, find_classes

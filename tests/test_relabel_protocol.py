@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from common.optim import split_decay_params
 from models import build_model
 from relabel_eval.augment import (
     SampleTransform,
@@ -31,7 +32,6 @@ from relabel_eval.protocol import (
     make_scheduler,
     mean_std,
     released_special_case,
-    split_decay_params,
 )
 
 
@@ -243,7 +243,7 @@ def test_diversity_scores():
 
 def test_released_script_flags_parse():
     """The DELT and RDED validation commands parse (plus --teacher-path / paths, which they hard-code)."""
-    from relabel_eval.setup import student_archs
+    from relabel_eval.context import student_archs
     from relabel_eval.train import get_args_parser
 
     delt = ("--wandb-project P --wandb-api-key K --val-dir /v --syn-data-path /s --exp-name E --subset imagenet-1k "

@@ -12,9 +12,9 @@ from common.errors import run_cli
 from relabel_eval import baselines, diversity
 from relabel_eval import relabel as relabel_mod
 from relabel_eval import train as train_mod
+from relabel_eval.context import BatchMaker, resolve_common, teacher_logits
 from relabel_eval.plan import make_epoch_plan
 from relabel_eval.relabel import SoftLabelStore
-from relabel_eval.setup import BatchMaker, resolve_common, teacher_logits
 from tests.conftest import make_teacher, make_tree
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from common.errors import run_cli
+from common.optim import param_groups
 from models import build_model, load_model, make_meta, read_checkpoint, save_checkpoint
 from squeeze import evaluate as squeeze_eval
 from squeeze import train as squeeze_train
@@ -31,7 +32,7 @@ def test_lr_schedule_values():
 
 def test_param_groups_no_decay_on_bn_and_bias():
     m = build_model("conv3", 10, 32)
-    decay, no_decay = squeeze_train.param_groups(m, 5e-4)
+    decay, no_decay = param_groups(m, 5e-4)
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))

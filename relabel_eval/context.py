@@ -5,7 +5,6 @@ that turns an epoch plan into mixed, normalised batches on the device.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -14,8 +13,10 @@ import torch
 from torch import nn
 
 from common.datasets import DatasetSpec, check_class_count, get_dataset
-from common.device import add_device_arg, autocast, resolve_device
+from common.device import autocast, device_from_args
 from common.errors import UserError
+from common.flags import add_device_args, default_workers
+from common.optim import freeze
 from models import canonical_arch, load_model
 from relabel_eval.augment import SampleTransform
 from relabel_eval.data import DistilledSet, load_distilled, make_train_loader
@@ -78,12 +79,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--max-scale-crops", type=float, default=1.0, help="RandomResizedCrop max scale")
     a.add_argument("--seed", type=nonneg_int, default=42, help="seed (default: %(default)s)")
     r = p.add_argument_group("runtime")
-    add_device_arg(r)
-    r.add_argument("--gpu-device", default="-1", help="released scripts' GPU index; maps to --device cuda:N")
+    add_device_args(r)
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA, off on CPU; bf16 on CPU when on)")
     r.add_argument("--workers", type=nonneg_int, default=None,
-                   help="DataLoader workers (default: min(4, CPU cores - 1))")
+                   help="DataLoader workers (default: 0 on CPU, min(8, cores - 1) on CUDA)")
     x = p.add_argument_group("accepted for the released scripts and ignored")
     x.add_argument("--wandb-api-key", default=None, help=argparse.SUPPRESS)
     x.add_argument("--wandb-project", default=None, help=argparse.SUPPRESS)
@@ -113,10 +113,6 @@ class Common:
         return len(self.data.classes)
 
 
-def default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
 def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | None = None,
                    student_hint: str | None = None) -> Common:
     """Load the distilled set and (when needed) the teacher; settle input size, mean/std and augmentation.
@@ -124,10 +120,7 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
     ``stored`` is a soft-label manifest (``--label-mode fkd``): its size, mean/std and
     augmentation are used instead of the flags, since the stored batches were made with them.
     """
-    device_spec = args.device
-    if getattr(args, "gpu_device", "-1") not in (None, "-1", "") and device_spec == "auto":
-        device_spec = f"cuda:{int(args.gpu_device)}"
-    device = resolve_device(device_spec)
+    device = device_from_args(args)
     amp = device.type == "cuda" if args.amp is None else bool(args.amp)
     spec = get_dataset(args.dataset)
     if args.teacher_path is None and need_teacher:
@@ -141,9 +134,7 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
         teacher, meta = load_model(args.teacher_path, arch=args.arch_name, classes=data.classes,
                                    device=device if need_teacher else "cpu")
         if need_teacher:
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            teacher = teacher.to(memory_format=torch.channels_last)
+            teacher = freeze(teacher).to(memory_format=torch.channels_last)
         else:
             teacher = None
     if stored is not None:
@@ -166,7 +157,7 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
                         args.random_erasing_p, args.mix_type, alpha)
     if aug.rand_augment:
         SampleTransform(aug.input_size, aug.rand_augment)._ra_for(32)  # a bad config string fails here, not in a worker
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(device.type) if args.workers is None else args.workers
     return Common(device, amp, spec, data, teacher, meta, int(input_size), tuple(mean), tuple(std), aug, workers)
 
 

@@ -1,0 +1,66 @@
+"""Command-line flags every stage shares, torch-free (``--help`` and flag errors never import torch).
+
+- ``--device auto|cpu|cuda|cuda:N`` and ``--gpu-device N``, the released scripts' GPU
+  index, which means exactly ``--device cuda:N`` in every stage;
+- ``--workers``: one default DataLoader worker count for every stage.
+
+``common.device.device_from_args`` turns the device flags into a ``torch.device``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from common.errors import UserError
+
+NO_GPU = (None, "", "-1")  # the released scripts pass --gpu-device -1 for "no GPU index given"
+
+
+def add_device_args(parser, default: str = "auto") -> None:
+    """``--device`` and its alias ``--gpu-device N`` (= ``--device cuda:N``) on a parser or argument group."""
+    parser.add_argument("--device", default=default,
+                        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--gpu-device", default=None, metavar="N",
+                        help="the released scripts' GPU index: exactly --device cuda:N (-1: not given)")
+
+
+def device_spec(args: argparse.Namespace) -> str:
+    """The ``--device`` value after applying ``--gpu-device N`` (one rule for every stage)."""
+    device = getattr(args, "device", "auto") or "auto"
+    gpu = getattr(args, "gpu_device", None)
+    if gpu is None or str(gpu).strip() in NO_GPU:
+        return device
+    first = str(gpu).split(",")[0].strip()  # "0,1" (a CUDA_VISIBLE_DEVICES-style list): the first index
+    if not first.isdigit():
+        raise UserError(f"--gpu-device {gpu}: expected a GPU index N (it means --device cuda:N)")
+    spec = f"cuda:{int(first)}"
+    if device not in ("auto", spec):
+        raise UserError(f"--gpu-device {gpu} means --device {spec}, but --device {device} was also given; "
+                        f"pass only one of them")
+    return spec
+
+
+def default_workers(device_type: str = "cpu") -> int:
+    """DataLoader workers when ``--workers`` is not given.
+
+    CPU: 0 (the model uses every core; a worker process would compete with it, and
+    squeeze's augmentation draws then stay in the main process). CUDA: up to 8,
+    leaving one core for the main process.
+    """
+    if device_type != "cuda":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def add_workers_arg(parser, help_extra: str = "") -> None:
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers (default: 0 on CPU, min(8, cores - 1) on CUDA)" + help_extra)
+
+
+def workers_from_args(args: argparse.Namespace, device_type: str) -> int:
+    w = getattr(args, "workers", None)
+    if w is None:
+        return default_workers(device_type)
+    if w < 0:
+        raise UserError(f"--workers {w}: must be 0 or more")
+    return int(w)
