@@ -11,17 +11,17 @@ image keeps its lowest-loss crop; the kept crops are sorted by loss ascending an
 the first ``ipc * factor^2`` are stitched: output image j, grid cell k (row-major)
 holds sorted crop ``k * ipc + j``. Unlike the released code every draw is seeded
 (per seed, class and image), so the same seed gives identical images. Finished
-classes survive an interruption: a re-run with the same arguments resumes.
+classes survive an interruption in ``OUT.state/`` beside the output
+(``common.runstate``): the same command run again resumes.
 ``manifest.json`` records the source file and crop box of every patch.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,20 +34,22 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from common.atomic import atomic_save_image, atomic_write_json
+from common.atomic import atomic_save_image
 from common.datasets import check_class_count, get_dataset
 from common.device import device_from_args
 from common.errors import UserError
 from common.flags import add_device_args, add_workers_arg, workers_from_args
 from common.imagefolder import find_classes, load_rgb, make_samples
 from common.manifest import build_manifest, sha256_file, write_manifest
+from common.runstate import RunState, add_run_args, check_not_inside, check_output, fingerprint, replace_output
 from common.seed import seed_everything
 from common.transforms import normalize
-from rank_select.rank import check_output_path
 from rank_select.ranker import Ranker, add_model_args, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import rank_width
 
 STAGE = "rank_select.patches"
+# Arguments that do not change the images (besides common.runstate.NOT_RESULT).
+NOT_RESULT = {"output_path", "batch_size"}
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (1.0, 1.0)
 
@@ -77,6 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-fewer", action="store_true",
                    help="write fewer images for a class whose pool is smaller than ipc * factor^2")
     add_device_args(p)
+    add_run_args(p)
     return p
 
 
@@ -231,40 +234,14 @@ def pool_for_class(data_root: Path, cls: str, label: int, mipc: int, seed: int) 
 
 # ----------------------------------------------------------------------------- resumable output
 
-def staging_dir(out: Path) -> Path:
-    return out.with_name(f".{out.name}.inprogress")
-
-
-def open_staging(out: Path, config: dict) -> tuple[Path, dict[str, dict]]:
-    """The work folder of this run and its finished classes (kept when the configuration is the same).
-
-    Each finished class leaves ``.done/<label>.json`` (hidden: not a class folder).
-    """
-    stage = staging_dir(out)
-    config_file = stage / ".done" / "config.json"
-    if stage.exists():
-        same = config_file.is_file() and json.loads(config_file.read_text()) == config
-        if same:
-            done = {}
-            for f in sorted((stage / ".done").glob("class_*.json")):
-                rec = json.loads(f.read_text())
-                done[rec["class"]] = rec
-            return stage, done
-        shutil.rmtree(stage)
-    (stage / ".done").mkdir(parents=True)
-    atomic_write_json(config_file, config)
-    return stage, {}
-
-
-def swap_into_place(stage: Path, out: Path) -> None:
-    """Replace ``out`` with the finished work folder (old version removed only after the swap)."""
-    shutil.rmtree(stage / ".done")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(stage, out)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
+@dataclass(frozen=True)
+class ClassOutput:
+    """How one class's stitched images are written."""
+    ipc: int
+    factor: int
+    out_size: int
+    width: int  # digits of the rank prefix
+    ext: str    # png | jpg
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -278,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     data_root, out = Path(args.data_path), Path(args.output_path)
     classes = find_classes(data_root)
     check_class_count(spec, len(classes), data_root)
-    check_output_path(out, data_root, (STAGE,))
+    check_not_inside(out, data_root, "--output-path", "the data path")
+    check_output(out, STAGE, args.force, flag="--output-path")
     device = device_from_args(args)
     workers = workers_from_args(args, device.type)
     observer_path = model_path_from_args(args, "observer")
@@ -293,14 +271,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if len(pool) < need and not args.allow_fewer:
             raise UserError(f"class {cls} has only {len(pool)} images but --ipc {args.ipc} x --factor^2 "
                             f"{args.factor ** 2} needs {need}; lower --ipc or pass --allow-fewer")
-    config = {"data_root": str(data_root.resolve()), "observer_sha256": sha256_file(observer_path),
-              "classes": classes, **{k: getattr(args, k) for k in
-                                     ("ipc", "mipc", "num_crop", "factor", "seed", "save_format")},
-              "input_size": ranker.input_size, "mean": list(ranker.mean), "std": list(ranker.std)}
-    stage, done = open_staging(out, config)
+    run = RunState(out, STAGE, fingerprint(args, NOT_RESULT, observer_sha256=sha256_file(observer_path),
+                                           classes=classes, input_size=ranker.input_size,
+                                           mean=list(ranker.mean), std=list(ranker.std)), restart=args.restart)
+    stage = run.path("work")  # the output folder being built; swapped in when every class is done
+    done = {rec["class"]: rec for rec in (run.done(u) for u in run.done_units()) if rec}
     todo = [y for y, c in enumerate(classes) if c not in done]
     if len(todo) < len(classes):
-        print(f"resuming: {len(classes) - len(todo)} of {len(classes)} classes already done in {stage}",
+        print(f"resuming: {len(classes) - len(todo)} of {len(classes)} classes already done in {run.dir}",
               file=sys.stderr)
 
     samples, positions = [], []
@@ -311,11 +289,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     loader = DataLoader(CropDataset(samples, positions, args.num_crop, crop_size, args.seed),
                         batch_size=per_batch, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers > 0 else None)
-    width, ext = rank_width(args.ipc), args.save_format
+    spec_out = ClassOutput(args.ipc, args.factor, ranker.input_size, rank_width(args.ipc), args.save_format)
     open_pools: dict[int, ClassPool] = {}
     t0 = time.perf_counter()
     n_crops = 0
-    with tqdm(total=len(samples) * args.num_crop, desc="scoring crops", unit="crop", dynamic_ncols=True) as bar:
+    with run.running(), tqdm(total=len(samples) * args.num_crop, desc="scoring crops", unit="crop",
+                             dynamic_ncols=True) as bar:
         for crops, boxes, labels, index in loader:
             m = crops.shape[1]
             flat = crops.flatten(0, 1)
@@ -326,8 +305,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 pool = open_pools.setdefault(y, ClassPool(y, len(pools[y])))
                 pool.add(positions[int(index[b])], crops[b, best[b]].clone(), boxes[b, best[b]], float(best_loss[b]))
                 if pool.complete:
-                    done[classes[y]] = write_class(stage, y, classes[y], pool, pools[y], args, ranker.input_size,
-                                                   width, ext)
+                    done[classes[y]] = write_class(run, stage, y, classes[y], pool, pools[y], spec_out)
                     del open_pools[y]
             n_crops += len(flat)
             bar.update(len(flat))
@@ -335,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rate = n_crops / max(elapsed, 1e-9)
     print(f"scored {n_crops} crops in {elapsed:.1f}s ({rate:.0f} patches/s)", file=sys.stderr)
 
-    manifest = build_manifest(STAGE, args, inputs={"observer": observer_path}, data_root=config["data_root"],
+    manifest = build_manifest(STAGE, args, inputs={"observer": observer_path}, data_root=str(data_root.resolve()),
                               observer={"arch": ranker.arch, "input_size": ranker.input_size,
                                         "mean": list(ranker.mean), "std": list(ranker.std)},
                               crop={"scale": list(CROP_SCALE), "ratio": list(CROP_RATIO), "size": crop_size,
@@ -343,32 +321,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
                               wall_time_s=time.perf_counter() - t_start,
                               timings={"scoring_s": elapsed, "patches_per_sec": rate, "crops_scored": n_crops},
                               classes={c: {k: v for k, v in done[c].items() if k != "class"} for c in classes})
+    stage.mkdir(parents=True, exist_ok=True)
     write_manifest(stage / "manifest.json", manifest)
-    swap_into_place(stage, out)
+    replace_output(stage, out)  # our own output (or --force): swapped in complete
+    run.finish()
     total = sum(len(v["images"]) for v in done.values())
     print(f"wrote {total} images ({len(classes)} classes, factor {args.factor}) to {out}")
     return {"output": str(out), "images": total, "patches_per_sec": rate, "scoring_s": elapsed}
 
 
-def write_class(stage: Path, label: int, cls: str, pool: ClassPool, pool_paths: Sequence[str],
-                args: argparse.Namespace, out_size: int, width: int, ext: str) -> dict:
+def write_class(run: RunState, stage: Path, label: int, cls: str, pool: ClassPool, pool_paths: Sequence[str],
+                spec: ClassOutput) -> dict:
     """Stitch and save one class into the work folder, then record it as done."""
-    ipc = min(args.ipc, len(pool_paths) // args.factor ** 2)
+    ipc = min(spec.ipc, len(pool_paths) // spec.factor ** 2)
     if ipc < 1:
-        raise UserError(f"class {cls}: {len(pool_paths)} pool images cannot fill one {args.factor}x{args.factor} "
+        raise UserError(f"class {cls}: {len(pool_paths)} pool images cannot fill one {spec.factor}x{spec.factor} "
                         f"image")
-    images, cells = synthesize_class(pool, pool_paths, ipc, args.factor, out_size)
+    images, cells = synthesize_class(pool, pool_paths, ipc, spec.factor, spec.out_size)
     cls_dir = stage / cls
     if cls_dir.exists():
         shutil.rmtree(cls_dir)
-    cls_dir.mkdir()
+    cls_dir.mkdir(parents=True)
+    width, ext = spec.width, spec.ext
     records = []
     for j in range(ipc):
         name = f"{j:0{width}d}_rded.{ext}"
         atomic_save_image(to_uint8_image(images[j]), cls_dir / name, **({"quality": 75} if ext == "jpg" else {}))
         records.append({"file": name, "patches": cells[j]})
     record = {"class": cls, "pool_size": len(pool_paths), "images": records}
-    atomic_write_json(stage / ".done" / f"class_{label:06d}.json", record)
+    run.mark_done(f"class_{label:06d}", record)
     return record
 
 

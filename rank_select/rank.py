@@ -13,8 +13,8 @@ missing or with ``--rerank`` and reused otherwise, after checking it lists exact
 the data root's files and classes. Selected images are copied byte for byte to
 ``OUT/<class>/<rank>_<original name>``; ``OUT/manifest.json`` lists them with scores.
 A long scoring run saves its progress every ``--save-every`` seconds to
-``<ranking-file>.partial.pt`` (``.OUT.scores.partial.pt`` without a ranking file) and
-a re-run with the same ranker and data resumes from it.
+``OUT.state/scores.pt`` beside the output (``common.runstate``) and the same command
+run again resumes from it.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from common.errors import UserError
 from common.flags import add_device_args, add_workers_arg, workers_from_args
 from common.imagefolder import ImageFolder, make_samples
 from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
+from common.runstate import RunState, add_run_args, check_not_inside, check_output, fingerprint
 from common.seed import seed_everything
 from common.transforms import val_transform
 from rank_select.ranker import Ranker, add_model_args, forward_logits, load_ranker, model_path_from_args
@@ -49,6 +50,8 @@ from rank_select.select import CRITERIA, check_class_size, rank_width, select_in
 CSV_COLUMNS = ["path", "class", "label", "score", "loss", "margin", "pred", "el2n"]
 METRICS = ["score", "loss", "margin", "pred", "el2n"]
 STAGE = "rank_select"
+# Arguments that do not change the selection (besides common.runstate.NOT_RESULT).
+NOT_RESULT = {"output_path", "ranking_file", "rerank", "store_rank_file", "batch_size"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -75,6 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=float, default=120.0,
                    help="seconds between saves of scoring progress (resume after interruption)")
     add_device_args(p)
+    add_run_args(p)
     return p
 
 
@@ -253,20 +257,6 @@ def pick_per_class(df: pd.DataFrame, classes: Sequence[str], rel_paths: Sequence
     return chosen
 
 
-def check_output_path(out: Path, data_root: Path, stages: Sequence[str]) -> None:
-    """Refuse outputs that would overwrite the data or a folder this stage did not write."""
-    out_r, data_r = out.resolve(), data_root.resolve()
-    if out_r == data_r or data_r in out_r.parents or out_r in data_r.parents:
-        raise UserError(f"--output-path {out} overlaps the data path {data_root}; choose a separate folder")
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"--output-path {out} exists and is not a directory")
-        m = read_manifest(out)
-        if any(out.iterdir()) and (m is None or m.get("stage") not in stages):
-            raise UserError(f"--output-path {out} exists and was not written by {stages[0]}; "
-                            f"remove it or choose another folder (it would be replaced)")
-
-
 def write_selection(out: Path, data_root: Path, chosen: dict[str, pd.DataFrame], ipc: int,
                     manifest: dict, ranking: pd.DataFrame | None = None) -> dict[str, list[dict]]:
     """Copy the chosen files (bytes unchanged) to ``OUT/<class>/<rank>_<name>``, atomically.
@@ -302,9 +292,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     data_root, out = Path(args.data_path), Path(args.output_path)
     classes, samples = make_samples(data_root)
     check_class_count(spec, len(classes), data_root)
-    check_output_path(out, data_root, (STAGE,))
+    check_not_inside(out, data_root, "--output-path", "the data path")
+    check_output(out, STAGE, args.force, flag="--output-path")
     rel_paths = relative_paths(data_root, samples)
     labels = [y for _, y in samples]
+    for label, cls in enumerate(classes):  # before any scoring: every class can give --ipc images
+        check_class_size(cls, labels.count(label), args.ipc, args.allow_fewer)
     ranker_path = model_path_from_args(args, "ranker")
     csv_path = Path(args.ranking_file) if args.ranking_file else None
     timing: dict[str, float] = {}
@@ -323,10 +316,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         device = device_from_args(args)
         ranker = load_ranker(ranker_path, args.ranker_arch, classes, spec, args.input_size, device, "ranker")
         dataset = ImageFolder(data_root, val_transform(ranker.input_size, ranker.mean, ranker.std), classes=classes)
-        partial = Path(f"{csv_path}.partial.pt") if csv_path else out.with_name(f".{out.name}.scores.partial.pt")
+        scores_fp = _fingerprint(ranker, rel_paths, labels)
+        run = RunState(out, STAGE, fingerprint(args, NOT_RESULT, scores=scores_fp), restart=args.restart)
         t0 = time.perf_counter()
-        metrics = score_dataset(ranker, dataset, args.batch_size, workers_from_args(args, device.type), partial,
-                                args.save_every, _fingerprint(ranker, rel_paths, labels))
+        with run.running():
+            metrics = score_dataset(ranker, dataset, args.batch_size, workers_from_args(args, device.type),
+                                    run.path("scores.pt"), args.save_every, scores_fp)
         timing["scoring_s"] = time.perf_counter() - t0
         timing["images_per_sec"] = len(dataset) / max(timing["scoring_s"], 1e-9)
         df = ranking_frame(rel_paths, classes, labels, metrics)
@@ -351,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                               selection_criteria=args.selection_criteria, ipc=args.ipc,
                               reused_ranking=not scored, wall_time_s=timing["wall_time_s"], timings=timing)
     listing = write_selection(out, data_root, chosen, args.ipc, manifest, ranking=df if csv_path is None else None)
+    if scored:
+        run.finish()
     total = sum(len(v) for v in listing.values())
     print(f"wrote {total} images ({len(listing)} classes, {args.selection_criteria}) to {out}")
     return {"output": str(out), "images": total, **timing}

@@ -1,11 +1,12 @@
 """The output folder of a recovery run: finished classes, resume state and manifest.json.
 
-Layout::
+Layout (the resume state lives beside the output, ``common.runstate``)::
 
-    OUT/<class>/<file>            one folder per class, swapped in complete (common.atomic.atomic_dir)
-    OUT/.recover/<class>.json     per-class record, written after its folder: the class is done
-    OUT/.recover/lock             serialises manifest updates between shards
-    OUT/manifest.json             arguments, teacher sha256, per-class iterations and wall time
+    OUT/<class>/<file>                one folder per class, swapped in complete (common.atomic.atomic_dir)
+    OUT/manifest.json                 arguments, teacher sha256, per-class iterations and wall time
+    OUT.state/run.json                the fingerprint of the run's result-changing arguments
+    OUT.state/done/<class>.json       per-class record, written after its folder: the class is done
+    OUT.state/lock                    serialises manifest updates between shards
 
 A class counts as finished when its record exists and its folder holds exactly the
 files the record names; anything else is recomputed on restart. Class folders are
@@ -24,47 +25,32 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from common.atomic import atomic_write_json
-from common.errors import UserError
 from common.imagefolder import is_image_file
 from common.manifest import read_manifest, write_manifest
-
-STATE_DIR = ".recover"
+from common.runstate import RunState
 
 
 class OutputDir:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, run: RunState):
         self.root = Path(root)
-        self.state = self.root / STATE_DIR
-
-    # -- settings ------------------------------------------------------------------------------
-    def check_settings(self, settings: dict[str, Any]) -> None:
-        """Refuse to resume into a folder made with other settings, or not made by recover."""
-        if not self.root.exists():
-            return
-        manifest = read_manifest(self.root)
-        if manifest is None:
-            if any(not p.name.startswith(".") for p in self.root.iterdir()):
-                raise UserError(f"{self.root}: output folder exists and was not written by recover; "
-                                f"choose another --syn-data-path/--exp-name or remove it")
-            return
-        if manifest.get("stage") != "recover":
-            raise UserError(f"{self.root}: holds the output of stage {manifest.get('stage')!r}, not recover")
-        old = manifest.get("settings", {})
-        diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
-        if diff:
-            k = diff[0]
-            raise UserError(f"{self.root}: was started with other settings ({k}: {old.get(k)!r} there, "
-                            f"{settings.get(k)!r} now{', ...' if len(diff) > 1 else ''}); "
-                            f"use another --exp-name or remove the folder to start over")
+        self.run = run
+        self.state = run.dir
+        # a complete output keeps its per-class records in manifest.json only (the state is removed)
+        m = read_manifest(self.root) if self.root.is_dir() else None
+        same = bool(m) and m.get("stage") == run.stage and m.get("settings") == run.fingerprint \
+            and m.get("status") == "complete" and not self.state.exists()
+        self.finished = {c: r for c, r in (m or {}).get("per_class", {}).items()
+                         if same and r.get("status") == "done"}
 
     # -- classes -------------------------------------------------------------------------------
     def record_path(self, cls: str) -> Path:
-        return self.state / f"{cls}.json"
+        return self.state / "done" / f"{cls}.json"
 
     def read_record(self, cls: str) -> dict[str, Any] | None:
         path = self.record_path(cls)
         if not path.is_file():
-            return None
+            rec = self.finished.get(cls)
+            return {k: v for k, v in rec.items() if k != "status"} if rec else None
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

@@ -18,11 +18,12 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from common.errors import UserError
 from common.flags import add_device_args
 from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
 from common.manifest import build_manifest, sha256_file
+from common.runstate import RunState, add_run_args, check_output, fingerprint
 from common.transforms import pil_to_normalized, pixel_bounds, to_pil
 from models import canonical_arch, has_batchnorm, load_model, read_checkpoint
 from recover.augment import EASY2HARD_MODES
@@ -52,10 +54,12 @@ from recover.schedule import (
     uniform_schedule,
 )
 
-# Arguments that decide the images; a resumed run must match them (device and shards may change).
-SETTINGS_KEYS = ("init", "ipc", "iteration", "round_iterations", "min_iterations", "use_early_late",
-                 "round_lr_reset", "batch_size", "lr", "r_bn", "first_bn_multiplier", "jitter", "easy2hard_mode",
-                 "milestone", "seed", "save_format", "per_image_augment", "amp")
+STAGE = "recover"
+# Arguments that do not decide the images (besides common.runstate.NOT_RESULT): where things are
+# read and written (the inputs enter the fingerprint by content: teacher sha256, init file list,
+# classes, input size) and how the classes are spread over processes.
+NOT_RESULT = {"syn_data_path", "exp_name", "init_data_path", "train_data_path", "arch_path", "dataset",
+              "num_classes", "input_size", "num_shards", "shard_index", "store_best_images"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -107,6 +111,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-shards", type=int, default=None, help="split classes over N processes (default: WORLD_SIZE)")
     g.add_argument("--shard-index", type=int, default=None, help="this process's shard (default: RANK)")
     g.add_argument("-j", "--workers", type=int, default=0, help="accepted for compatibility (unused)")
+    add_run_args(g)
     return p
 
 
@@ -251,13 +256,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      jitter=args.jitter, easy2hard_mode=args.easy2hard_mode, milestone=args.milestone,
                      round_lr_reset=args.round_lr_reset, per_image_augment=args.per_image_augment, amp=args.amp)
 
-    out = OutputDir(output_dir(args))
-    settings = {k: getattr(args, k) for k in SETTINGS_KEYS}
-    settings.update(min_iterations=plan.min_iterations, input_size=size, classes=list(classes),
-                    teacher_sha256=sha256_file(args.arch_path),
-                    init_files_sha256=init_files and hashlib.sha256(json.dumps(
-                        [init_files[c] for c in classes]).encode()).hexdigest())
-    out.check_settings(settings)
+    root = output_dir(args)
+    check_output(root, STAGE, args.force, flag="--syn-data-path/--exp-name")
+    settings = fingerprint(args, NOT_RESULT, min_iterations=plan.min_iterations, input_size=size,
+                           classes=list(classes), teacher_sha256=sha256_file(args.arch_path),
+                           init_files_sha256=init_files and hashlib.sha256(json.dumps(
+                               [init_files[c] for c in classes]).encode()).hexdigest())
+    fresh_output = not root.exists()
+    out = OutputDir(root, RunState(root, STAGE, settings, restart=args.restart))
 
     groups = plan_groups(len(classes), args.ipc, args.batch_size)
     if args.batch_size > args.ipc and args.batch_size % args.ipc:
@@ -282,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         device=str(device), num_shards=plan.num_shards)
 
     mine = shard_groups(groups, plan.num_shards, plan.shard_index)
+    out.run.begin()  # every input is valid: from here on the run can be resumed
     out.clean_stale([classes[c] for g in mine for c in g.classes])
     todo = [g for g in mine if not all(out.is_done(classes[c]) for c in g.classes)]
     skipped = len(mine) - len(todo)
@@ -294,45 +301,75 @@ def main(argv: Sequence[str] | None = None) -> dict:
              for g in todo for c in g.classes}
     total_its = sum(schedule_of(b).total_iterations for g in todo for b in g.batches)
     shard_tag = f" shard {plan.shard_index}/{plan.num_shards}" if plan.num_shards > 1 else ""
+    job = GroupJob(classes=list(classes), init_root=Path(args.init_data_path) if init_files is not None else None,
+                   init_files=init_files, names=names, teacher=teacher, loop=cfg, size=size, mean=tuple(mean),
+                   std=tuple(std), device=device, schedule_of=schedule_of, seed=args.seed, ipc=args.ipc,
+                   save_format=args.save_format)
     bar = tqdm(total=total_its, unit="it", desc=f"recover{shard_tag}", mininterval=2.0, dynamic_ncols=True)
     t_start = time.perf_counter()
     done_its = 0
     try:
         for g in todo:
-            done_its += run_group(g, args, classes, init_files, names, teacher, cfg, size, mean, std, device,
-                                  schedule_of, out, bar)
+            done_its += run_group(g, job, out, bar)
             out.update_manifest(base, classes)
+    except BaseException:
+        if not any(out.is_done(c) for c in classes):  # no work saved: leave nothing behind
+            out.run.finish()
+            if fresh_output:
+                shutil.rmtree(out.root, ignore_errors=True)
+        raise
     finally:
         bar.close()
     elapsed = time.perf_counter() - t_start
     manifest = out.update_manifest(base, classes)
+    if manifest["status"] == "complete":
+        out.run.finish()  # every record is in manifest.json now
     rate = f", {done_its / elapsed:.1f} image-iterations/s" if done_its and elapsed > 0 else ""
     print(f"recover{shard_tag}: {sum(len(g.classes) for g in todo)} class(es) written to {out.root} in "
           f"{elapsed:.1f} s{rate}; {manifest['classes_done']}/{len(classes)} classes done ({manifest['status']})")
     return manifest
 
 
-def run_group(group: Group, args, classes, init_files, names, teacher, cfg: LoopConfig, size, mean, std,
-              device: torch.device, schedule_of, out: OutputDir, bar) -> int:
+@dataclass(frozen=True)
+class GroupJob:
+    """Everything a group's optimisation needs, fixed for the whole run."""
+    classes: list[str]
+    init_root: Path | None                    # None: noise init
+    init_files: dict[str, list[str]] | None   # per class, the first IPC init files (real init)
+    names: dict[int, list[str]]               # per class index, the output file names
+    teacher: torch.nn.Module
+    loop: LoopConfig
+    size: int
+    mean: tuple
+    std: tuple
+    device: torch.device
+    schedule_of: Callable[[Sequence[Item]], Schedule]
+    seed: int
+    ipc: int
+    save_format: str
+
+
+def run_group(group: Group, job: GroupJob, out: OutputDir, bar) -> int:
     """Optimise one group's batches and swap its class folders in; returns image-iterations."""
     t0 = time.perf_counter()
-    iterations = {c: [0] * args.ipc for c in group.classes}
+    classes, init_files, names, mean, std, device = (job.classes, job.init_files, job.names, job.mean, job.std,
+                                                     job.device)
+    iterations = {c: [0] * job.ipc for c in group.classes}
     losses = []
-    init_root = Path(args.init_data_path) if init_files is not None else None
     bounds = pixel_bounds(mean, std)
     bounds = (bounds[0].view(1, 3, 1, 1), bounds[1].view(1, 3, 1, 1))
-    save_kwargs = {"quality": 75} if args.save_format == "jpg" else {}
+    save_kwargs = {"quality": 75} if job.save_format == "jpg" else {}
     with contextlib.ExitStack() as stack:
         tmp = {c: stack.enter_context(atomic_dir(out.root / classes[c])) for c in group.classes}
         for batch in group.batches:
-            seed = batch_seed(args.seed, batch[0])
-            schedule = schedule_of(batch)
-            x0 = init_batch(batch, classes, init_root, init_files, size, mean, std, seed).to(device)
+            seed = batch_seed(job.seed, batch[0])
+            schedule = job.schedule_of(batch)
+            x0 = init_batch(batch, classes, job.init_root, init_files, job.size, mean, std, seed).to(device)
             labels = torch.tensor([c for c, _ in batch], dtype=torch.long)
             first, last = classes[batch[0][0]], classes[batch[-1][0]]
             bar.set_postfix_str(first if first == last else f"{first}..{last}", refresh=False)
             try:
-                result = recover_batch(teacher, x0, labels, schedule, cfg, random.Random(seed), bounds,
+                result = recover_batch(job.teacher, x0, labels, schedule, job.loop, random.Random(seed), bounds,
                                        on_iteration=lambda it, n: bar.update(1),
                                        check_every=1 if device.type == "cpu" else 50)
             except NonFiniteLoss as exc:

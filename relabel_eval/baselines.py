@@ -26,6 +26,7 @@ from common.atomic import atomic_dir, atomic_write_json
 from common.errors import UserError
 from common.imagefolder import find_classes, list_class_files, random_real_indices
 from common.manifest import build_manifest, read_manifest, write_manifest
+from common.runstate import check_not_inside, check_output
 from relabel_eval.results import headline_accuracy
 
 STAGE = "relabel_eval.baselines"
@@ -40,6 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--ipc", type=int, required=True, help="images per class")
     r.add_argument("--seed", type=int, default=0, help="selection seed (class k uses seed + k)")
     r.add_argument("--output-dir", required=True, help="where the subset ImageFolder is written")
+    r.add_argument("--force", action="store_true", help="replace an existing --output-dir this command did not write")
     r.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
     f = sub.add_parser("full", help="full-data hard-label reference (evaluates TRAIN itself)")
     f.add_argument("--train-dir", required=True, help="real training ImageFolder")
@@ -66,11 +68,13 @@ def dd_ranking(syn_soft: float, random_soft: float, syn_hard: float, full_hard: 
     return {"IOR": ior, "HLR": hlr, "alpha": alpha, "LRS": lrs}
 
 
-def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | Path) -> Path:
+def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | Path, force: bool = False) -> Path:
     """Copy ``ipc`` seeded-random images per class into ``output_dir`` (reused when already made alike)."""
     train_dir, out = Path(train_dir), Path(output_dir)
     if ipc < 1:
         raise UserError("--ipc must be at least 1")
+    check_not_inside(out, train_dir, "--output-dir", "--train-dir")
+    check_output(out, STAGE, force, flag="--output-dir")
     classes = find_classes(train_dir, "--train-dir")
     picks = {}
     for k, cls in enumerate(classes):
@@ -80,7 +84,7 @@ def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | 
         picks[cls] = sorted(files[i] for i in random_real_indices(len(files), ipc, seed, k))
     old = read_manifest(out) if out.is_dir() else None
     if old and old.get("stage") == STAGE and old.get("selection") == picks:
-        print(f"{out}: random subset already there (seed {seed}, IPC {ipc})")
+        print(f"{out}: random subset already there (seed {seed}, IPC {ipc})", file=sys.stderr)
         return out
     with atomic_dir(out) as tmp:
         for cls, names in picks.items():
@@ -104,7 +108,7 @@ def _evaluate(eval_args: list[str], syn_path: Path, extra: list[str]) -> dict:
 def main(argv: Sequence[str] | None = None):
     args = get_args_parser().parse_args(argv)
     if args.command == "random":
-        out = random_subset(args.train_dir, args.ipc, args.seed, args.output_dir)
+        out = random_subset(args.train_dir, args.ipc, args.seed, args.output_dir, args.force)
         if args.eval_args:
             extra = [] if "--ipc" in args.eval_args else ["--ipc", str(args.ipc)]
             return _evaluate(args.eval_args, out, extra)

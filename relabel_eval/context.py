@@ -5,6 +5,7 @@ that turns an epoch plan into mixed, normalised batches on the device.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -202,7 +203,7 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor, device: torch.device, am
 def warn_ignored(args: argparse.Namespace) -> None:
     used = [f"--{k.replace('_', '-')}" for k in IGNORED_FLAGS if getattr(args, k, None) not in (None, "")]
     if used:
-        print(f"note: {', '.join(used)} accepted for the released scripts and ignored", flush=True)
+        print(f"note: {', '.join(used)} accepted for the released scripts and ignored", file=sys.stderr, flush=True)
 
 
 def student_archs(values: list[str] | None, fallback: str | None) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +24,7 @@ from common.atomic import atomic_torch_save
 from common.errors import UserError
 from common.imagefolder import check_same_classes
 from common.manifest import build_manifest, read_manifest, write_manifest
+from common.runstate import RunState, add_run_args, check_output, fingerprint, replace_output, state_dir
 from relabel_eval.context import (
     BatchMaker,
     add_common_args,
@@ -38,6 +38,9 @@ from relabel_eval.mix import topk_to_logits
 from relabel_eval.plan import EpochPlan, make_epoch_plan
 
 STAGE = "relabel_eval.relabel"
+# Arguments that do not change the stored labels (besides common.runstate.NOT_RESULT): the student
+# only picks the batch size, which is part of the fingerprint itself.
+NOT_RESULT = {"output_dir", "stud_name", "wandb_api_key", "wandb_project"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,18 +51,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="folder for the epoch files and manifest.json")
     p.add_argument("--topk", type=int, default=0, help="store only the K largest logits per image (0: all)")
     p.add_argument("--stud-name", default=None, help="student the labels are for (only picks the batch size)")
-    p.add_argument("--no-resume", action="store_true", help="discard an interrupted run's epoch files")
+    add_run_args(p)
+    p.add_argument("--no-resume", dest="restart", action="store_true", help="the same as --restart")
     return p
 
 
 def epoch_file(root: Path, epoch: int) -> Path:
     return root / f"epoch_{epoch:04d}.pt"
-
-
-def fingerprint(args: argparse.Namespace, common, batch_size: int) -> dict:
-    return {"syn_data_path": str(Path(args.syn_data_path).resolve()), "files": len(common.data),
-            "teacher": str(Path(args.teacher_path).resolve()), "seed": args.seed, "batch_size": batch_size,
-            "aug": common.aug.to_dict(), "topk": args.topk, "epochs": args.epochs}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -73,20 +71,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise UserError(f"--topk {args.topk}: must be between 0 and the class count {C}")
     batch_size, bs_source = batch_size_for(args, common, args.stud_name or common.teacher_meta["arch"])
     out = Path(args.output_dir)
-    partial = out.with_name(out.name + ".partial")
-    fp = fingerprint(args, common, batch_size)
+    fp = fingerprint(args, NOT_RESULT, batch_size=batch_size, aug=common.aug.to_dict(), files=len(common.data))
+    check_output(out, STAGE, args.force, flag="--output-dir")
     done = read_manifest(out) if out.is_dir() else None
-    if done and done.get("complete") and done.get("fingerprint") == fp:
-        print(f"{out}: soft labels already complete ({done['storage_bytes']} bytes); nothing to do")
+    if done and done.get("stage") == STAGE and done.get("complete") and done.get("fingerprint") == fp \
+            and not args.restart:
+        print(f"{out}: soft labels already complete ({done['storage_bytes']} bytes); nothing to do", file=sys.stderr)
         return done
-    if partial.exists():
-        old = read_manifest(partial)
-        if args.no_resume or not old or old.get("fingerprint") != fp:
-            if not args.no_resume and old:
-                raise UserError(f"{partial}: an interrupted relabel run with other arguments is there; "
-                                f"pass --no-resume to discard it")
-            shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
+    run = RunState(out, STAGE, fp, restart=args.restart)
+    partial = run.path("work")  # becomes the output folder when every epoch is stored
     manifest = build_manifest(
         STAGE, args, inputs={"teacher": args.teacher_path}, fingerprint=fp, complete=False,
         classes=common.data.classes, files=common.data.files, num_images=len(common.data), num_classes=C,
@@ -94,34 +87,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
         seed=args.seed, aug=common.aug.to_dict(), input_size=common.input_size, mean=list(common.mean),
         std=list(common.std), teacher_arch=common.teacher_meta["arch"], topk=args.topk,
         logits_dtype="float16")
-    write_manifest(partial, manifest)
 
     maker = BatchMaker(common)
     N = len(common.data)
     todo = [e for e in range(args.epochs) if not epoch_file(partial, e).exists()]
     if len(todo) < args.epochs:
-        print(f"resuming: {args.epochs - len(todo)} of {args.epochs} epoch files already in {partial}")
-    for epoch in tqdm(todo, desc="relabel epochs"):
-        plan = make_epoch_plan(args.seed, epoch, common.data.sizes, batch_size, common.aug)
-        logits = torch.empty(N, C, dtype=torch.float32)
-        for b, xm, _, _ in maker.batches(plan):
-            logits[plan.batch_slice(b)] = teacher_logits(common.teacher, xm, common.device, common.amp).cpu()
-        state = {"epoch": epoch, "plan": plan.to_state()}
-        if args.topk:
-            values, indices = logits.topk(args.topk, dim=1)
-            state["topk_values"] = values.half()
-            state["topk_indices"] = indices.to(torch.int16 if C <= 32767 else torch.int32)
-        else:
-            state["logits"] = logits.half()
-        atomic_torch_save(state, epoch_file(partial, epoch))
+        print(f"resuming: {args.epochs - len(todo)} of {args.epochs} epoch files already in {partial}",
+              file=sys.stderr)
+    with run.running():  # a failure before the first epoch file leaves no state behind
+        partial.mkdir(exist_ok=True)
+        for epoch in tqdm(todo, desc="relabel epochs"):
+            plan = make_epoch_plan(args.seed, epoch, common.data.sizes, batch_size, common.aug)
+            logits = torch.empty(N, C, dtype=torch.float32)
+            for b, xm, _, _ in maker.batches(plan):
+                logits[plan.batch_slice(b)] = teacher_logits(common.teacher, xm, common.device, common.amp).cpu()
+            state = {"epoch": epoch, "plan": plan.to_state()}
+            if args.topk:
+                values, indices = logits.topk(args.topk, dim=1)
+                state["topk_values"] = values.half()
+                state["topk_indices"] = indices.to(torch.int16 if C <= 32767 else torch.int32)
+            else:
+                state["logits"] = logits.half()
+            atomic_torch_save(state, epoch_file(partial, epoch))
 
     storage = sum(epoch_file(partial, e).stat().st_size for e in range(args.epochs))
     manifest.update(complete=True, storage_bytes=storage,
                     storage_bytes_per_epoch=storage / args.epochs)
     write_manifest(partial, manifest)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    replace_output(partial, out)  # our own output (or --force): swapped in complete
+    run.finish()
     print(f"soft labels: {args.epochs} epochs x {N} images -> {out} ({storage} bytes, "
           f"{storage / args.epochs / N:.1f} bytes per image-epoch)")
     return manifest
@@ -134,7 +128,7 @@ class SoftLabelStore:
         self.root = Path(path)
         m = read_manifest(self.root) if self.root.is_dir() else None
         if m is None:
-            partial = self.root.with_name(self.root.name + ".partial")
+            partial = state_dir(self.root)
             hint = f" (an unfinished run is in {partial}; run relabel again to finish it)" if partial.exists() else ""
             raise UserError(f"--soft-label-dir {self.root}: no soft labels found{hint}")
         if m.get("stage") != STAGE or not m.get("complete"):

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +28,7 @@ from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
 from common.metrics import evaluate
 from common.optim import SCHEDULER_KEY
+from common.runstate import RunState, add_run_args, check_output, fingerprint
 from common.seed import seed_everything
 from models import build_model
 from relabel_eval.context import (
@@ -56,9 +58,10 @@ from relabel_eval.relabel import SoftLabelStore
 from relabel_eval.results import append_results_csv, summarize_runs, write_history_csv
 
 STAGE = "relabel_eval"
-# Arguments that do not change a run's result (left out of the resume fingerprint).
-_NOT_RESULT = {"output", "results_csv", "log_dir", "workers", "device", "gpu_device", "seeds", "seed", "stud_name",
-               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp"}
+# Arguments that do not change a run's result (besides common.runstate.NOT_RESULT); students and
+# seeds are the units of work, each with its own done marker, so adding one does not restart the others.
+NOT_RESULT = {"output", "results_csv", "log_dir", "seeds", "seed", "stud_name", "wandb_api_key", "wandb_project",
+              "exp_name", "amp"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -92,8 +95,26 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                        "the JSON)")
     r.add_argument("--log-dir", default=None, help="per-run CSV logs of every epoch")
     r.add_argument("--exp-name", default=None, help="name of this evaluation in the results table")
-    r.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted call")
+    add_run_args(r)
+    r.add_argument("--no-resume", dest="restart", action="store_true", help="the same as --restart")
     return p
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What one student's training needs beyond the data: epochs, batch, optimiser, schedule, labels."""
+    epochs: int
+    batch_size: int
+    lr: float
+    temperature: float | None
+    label_mode: str = "soft"
+    eval_every: int = 10
+    accum_steps: int = 1
+    sgd: bool = False
+    adamw_weight_decay: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    cos: bool = True
 
 
 class OnlineTeacher:
@@ -156,21 +177,20 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str, seed: int, cfg: dict,
+def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str, seed: int, cfg: TrainConfig,
                   state_path: Path | None = None, log_csv: Path | None = None, store: SoftLabelStore | None = None,
-                  on_epoch_end: Callable[[int], None] | None = None) -> dict:
+                  on_epoch_end: Callable[[int], None] | None = None) -> tuple[dict, torch.nn.Module]:
     """Train one student with one seed; resumes from ``state_path`` when it exists.
 
-    ``cfg``: epochs, batch_size, lr, temperature, label_mode, eval_every, accum_steps and the
-    optimiser flags. Returns the run's results (final and best accuracy, timings, history).
+    Returns the run's results (final and best accuracy, timings, history) and the trained student.
     """
-    dev, E = common.device, cfg["epochs"]
+    dev, E = common.device, cfg.epochs
     seed_everything(seed)
     student = build_model(stud_name, common.num_classes, common.input_size)
     student = student.to(dev).to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(student, cfg["sgd"], cfg["lr"], cfg["adamw_weight_decay"], cfg["lr"],
-                               cfg["momentum"], cfg["weight_decay"])
-    scheduler = make_scheduler(optimizer, E, cfg["cos"])
+    optimizer = make_optimizer(student, cfg.sgd, cfg.lr, cfg.adamw_weight_decay, cfg.lr, cfg.momentum,
+                               cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, E, cfg.cos)
     scaler = torch.amp.GradScaler("cuda", enabled=common.amp and dev.type == "cuda")
     start, history, train_time = 0, [], 0.0
     if state_path is not None and state_path.is_file():
@@ -181,8 +201,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         scaler.load_state_dict(st["scaler"])
         _set_rng_state(st["rng"])
         start, history, train_time = int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
-    evals = set(eval_epochs(E, cfg["eval_every"]))
-    online = OnlineTeacher(common) if cfg["label_mode"] == "soft" else None
+    evals = set(eval_epochs(E, cfg.eval_every))
+    online = OnlineTeacher(common) if cfg.label_mode == "soft" else None
     bar = tqdm(range(start, E), desc=f"{stud_name} seed {seed}", leave=False,
                initial=start, total=E, dynamic_ncols=True)
     for epoch in bar:
@@ -190,12 +210,11 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
             plan, logits = store.load(epoch)
             targets = StoredLogits(logits, plan, dev)
         else:
-            plan = make_epoch_plan(seed, epoch, common.data.sizes, cfg["batch_size"], common.aug)
+            plan = make_epoch_plan(seed, epoch, common.data.sizes, cfg.batch_size, common.aug)
             targets = online
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        stats = train_one_epoch(student, maker, plan, targets, optimizer, scaler, cfg["temperature"],
-                                cfg["accum_steps"])
+        stats = train_one_epoch(student, maker, plan, targets, optimizer, scaler, cfg.temperature, cfg.accum_steps)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         dt = time.perf_counter() - t0
@@ -226,24 +245,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     return {"student": stud_name, "seed": seed, "final_top1": final["val_top1"], "final_top5": final["val_top5"],
             "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": E,
             "train_time_s": train_time, "images_per_s": images / train_time if train_time > 0 else None,
-            "history": history, "_model": student}
-
-
-def _fingerprint(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RESULT}
-
-
-def _prepare_partial(partial: Path, fp: dict, no_resume: bool) -> None:
-    fp_file = partial / "fingerprint.json"
-    if partial.exists():
-        old = json.loads(fp_file.read_text()) if fp_file.is_file() else None
-        if no_resume or old is None:
-            shutil.rmtree(partial)
-        elif old != fp:
-            raise UserError(f"{partial}: an interrupted evaluation with other arguments is there; "
-                            f"pass --no-resume to discard it")
-    partial.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(fp_file, fp)
+            "history": history}, student
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -280,8 +282,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     temperature = None if args.label_mode == "hard" else args.temperature or default_temperature(common.aug.mix_type)
     output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
-    partial = output.with_name(output.name + ".partial")
-    _prepare_partial(partial, _fingerprint(args), args.no_resume)
+    check_output(output, STAGE, args.force, kind="file", flag="--output")
+    state = RunState(output, STAGE, fingerprint(args, NOT_RESULT), restart=args.restart)
 
     val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,
                  common.workers)
@@ -289,51 +291,50 @@ def main(argv: Sequence[str] | None = None) -> dict:
     data = common.data
     print(f"distilled set {args.syn_data_path}: {len(data)} images, {common.num_classes} classes, IPC {data.ipc}; "
           f"val {len(val)} images; input {common.input_size}; labels: {args.label_mode}; device {common.device}"
-          f"{' (amp)' if common.amp else ''}; workers {common.workers}", flush=True)
+          f"{' (amp)' if common.amp else ''}; workers {common.workers}", file=sys.stderr, flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     per_student = {}
-    for stud in students:
-        lr, lr_source = (args.learning_rate, "flag (sgd)") if args.sgd else \
-            ((args.adamw_lr, "flag") if args.adamw_lr > 0 else adamw_lr_for(stud))
-        special = released_special_case(common.spec.name, args.arch_name or common.teacher_meta.get("arch"), stud)
-        if not args.sgd and args.adamw_lr <= 0 and "adamw_lr" in special:
-            lr, lr_source = special["adamw_lr"], "released special case"
-        if store is not None:
-            bs, bs_source = int(store.manifest["batch_size"]), "soft labels"
-        else:
-            bs, bs_source = batch_size_for(args, common, stud)
-        cfg = {"epochs": args.re_epochs, "batch_size": bs, "lr": lr, "temperature": temperature,
-               "label_mode": args.label_mode, "eval_every": args.eval_every, "accum_steps": args.re_accum_steps,
-               "sgd": args.sgd, "adamw_weight_decay": args.adamw_weight_decay, "momentum": args.momentum,
-               "weight_decay": args.weight_decay, "cos": args.cos}
-        print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
-              f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
-              f"{args.re_epochs} epochs, seeds {seeds}",
-              flush=True)
-        runs = []
-        for seed in seeds:
-            tag = f"{stud}_seed{seed}"
-            done = partial / f"{tag}.json"
-            if done.is_file():
-                run = json.loads(done.read_text())
-                print(f"  seed {seed}: already done (resumed call)")
+    with state.running():  # a failure before the first checkpoint leaves no state behind
+        for stud in students:
+            lr, lr_source = (args.learning_rate, "flag (sgd)") if args.sgd else \
+                ((args.adamw_lr, "flag") if args.adamw_lr > 0 else adamw_lr_for(stud))
+            special = released_special_case(common.spec.name, args.arch_name or common.teacher_meta.get("arch"), stud)
+            if not args.sgd and args.adamw_lr <= 0 and "adamw_lr" in special:
+                lr, lr_source = special["adamw_lr"], "released special case"
+            if store is not None:
+                bs, bs_source = int(store.manifest["batch_size"]), "soft labels"
             else:
-                log_csv = Path(args.log_dir) / f"{output.stem}_{tag}.csv" if args.log_dir else None
-                run = train_student(common, maker, val, stud, seed, cfg, partial / f"{tag}.pt", log_csv, store)
-                run.pop("_model")
-                atomic_write_json(done, run)
-                (partial / f"{tag}.pt").unlink(missing_ok=True)
-            runs.append(run)
-            print(f"  {stud} seed {seed}: FINAL top-1 {run['final_top1']:.2f} (top-5 {run['final_top5']:.2f}) | "
-                  f"best top-1 during training {run['best_top1']:.2f} @ epoch {run['best_top1_epoch']} | "
-                  f"{run['train_time_s']:.1f} s, {run['images_per_s']:.0f} img/s", flush=True)
-        summary = summarize_runs(runs)
-        per_student[stud] = {"batch_size": bs, "batch_size_source": bs_source, "lr": lr, "lr_source": lr_source,
-                             "summary": summary, "runs": runs}
-        print(f"{stud} [{args.label_mode} labels, {len(seeds)} seed(s)]: FINAL top-1 "
-              f"{summary['final_top1_mean']:.2f} +- {summary['final_top1_std']:.2f} "
-              f"(top-5 {summary['final_top5_mean']:.2f}); best during training {summary['best_top1_mean']:.2f} "
-              f"+- {summary['best_top1_std']:.2f}", flush=True)
+                bs, bs_source = batch_size_for(args, common, stud)
+            cfg = TrainConfig(epochs=args.re_epochs, batch_size=bs, lr=lr, temperature=temperature,
+                              label_mode=args.label_mode, eval_every=args.eval_every, accum_steps=args.re_accum_steps,
+                              sgd=args.sgd, adamw_weight_decay=args.adamw_weight_decay, momentum=args.momentum,
+                              weight_decay=args.weight_decay, cos=args.cos)
+            print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
+                  f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
+                  f"{args.re_epochs} epochs, seeds {seeds}", file=sys.stderr, flush=True)
+            runs = []
+            for seed in seeds:
+                tag = f"{stud}_seed{seed}"
+                run = state.done(tag)
+                if run is not None:
+                    print(f"  seed {seed}: already done (resumed call)", file=sys.stderr)
+                else:
+                    log_csv = Path(args.log_dir) / f"{output.stem}_{tag}.csv" if args.log_dir else None
+                    run, _ = train_student(common, maker, val, stud, seed, cfg, state.path(f"{tag}.pt"), log_csv,
+                                           store)
+                    state.mark_done(tag, run)
+                    state.path(f"{tag}.pt").unlink(missing_ok=True)
+                runs.append(run)
+                print(f"  {stud} seed {seed}: FINAL top-1 {run['final_top1']:.2f} (top-5 {run['final_top5']:.2f}) | "
+                      f"best top-1 during training {run['best_top1']:.2f} @ epoch {run['best_top1_epoch']} | "
+                      f"{run['train_time_s']:.1f} s, {run['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+            summary = summarize_runs(runs)
+            per_student[stud] = {"batch_size": bs, "batch_size_source": bs_source, "lr": lr, "lr_source": lr_source,
+                                 "summary": summary, "runs": runs}
+            print(f"{stud} [{args.label_mode} labels, {len(seeds)} seed(s)]: FINAL top-1 "
+                  f"{summary['final_top1_mean']:.2f} +- {summary['final_top1_std']:.2f} "
+                  f"(top-5 {summary['final_top5_mean']:.2f}); best during training {summary['best_top1_mean']:.2f} "
+                  f"+- {summary['best_top1_std']:.2f}", flush=True)
 
     teacher_info = None
     if args.teacher_path:
@@ -355,6 +356,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     atomic_write_json(output, result)
     append_results_csv(results_csv, result, output)
-    shutil.rmtree(partial, ignore_errors=True)
+    state.finish()
     print(f"results: {output} (table: {results_csv})")
     return result

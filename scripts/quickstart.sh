@@ -2,8 +2,9 @@
 # Quickstart: the whole pipeline, offline, on the built-in generated `shapes` data (10 classes, 32x32),
 # in under 10 minutes on 2 CPU cores: prepare -> squeeze (conv3 teacher) -> rank_select (medium) ->
 # recover (DELT EarlyLate from real images; SRe2L from noise) + random-real baseline -> relabel_eval
-# (soft-label KD, several seeds) -> diversity -> a results table and imgs/quickstart_samples.png.
-# Every variable can be set in the environment; DRY_RUN=1 prints the commands only.
+# (soft-label KD, several seeds) -> diversity -> a results table and $OUT/quickstart_samples.png.
+# Every variable can be set in the environment; DRY_RUN=1 prints the commands only; UPDATE_IMGS=1 also
+# copies the sample grid over the tracked imgs/quickstart_samples.png (the README's figure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,11 +50,12 @@ done
 run python -m relabel_eval.diversity --syn-data-path "$OUT/delt" "$OUT/sre2l" "$OUT/random_real" \
     --names DELT SRe2L random-real --teacher-path "$TEACHER" --device "$DEVICE" --output "$OUT/diversity.json"
 run python -m common.viz "$OUT/delt" "$OUT/sre2l" "$OUT/random_real" --names DELT SRe2L random-real \
-    --per-class "$IPC" --max-classes 4 --out imgs/quickstart_samples.png
+    --per-class "$IPC" --max-classes 4 --out "$OUT/quickstart_samples.png"
+if [ "${UPDATE_IMGS:-0}" = 1 ]; then run cp "$OUT/quickstart_samples.png" imgs/quickstart_samples.png; fi
 run python scripts/results_table.py --out "$OUT/table.md" \
     --title "Quickstart on shapes (conv3 teacher and student, IPC $IPC, $RE_EPOCHS epochs, seeds: $SEEDS)" \
     --row method=DELT ipc="$IPC" syn="$OUT/delt" soft="$OUT/eval_delt.json" div="$OUT/diversity.json:DELT" \
     --row method=SRe2L ipc="$IPC" syn="$OUT/sre2l" soft="$OUT/eval_sre2l.json" div="$OUT/diversity.json:SRe2L" \
     --row method=random-real ipc="$IPC" syn="$OUT/random_real" soft="$OUT/eval_random_real.json" \
           div="$OUT/diversity.json:random-real"
-echo "quickstart finished in $(( $(date +%s) - t0 )) s; table: $OUT/table.md, samples: imgs/quickstart_samples.png" >&2
+echo "quickstart finished in $(( $(date +%s) - t0 )) s; table: $OUT/table.md, samples: $OUT/quickstart_samples.png" >&2

@@ -6,9 +6,11 @@
 The torchvision classification-reference recipe: SGD with momentum, linear
 warm-up then cosine (stepped per iteration), RandomCrop-with-padding + flip for
 small inputs or RandomResizedCrop + flip, optional label smoothing, AMP on CUDA.
-Every epoch writes ``<output>.last.pth`` (model, optimiser, scheduler, epoch);
-``--resume`` continues from it and gives the same weights as an uninterrupted run,
-because each epoch's shuffling and augmentation are seeded from (seed, epoch).
+Every epoch writes ``<output>.state/last.pth`` (model, optimiser, scheduler, epoch)
+beside the output (``common.runstate``); running the same command again continues
+from it and gives the same weights as an uninterrupted run, because each epoch's
+shuffling and augmentation are seeded from (seed, epoch). ``--resume`` is accepted as
+an alias (or names another training checkpoint to continue from).
 The final teacher (``"model"`` + ``"meta"`` with val_top1) goes to ``--output``
 and its metrics to ``<output>.json``.
 """
@@ -33,6 +35,7 @@ from common.imagefolder import ImageFolder, check_train_val, infer_input_size
 from common.manifest import build_manifest
 from common.metrics import evaluate
 from common.optim import SCHEDULER_KEY, param_groups
+from common.runstate import RunState, add_run_args, check_output, fingerprint
 from common.seed import seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
@@ -65,11 +68,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from <output>.last.pth (or the given training checkpoint)")
+                   help="accepted: a rerun always continues from <output>.state/; or continue from the given "
+                        "training checkpoint")
     p.add_argument("--max-epochs-this-run", type=int, default=None,
                    help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
     add_device_args(p)
+    add_run_args(p)
     return p
+
+
+STAGE = "squeeze"
+# Arguments that do not change the teacher (besides common.runstate.NOT_RESULT). The worker count
+# does (augmentation draws move into worker processes), so it enters the fingerprint resolved.
+NOT_RESULT = {"output", "cache"}
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, warmup_start: float) -> float:
@@ -80,10 +91,10 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, warmup_start: float) -
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def last_path(output: str | Path) -> Path:
+def report_path(output: str | Path) -> Path:
+    """The metrics JSON beside the teacher (``teacher.pth`` -> ``teacher.json``): our manifest of it."""
     output = Path(output)
-    return output.with_name(output.name + ".last.pth") if output.suffix != ".pth" else \
-        output.with_name(output.stem + ".last.pth")
+    return output.with_suffix(".json") if output.suffix else Path(str(output) + ".json")
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, label_smoothing,
@@ -155,55 +166,57 @@ def main(argv=None) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
     output = Path(args.output)
-    state_file = last_path(output) if args.resume in (None, "auto") else Path(args.resume)
+    check_output(output, STAGE, args.force, kind="file", manifest_file=report_path(output), flag="--output")
+    run = RunState(output, STAGE, fingerprint(args, NOT_RESULT, workers=workers), restart=args.restart)
+    state_file = run.path("last.pth")
+    resume_from = state_file if args.resume in (None, "auto") else Path(args.resume)
+    if args.resume not in (None, "auto") and not resume_from.is_file():
+        raise UserError(f"{resume_from}: --resume checkpoint not found")
     start_epoch, history = 0, []
-    if args.resume is not None:
-        if not state_file.is_file():
-            if args.resume != "auto":
-                raise UserError(f"{state_file}: --resume checkpoint not found")
-            print(f"no training checkpoint at {state_file}; starting from scratch", file=sys.stderr)
-        else:
-            ck = read_checkpoint(state_file)
-            if ck["meta"].get("classes") != classes or ck["meta"].get("arch") != arch:
-                raise UserError(f"{state_file}: --resume checkpoint is for another arch or class list")
-            model.load_state_dict(ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck[SCHEDULER_KEY])
-            if "scaler" in ck and amp:
-                scaler.load_state_dict(ck["scaler"])
-            start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
-            print(f"resumed from {state_file} at epoch {start_epoch}", file=sys.stderr)
+    if resume_from.is_file():
+        ck = read_checkpoint(resume_from)
+        if ck["meta"].get("classes") != classes or ck["meta"].get("arch") != arch:
+            raise UserError(f"{resume_from}: --resume checkpoint is for another arch or class list")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck[SCHEDULER_KEY])
+        if "scaler" in ck and amp:
+            scaler.load_state_dict(ck["scaler"])
+        start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
+        print(f"resumed from {resume_from} at epoch {start_epoch}", file=sys.stderr)
 
     meta_base = dict(arch=arch, num_classes=len(classes), input_size=size, classes=classes, dataset=spec.name,
                      mean=mean, std=std)
-    run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run")}
+    run_args = {k: v for k, v in vars(args).items()
+                if k not in ("resume", "max_epochs_this_run", "restart", "force")}
     print(f"squeeze: {arch} on {data} ({len(classes)} classes, {len(train_ds)} train / {len(val_ds)} val, "
           f"input {size}, device {device}, {args.epochs} epochs)", file=sys.stderr)
     t_start = time.perf_counter()
     epochs_run = 0
-    for epoch in range(start_epoch, args.epochs):
-        if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
-            print(f"stopping after {epochs_run} epoch(s); continue with --resume", file=sys.stderr)
-            return {"stopped_at_epoch": epoch, "history": history}
-        # each epoch is a pure function of (weights, optimiser state, seed, epoch): resume is exact
-        seed_everything(args.seed * 100003 + epoch)
-        g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                             num_workers=workers, generator=g, worker_init_fn=seed_worker,
-                                             pin_memory=device.type == "cuda", persistent_workers=False)
-        stats = train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, args.label_smoothing,
-                                epoch, args.epochs)
-        val = evaluate(model, val_loader, device, amp=amp)  # amp is only ever on with CUDA
-        stats.update({"epoch": epoch + 1, "val_top1": val["top1"], "val_top5": val["top5"],
-                      "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"]})
-        history.append(stats)
-        print(f"epoch {epoch + 1}/{args.epochs}: train loss {stats['train_loss']:.3f} "
-              f"top-1 {stats['train_top1']:.1f}% | val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% | "
-              f"{stats['epoch_seconds']:.1f}s ({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
-        save_checkpoint(state_file, model, make_meta(**meta_base, val_top1=val["top1"]), epoch=epoch,
-                        optimizer=optimizer.state_dict(), **{SCHEDULER_KEY: scheduler.state_dict()},
-                        scaler=scaler.state_dict(), history=history, args=run_args)
-        epochs_run += 1
+    with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
+        for epoch in range(start_epoch, args.epochs):
+            if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
+                print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
+                return {"stopped_at_epoch": epoch, "history": history}
+            # each epoch is a pure function of (weights, optimiser state, seed, epoch): resume is exact
+            seed_everything(args.seed * 100003 + epoch)
+            g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+            loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                                 num_workers=workers, generator=g, worker_init_fn=seed_worker,
+                                                 pin_memory=device.type == "cuda", persistent_workers=False)
+            stats = train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, args.label_smoothing,
+                                    epoch, args.epochs)
+            val = evaluate(model, val_loader, device, amp=amp)  # amp is only ever on with CUDA
+            stats.update({"epoch": epoch + 1, "val_top1": val["top1"], "val_top5": val["top5"],
+                          "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"]})
+            history.append(stats)
+            print(f"epoch {epoch + 1}/{args.epochs}: train loss {stats['train_loss']:.3f} "
+                  f"top-1 {stats['train_top1']:.1f}% | val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% | "
+                  f"{stats['epoch_seconds']:.1f}s ({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
+            save_checkpoint(state_file, model, make_meta(**meta_base, val_top1=val["top1"]), epoch=epoch,
+                            optimizer=optimizer.state_dict(), **{SCHEDULER_KEY: scheduler.state_dict()},
+                            scaler=scaler.state_dict(), history=history, args=run_args)
+            epochs_run += 1
 
     final = history[-1] if history else {}
     val_top1 = final.get("val_top1")
@@ -215,8 +228,9 @@ def main(argv=None) -> dict:
                             val_top5=final.get("val_top5"), arch=arch, input_size=size, classes=classes,
                             train_seconds_this_run=time.perf_counter() - t_start,
                             train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
-    atomic_write_json(output.with_suffix(".json") if output.suffix else Path(str(output) + ".json"), report)
-    print(f"teacher written to {output}: val top-1 {val_top1:.2f}%", file=sys.stderr)
+    atomic_write_json(report_path(output), report)
+    run.finish()
+    print(f"teacher written to {output}: val top-1 {val_top1:.2f}%")
     return report
 
 

@@ -231,7 +231,7 @@ def test_scoring_resumes_to_the_same_result(tmp_path, tiny_data, tiny_teacher):
                          torch.device("cpu"))
     ds = ImageFolder(train, val_transform(32, ranker.mean, ranker.std))
     full = rank_mod.score_dataset(ranker, ds, 5, 0)
-    partial = tmp_path / "r.csv.partial.pt"
+    partial = tmp_path / "out.state" / "scores.pt"
 
     def stop(batch_idx):
         if batch_idx == 2:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from common.errors import UserError, run_cli
 from common.imagefolder import find_classes, load_rgb
+from common.runstate import state_dir
 from rank_select import patches as P
 
 
@@ -149,13 +150,13 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, tiny_data, tiny_t
     monkeypatch.setattr(P, "write_class", flaky)
     with pytest.raises(KeyboardInterrupt):
         run(train, tiny_teacher, tmp_path / "out", "--ipc", 2)
-    assert not (tmp_path / "out").exists() and P.staging_dir(tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and state_dir(tmp_path / "out").exists()
     monkeypatch.setattr(P, "write_class", real)
     run(train, tiny_teacher, tmp_path / "out", "--ipc", 2)
     assert "resuming: 1 of 3 classes already done" in capsys.readouterr().err
     assert read_images(tmp_path / "out") == read_images(tmp_path / "clean")
-    assert not P.staging_dir(tmp_path / "out").exists()
-    assert not (tmp_path / "out" / ".done").exists()
+    assert not state_dir(tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == find_classes(train) + ["manifest.json"]
 
 
 def test_errors_are_one_line(tmp_path, tiny_data, tiny_teacher, capsys):

@@ -15,6 +15,7 @@ from PIL import Image
 import recover.synthesize as synth
 from common.errors import UserError, run_cli
 from common.manifest import sha256_file
+from common.runstate import state_dir
 from recover.loop import NonFiniteLoss
 from tests.conftest import ROOT, make_teacher, make_tree
 
@@ -105,7 +106,7 @@ def test_resume_after_crash_equals_uninterrupted(reference_run, tiny_data, tiny_
     stale = out / f".{CLASSES[2]}.partial-99-deadbeef"
     stale.mkdir()
     (stale / "img_000.png").write_bytes(b"\x89PNG half")
-    (out / ".recover" / f"{CLASSES[0]}.json").unlink()
+    (state_dir(out) / "done" / f"{CLASSES[0]}.json").unlink()
     calls.clear()
     armed[0] = False
     synth.main(argv(tiny_data, tiny_teacher, tmp_path / "syn", "--exp-name", "resumed"))
@@ -123,7 +124,7 @@ def test_sigkill_then_restart_equals_uninterrupted(reference_run, tiny_data, tin
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and not list(out.glob(".recover/*.json")):
+    while time.time() < deadline and proc.poll() is None and not list(state_dir(out).glob("done/*.json")):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)  # group [0, 1] is done, group [2] is running
     assert proc.wait() == -signal.SIGKILL
@@ -187,7 +188,7 @@ def test_errors_are_one_line(tiny_data, tiny_teacher, tmp_path, capsys, monkeypa
     fails(match=f"non-finite loss at iteration 2 .*{CLASSES[2]}", exp="nan")
     assert sorted(p.name for p in (tmp_path / "err" / "nan").glob("[!.]*")) == CLASSES[:2] + ["manifest.json"]
     monkeypatch.undo()
-    fails("--lr", "0.5", match="other settings", exp="nan")  # resuming with other settings is refused
+    fails("--lr", "0.5", match=r"other arguments .*--lr 0.25 there, 0.5 now.*--restart", exp="nan")  # refused
     capsys.readouterr()
     code = run_cli(synth.main, argv(tiny_data, tiny_teacher, tmp_path / "err", "--ipc", "9"))
     err = capsys.readouterr().err.strip().splitlines()

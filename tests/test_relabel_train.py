@@ -72,7 +72,7 @@ def test_seeds_results_json_and_csv(tiny_data, tiny_teacher, tmp_path):
     assert res["ipc"] == 4 and res["num_images"] == 12 and stud["batch_size"] == 10  # IPC 4: nearest row IPC 1 -> 10
     assert json.loads((tmp_path / "res.json").read_text())["students"]["conv3"]["summary"] == stud["summary"]
     assert len(list((tmp_path / "logs").glob("*.csv"))) == 2
-    assert not (tmp_path / "res.json.partial").exists()
+    assert not (tmp_path / "res.json.state").exists() and not (tmp_path / "res.json.partial").exists()
     train_mod.main(args[:-2] + ["--label-mode", "hard", "--output", str(tmp_path / "hard.json")])
     table = pd.read_csv(tmp_path / "results.csv")
     assert list(table["label_mode"]) == ["soft", "hard"]
@@ -84,10 +84,10 @@ def test_resumed_equals_uninterrupted(tiny_data, tiny_teacher, tmp_path):
     common = resolve_common(args, need_teacher=True)
     val = train_mod.ValSet(tiny_data / "val", common.data.classes, 32, common.mean, common.std)
     maker = BatchMaker(common)
-    cfg = {"epochs": 3, "batch_size": 6, "lr": 1e-3, "temperature": 20.0, "label_mode": "soft", "eval_every": 1,
-           "accum_steps": 1, "sgd": False, "adamw_weight_decay": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
-           "cos": True}
-    full = train_mod.train_student(common, maker, val, "conv3", 3, cfg)
+    cfg = train_mod.TrainConfig(epochs=3, batch_size=6, lr=1e-3, temperature=20.0, label_mode="soft", eval_every=1,
+                                accum_steps=1, sgd=False, adamw_weight_decay=0.01, momentum=0.9, weight_decay=1e-4,
+                                cos=True)
+    full, full_model = train_mod.train_student(common, maker, val, "conv3", 3, cfg)
 
     def crash(epoch):
         if epoch == 1:
@@ -96,8 +96,8 @@ def test_resumed_equals_uninterrupted(tiny_data, tiny_teacher, tmp_path):
     state = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
         train_mod.train_student(common, maker, val, "conv3", 3, cfg, state_path=state, on_epoch_end=crash)
-    resumed = train_mod.train_student(common, maker, val, "conv3", 3, cfg, state_path=state)
-    for (k, a), b in zip(full["_model"].state_dict().items(), resumed["_model"].state_dict().values()):
+    resumed, resumed_model = train_mod.train_student(common, maker, val, "conv3", 3, cfg, state_path=state)
+    for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), k
     assert [h["val_top1"] for h in full["history"]] == [h["val_top1"] for h in resumed["history"]]
     assert [h["loss"] for h in full["history"]] == [h["loss"] for h in resumed["history"]]

@@ -9,6 +9,7 @@ import torch
 
 from common.errors import run_cli
 from common.optim import param_groups
+from common.runstate import state_dir
 from models import build_model, load_model, make_meta, read_checkpoint, save_checkpoint
 from squeeze import evaluate as squeeze_eval
 from squeeze import train as squeeze_train
@@ -53,9 +54,11 @@ def test_train_writes_teacher_and_resume_is_exact(tiny_data, tmp_path):
     # stop after one epoch (as if killed), then resume: identical final weights
     part = tmp_path / "part.pth"
     squeeze_train.main(_args(tiny_data, part, "--max-epochs-this-run", "1"))
-    assert not part.exists() and squeeze_train.last_path(part).exists()
-    assert read_checkpoint(squeeze_train.last_path(part))["epoch"] == 0
+    last = state_dir(part) / "last.pth"  # resume state beside the output
+    assert not part.exists() and last.exists()
+    assert read_checkpoint(last)["epoch"] == 0
     squeeze_train.main(_args(tiny_data, part, "--resume"))
+    assert not state_dir(part).exists()  # removed once the teacher is written
     a, b = read_checkpoint(full)["model"], read_checkpoint(part)["model"]
     assert a.keys() == b.keys()
     for k in a:
