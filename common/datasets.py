@@ -36,7 +36,7 @@ class DatasetSpec:
         if arch and arch.lower().startswith("conv") and self.conv_input_size:
             if self.name in ("imagenet-nette", "imagenet-woof", "imagenet-10", "imagenet-100"):
                 depth = int("".join(ch for ch in arch if ch.isdigit()) or 0)
-                # ALGORITHMS.md: 224, but 128 for conv5/conv6 on the ImageNet subsets
+                # 224, but 128 for conv5/conv6 on the ImageNet subsets (the released scripts' sizes)
                 return 128 if depth >= 5 else self.input_size
             return self.conv_input_size
         return self.input_size

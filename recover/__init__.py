@@ -1,6 +1,6 @@
 """recover stage: optimisation-based synthesis of a distilled ImageFolder.
 
-One loop serves three methods (ALGORITHMS.md, "recover: SRe2L loss" and "recover: EarlyLate"):
+One loop serves three methods (docs/methods/sre2l.md, cda.md and delt.md):
 
 - DELT: ``--init-data-path <rank_select output> --use-early-late --round-iterations RI``;
 - SRe2L: ``--init noise --train-data-path <train>`` (all images, all iterations);

@@ -7,7 +7,7 @@ after ``rank_select``) get R * RI iterations and the last chunk RI. SRe2L/CDA ar
 the uniform case: every image active for all ITR iterations.
 
 Everything here is plain Python on indices, so the hand-computed cases of
-ALGORITHMS.md ("recover: EarlyLate") are tested directly.
+docs/methods/delt.md ("EarlyLate") are tested directly.
 """
 from __future__ import annotations
 

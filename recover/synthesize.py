@@ -146,7 +146,7 @@ def check_args(args: argparse.Namespace) -> Plan:
         if min_itr > itr:
             raise UserError(f"--min-iterations {min_itr} exceeds --iteration {itr}")
         min_itr = max(min_itr, ri)  # as released: at least one round
-    # IPC 1 uses no rounds: the single image gets all ITR iterations (ALGORITHMS.md)
+    # IPC 1 uses no rounds: the single image gets all ITR iterations (docs/methods/delt.md)
     early_late = bool(ri) and args.ipc > 1 and (args.use_early_late or (min_itr is not None and min_itr < itr))
     num_shards = args.num_shards if args.num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
     shard_index = args.shard_index if args.shard_index is not None else int(os.environ.get("RANK", 0))

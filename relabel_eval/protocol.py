@@ -1,8 +1,8 @@
 """The DELT/RDED evaluation protocol as small functions: lr table, parameter groups,
 half-cosine schedule, batch-size table, temperature (the no-weight-decay rule is ``common.optim``).
 
-Values follow the released ``argument.py`` of RDED and DELT (ALGORITHMS.md,
-"relabel_eval"); where the released code has no answer (an IPC outside its table,
+Values follow the released ``argument.py`` of RDED and DELT (docs/methods/delt.md,
+"Evaluation"); where the released code has no answer (an IPC outside its table,
 a student outside its lr table) the choice made here is stated next to it.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``python -m relabel_eval``: train fresh students on a distilled set and validate them.
 
-The DELT/RDED protocol (ALGORITHMS.md, "relabel_eval"): per-image RandAugment /
+The DELT/RDED protocol (docs/methods/delt.md, "Evaluation"; docs/stages/relabel_eval.md): per-image RandAugment /
 RandomResizedCrop / flip, one CutMix box (or Mixup) per batch, the teacher in eval
 mode on the mixed batch, ``KL(log_softmax(s/T) || softmax(t/T))`` batchmean, AdamW
 with weight decay on conv/linear weights only, a half cosine stepped per epoch, and
