@@ -2,14 +2,13 @@
 
 - ``--device auto|cpu|cuda|cuda:N`` and ``--gpu-device N``, the released scripts' GPU
   index, which means exactly ``--device cuda:N`` in every stage;
-- ``--workers``: one default DataLoader worker count for every stage.
+- ``--workers``: the DataLoader worker flag; its default is ``common.accel.default_workers``.
 
 ``common.device.device_from_args`` turns the device flags into a ``torch.device``.
 """
 from __future__ import annotations
 
 import argparse
-import os
 
 from common.errors import UserError
 
@@ -40,24 +39,15 @@ def device_spec(args: argparse.Namespace) -> str:
     return spec
 
 
-def default_workers(device_type: str = "cpu") -> int:
-    """DataLoader workers when ``--workers`` is not given.
-
-    CPU: 0 (the model uses every core; a worker process would compete with it, and
-    squeeze's augmentation draws then stay in the main process). CUDA: up to 8,
-    leaving one core for the main process.
-    """
-    if device_type != "cuda":
-        return 0
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
 def add_workers_arg(parser, help_extra: str = "") -> None:
     parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader workers (default: 0 on CPU, min(8, cores - 1) on CUDA)" + help_extra)
+                        help="DataLoader workers (default: CPU min(4, cores - 1); CUDA all cores but one, up to 16)"
+                        + help_extra)
 
 
 def workers_from_args(args: argparse.Namespace, device_type: str) -> int:
+    from common.accel import default_workers
+
     w = getattr(args, "workers", None)
     if w is None:
         return default_workers(device_type)

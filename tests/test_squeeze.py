@@ -111,8 +111,9 @@ def test_one_line_errors(tiny_data, tmp_path, capsys):
 def test_resume_checkpoint_for_other_classes_refused(tiny_data, tmp_path, capsys):
     out = tmp_path / "t.pth"
     m = build_model("conv3", 3, 16)
-    save_checkpoint(squeeze_train.last_path(out), m, make_meta("conv3", 3, 16, classes=["x", "y", "z"]), epoch=0)
-    assert run_cli(squeeze_train.main, _args(tiny_data, out, "--resume")) == 2
+    other = tmp_path / "other.last.pth"
+    save_checkpoint(other, m, make_meta("conv3", 3, 16, classes=["x", "y", "z"]), epoch=0)
+    assert run_cli(squeeze_train.main, _args(tiny_data, out, "--resume", str(other))) == 2
     assert "another arch or class list" in capsys.readouterr().err
 
 
