@@ -98,10 +98,3 @@ def check_class_count(spec: DatasetSpec, num_classes: int, root: str | Path) -> 
               f"using the {num_classes} classes found (use --dataset custom to silence this)", file=sys.stderr)
 
 
-def resolve_input_size(spec: DatasetSpec, arch: str | None, requested: int | None,
-                       fallback: int | None = None) -> int:
-    """``--input-size`` if given, else the registry default for the arch, else ``fallback``."""
-    size = requested or spec.default_input_size(arch) or fallback
-    if not size:
-        raise UserError(f"--input-size is required with --dataset {spec.name}")
-    return int(size)

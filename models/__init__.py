@@ -1,5 +1,5 @@
 """Architectures and checkpoint IO."""
-from models.checkpoint import load_model, make_meta, read_checkpoint, save_checkpoint, strip_prefixes
+from models.checkpoint import checkpoint_meta, load_model, make_meta, read_checkpoint, save_checkpoint, strip_prefixes
 from models.convnet import ConvNet
 from models.registry import (
     build_model,
@@ -11,6 +11,6 @@ from models.registry import (
     penultimate_features,
 )
 
-__all__ = ["ConvNet", "build_model", "canonical_arch", "classifier_layer", "classifier_name", "has_batchnorm",
-           "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint", "save_checkpoint",
-           "strip_prefixes"]
+__all__ = ["ConvNet", "build_model", "canonical_arch", "checkpoint_meta", "classifier_layer", "classifier_name",
+           "has_batchnorm", "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint",
+           "save_checkpoint", "strip_prefixes"]

@@ -113,6 +113,17 @@ def infer_conv_input_size(arch: str, sd: dict[str, torch.Tensor], width: int = 1
     return int(round(side)) * 2 ** depth if side else None
 
 
+def checkpoint_meta(path: str | os.PathLike, arch: str | None = None) -> dict[str, Any]:
+    """The checkpoint's meta for ``common.dataconfig.resolve_data_config``: as stored, plus the input
+    size a ConvNet's weights fix (the classifier's fan-in) when the meta does not record it."""
+    ckpt = read_checkpoint(path)
+    meta = dict(ckpt["meta"])
+    arch = arch or meta.get("arch")
+    if not meta.get("input_size") and arch:
+        meta["input_size"] = infer_conv_input_size(arch, ckpt["model"])
+    return meta
+
+
 def load_model(path: str | os.PathLike, arch: str | None = None, classes: Sequence[str] | None = None,
                num_classes: int | None = None, input_size: int | None = None,
                device: torch.device | str = "cpu", eval_mode: bool = True) -> tuple[nn.Module, dict[str, Any]]:
@@ -144,7 +155,9 @@ def load_model(path: str | os.PathLike, arch: str | None = None, classes: Sequen
     n = ck_classes or want
     if n is None:
         raise UserError(f"{path}: cannot tell the number of classes")
-    size = input_size or meta.get("input_size") or infer_conv_input_size(arch, sd) or 224
+    size = input_size or meta.get("input_size") or infer_conv_input_size(arch, sd)
+    if not size:  # no silent 224: the size decides the model and every transform
+        raise UserError(f"{path}: the checkpoint does not record its input size; pass --input-size")
     model = build_model(arch, n, size)
     try:
         model.load_state_dict(sd, strict=True)

@@ -17,10 +17,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from common.dataconfig import resolve_data_config
 from common.datasets import DatasetSpec
 from common.device import autocast
 from common.errors import UserError
-from models import load_model, read_checkpoint
+from common.optim import freeze
+from models import checkpoint_meta, load_model, read_checkpoint
 from models.registry import canonical_arch
 
 _PLAIN_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -85,8 +87,8 @@ def load_ranker(path: str | os.PathLike, arch: str | None, classes: Sequence[str
                 input_size: int | None, device: torch.device, role: str = "ranker") -> Ranker:
     """Load the model for scoring, with normalisation and input size from its meta.
 
-    Input size: ``input_size`` (the flag) if given, else the checkpoint's meta, else
-    the dataset registry's default for the architecture.
+    Input size, mean and std: ``common.dataconfig.resolve_data_config`` (the flag, else the
+    checkpoint's meta or weights, else the dataset registry's default for the architecture).
     """
     if not path:
         raise UserError(f"--{role}-path (or --{role}-arch with --{role}-weights) is required")
@@ -95,10 +97,9 @@ def load_ranker(path: str | os.PathLike, arch: str | None, classes: Sequence[str
     arch = resolve_arch(arch, meta, ckpt["model"], path)
     if not arch:
         raise UserError(f"{path}: checkpoint does not record its architecture; pass --{role}-arch")
-    size = input_size or meta.get("input_size") or spec.default_input_size(arch)
     del ckpt
+    size = resolve_data_config(spec, arch, input_size, checkpoint_meta(path, arch), flag="--input-size").input_size
     model, meta = load_model(path, arch=arch, classes=list(classes), input_size=size, device=device)
-    size = int(size or meta["input_size"])
     model = prepare_for_inference(model, device)
     return Ranker(model, meta, str(Path(path)), meta["arch"], size, tuple(meta["mean"]), tuple(meta["std"]),
                   device)
@@ -106,7 +107,7 @@ def load_ranker(path: str | os.PathLike, arch: str | None, classes: Sequence[str
 
 def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     """Eval mode, frozen, channels_last (faster convolutions on CUDA and on recent CPUs)."""
-    model.eval().requires_grad_(False)
+    freeze(model)
     return model.to(device=device, memory_format=torch.channels_last)
 
 

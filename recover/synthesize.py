@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from common.accel import resolve_precision
 from common.atomic import atomic_dir, atomic_save_image
+from common.dataconfig import resolve_data_config
 from common.datasets import check_class_count, get_dataset
 from common.device import device_from_args
 from common.errors import UserError
@@ -39,7 +40,7 @@ from common.imagefolder import check_same_classes, find_classes, list_class_file
 from common.manifest import build_manifest, sha256_file
 from common.runstate import RunState, add_run_args, check_output, fingerprint
 from common.transforms import pil_to_normalized, pixel_bounds, to_pil
-from models import canonical_arch, has_batchnorm, load_model, read_checkpoint
+from models import canonical_arch, checkpoint_meta, has_batchnorm, load_model, read_checkpoint
 from recover.augment import EASY2HARD_MODES
 from recover.cpu import keep_freed_memory
 from recover.loop import LoopConfig, NonFiniteLoss, prepare_teacher, recover_batch
@@ -195,12 +196,10 @@ def resolve_classes(args: argparse.Namespace) -> tuple[list[str], dict[str, list
 def load_teacher(args: argparse.Namespace, classes: Sequence[str], device: torch.device):
     if not args.arch_path:
         raise UserError("--arch-path (the teacher checkpoint) is required; nothing is downloaded at run time")
-    size = args.input_size
-    if size is None:
-        meta = read_checkpoint(args.arch_path)["meta"]
-        arch = args.arch_name or meta.get("arch")
-        if not meta.get("input_size") and arch and not canonical_arch(arch).startswith("conv"):
-            size = get_dataset(args.dataset).default_input_size(arch)
+    meta = checkpoint_meta(args.arch_path, args.arch_name)
+    arch = args.arch_name or meta.get("arch")
+    size = resolve_data_config(get_dataset(args.dataset), canonical_arch(arch) if arch else None, args.input_size,
+                               meta, image_root=args.init_data_path or args.train_data_path).input_size
     model, meta = load_model(args.arch_path, arch=args.arch_name, classes=list(classes), input_size=size,
                              device=device)
     if args.r_bn > 0 and not has_batchnorm(model):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from common.accel import Precision, default_workers, resolve_precision
+from common.dataconfig import resolve_data_config
 from common.datasets import DatasetSpec, check_class_count, get_dataset
 from common.device import autocast, device_from_args
 from common.errors import UserError
@@ -148,11 +149,8 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
         if args.input_size and args.input_size != input_size:
             raise UserError(f"--input-size {args.input_size} but the soft labels were made at {input_size}")
     else:
-        input_size = args.input_size or meta.get("input_size") or spec.default_input_size(student_hint)
-        if not input_size:
-            input_size = int(min(data.sizes.min(0)))
-        mean = tuple(meta.get("mean") or spec.mean)
-        std = tuple(meta.get("std") or spec.std)
+        data_cfg = resolve_data_config(spec, student_hint, args.input_size, meta, image_root=args.syn_data_path)
+        input_size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
         if not 0 < args.min_scale_crops <= args.max_scale_crops <= 1:
             raise UserError(f"--min-scale-crops {args.min_scale_crops} / --max-scale-crops {args.max_scale_crops}: "
                             f"need 0 < min <= max <= 1")

@@ -29,11 +29,12 @@ from tqdm import tqdm
 
 from common.accel import compile_model, default_workers, loader_kwargs, resolve_precision
 from common.atomic import atomic_write_json
-from common.datasets import check_class_count, get_dataset, resolve_input_size
+from common.dataconfig import resolve_data_config
+from common.datasets import check_class_count, get_dataset
 from common.device import device_from_args
 from common.errors import UserError
 from common.flags import add_device_args
-from common.imagefolder import ImageFolder, check_train_val, infer_input_size
+from common.imagefolder import ImageFolder, check_train_val
 from common.manifest import build_manifest
 from common.metrics import evaluate
 from common.optim import SCHEDULER_KEY, param_groups
@@ -146,13 +147,11 @@ def main(argv=None) -> dict:
     classes = check_train_val(data / "train", data / "val")
     check_class_count(spec, len(classes), data / "train")
     arch = canonical_arch(args.arch_name)
-    fallback = None
-    if args.input_size is None and spec.num_classes is None:
-        fallback = infer_input_size(data / "train")  # custom data: the images' own size
-    size = resolve_input_size(spec, arch, args.input_size, fallback=fallback)
+    data_cfg = resolve_data_config(spec, arch, args.input_size, image_root=data / "train", classes=classes)
+    size = data_cfg.input_size
     seed_everything(args.seed)  # the initial weights are a function of --seed
     model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
-    mean, std = spec.mean, spec.std
+    mean, std = data_cfg.mean, data_cfg.std
     precision = resolve_precision(device, args.amp)
     amp = precision.enabled
     # CPU: the decoded images are cached and augmenting them in the main process is cheaper than workers

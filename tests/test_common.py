@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from common.atomic import atomic_dir, atomic_write_json
-from common.datasets import get_dataset, resolve_input_size
+from common.dataconfig import resolve_data_config
+from common.datasets import get_dataset
 from common.device import resolve_device
 from common.errors import UserError, one_line, run_cli
 from common.imagefolder import ImageFolder, check_same_classes, check_train_val, find_classes, load_rgb
@@ -37,7 +38,27 @@ def test_registry_sizes_and_class_lists():
     assert get_dataset("imagenet-nette").default_input_size("conv5") == 128
     assert get_dataset("imagenet-1k").default_input_size("conv4") == 64
     assert get_dataset("cifar10").default_input_size("conv3") == 32
-    assert resolve_input_size(get_dataset("cifar10"), "conv3", 48) == 48
+    assert resolve_data_config(get_dataset("cifar10"), "conv3", 48).input_size == 48
+
+
+def test_data_config_sources_in_order(tmp_path):
+    """flag, then checkpoint meta, then the dataset registry, then the images' own size; never a silent 224."""
+    from tests.conftest import make_tree
+
+    cifar, custom = get_dataset("cifar10"), get_dataset("custom")
+    meta = {"input_size": 40, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "classes": ["a", "b"]}
+    cfg = resolve_data_config(cifar, "conv3", 48, meta)
+    assert (cfg.input_size, cfg.source["input_size"], cfg.mean) == (48, "--input-size", (0.5, 0.5, 0.5))
+    cfg = resolve_data_config(cifar, "conv3", None, meta)
+    assert (cfg.input_size, cfg.classes, cfg.interpolation) == (40, ("a", "b"), "bilinear")
+    cfg = resolve_data_config(cifar, "resnet18_modified", None, {}, classes=["x"])
+    assert (cfg.input_size, cfg.mean, cfg.classes) == (32, cifar.mean, ("x",))
+    assert cfg.source == {"input_size": "dataset cifar10", "mean": "dataset cifar10", "std": "dataset cifar10",
+                          "classes": "data"}
+    make_tree(tmp_path / "d", 2, 1, size=24)
+    assert resolve_data_config(custom, "resnet18", None, {}, image_root=tmp_path / "d").input_size == 24
+    with pytest.raises(UserError, match="--input-size is required"):
+        resolve_data_config(custom, "resnet18", None, {})
     nette = get_dataset("imagenet-nette").wnids()
     assert len(nette) == 10 and nette[0] == "n01440764" and nette == sorted(nette)
     assert len(get_dataset("imagenet-100").wnids()) == 100
