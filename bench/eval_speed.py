@@ -30,6 +30,7 @@ from torchvision.datasets.folder import default_loader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common.flags import add_device_args, device_spec  # noqa: E402
 from common.imagefolder import find_classes  # noqa: E402
 from models import build_model, make_meta, save_checkpoint  # noqa: E402
 from relabel_eval import relabel as relabel_mod  # noqa: E402
@@ -103,10 +104,11 @@ def main():
     p.add_argument("--repeats", type=int, default=7, help="timed epochs per loop (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    add_device_args(p, default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--fkd", action="store_true", help="also time the FKD replay epoch")
     args = p.parse_args()
+    args.device = device_spec(args)  # --gpu-device N means --device cuda:N, as in every stage
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="eval_speed_"))

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from common.datasets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from common.device import resolve_device  # noqa: E402
+from common.device import device_from_args  # noqa: E402
+from common.flags import add_device_args  # noqa: E402
 from common.imagefolder import find_classes, list_class_files, load_rgb  # noqa: E402
 from common.transforms import pil_to_normalized, pixel_bounds  # noqa: E402
 from models import build_model, load_model, make_meta, save_checkpoint  # noqa: E402
@@ -131,7 +132,7 @@ def main(argv=None) -> dict:
     p.add_argument("--teacher", default=str(ROOT / "runs/teachers/tin10_conv3.pth"))
     p.add_argument("--data", default=str(ROOT.parent / "shared/data/tinyimagenet-10/train"))
     p.add_argument("--input-size", type=int, default=32, help="only for the fallback teacher")
-    p.add_argument("--device", default="cpu")
+    add_device_args(p, default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--iters", type=int, default=10, help="(a) iterations per timed run, batch of 100")
@@ -140,7 +141,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     data = Path(args.data)
     classes = find_classes(data)
     teacher, meta, note = get_teacher(args, classes, device)
