@@ -14,5 +14,5 @@ from models.registry import (
 )
 
 __all__ = ["ConvNet", "build_backbone", "build_model", "canonical_arch", "classifier_layer", "classifier_name",
-           "has_batchnorm", "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint", "save_checkpoint",
-           "strip_classifier", "strip_prefixes"]
+           "has_batchnorm", "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint",
+           "save_checkpoint", "strip_classifier", "strip_prefixes"]

@@ -29,7 +29,12 @@ SSL_METHOD = {"mocov2": "mocov2", "mocov3": "mocov3", "swav": "swav", "dino": "d
 def load_backbone_into(model: nn.Module, backbone_sd: dict, source: str) -> None:
     """Load backbone weights into a full classifier model: everything but the classifier must match."""
     head = classifier_name(model)
-    missing, unexpected = model.load_state_dict(backbone_sd, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(backbone_sd, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:120])
+        raise UserError(f"{source}: backbone weights do not fit a {type(model).__name__} ({detail[:160]}); "
+                        f"check --arch-name") from None
     missing = [k for k in missing if not k.startswith(head + ".")]
     if missing or unexpected:
         first = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")

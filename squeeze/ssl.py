@@ -25,6 +25,7 @@ import sys
 
 from common.errors import run_cli
 
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m squeeze.ssl", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

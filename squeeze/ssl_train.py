@@ -49,6 +49,28 @@ def knn_eval(backbone, train_plain, val_ds, num_classes, device, workers) -> flo
     return knn_top1(tf, ty, vf, vy, num_classes)
 
 
+def run_epoch(model: MoCo, loader, optimizer, scheduler, device, moco_momentum: float, desc: str = "ssl",
+              max_steps: int | None = None) -> tuple[float, int]:
+    """One pass over ``(view_0, view_1, label)`` batches: ``(mean loss, images)``; a non-finite loss stops."""
+    model.train()
+    loss_sum, n = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, mininterval=1.0, disable=max_steps is not None)
+    for step, (x0, x1, _) in enumerate(bar):
+        if max_steps is not None and step >= max_steps:
+            break
+        x0 = x0.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x1 = x1.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        loss = train_step(model, x0, x1, optimizer, moco_momentum)
+        if scheduler is not None:
+            scheduler.step()
+        if not torch.isfinite(loss):
+            raise UserError(f"non-finite MoCo loss ({desc}); lower --lr")
+        loss_sum += float(loss) * x0.shape[0]
+        n += x0.shape[0]
+        bar.set_postfix(loss=f"{loss_sum / n:.3f}")
+    return loss_sum / max(n, 1), n
+
+
 def pretrain(args) -> dict:
     from common.device import resolve_device
 
@@ -131,21 +153,11 @@ def pretrain(args) -> dict:
         loader = torch.utils.data.DataLoader(views, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                              num_workers=workers, generator=g, worker_init_fn=seed_worker,
                                              pin_memory=device.type == "cuda")
-        model.train()
-        loss_sum, n, t0 = 0.0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"ssl epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=1.0)
-        for x0, x1, _ in bar:
-            x0 = x0.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            x1 = x1.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            loss = train_step(model, x0, x1, optimizer, args.moco_momentum)
-            scheduler.step()
-            if not torch.isfinite(loss):
-                raise UserError(f"non-finite MoCo loss at epoch {epoch + 1}; lower --lr")
-            loss_sum += float(loss) * x0.shape[0]
-            n += x0.shape[0]
-            bar.set_postfix(loss=f"{loss_sum / n:.3f}")
+        t0 = time.perf_counter()
+        loss, n = run_epoch(model, loader, optimizer, scheduler, device, args.moco_momentum,
+                            f"ssl epoch {epoch + 1}/{args.epochs}")
         dt = time.perf_counter() - t0
-        stats = {"epoch": epoch + 1, "loss": loss_sum / max(n, 1), "lr": optimizer.param_groups[0]["lr"],
+        stats = {"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
                  "epoch_seconds": dt, "images_per_second": n / max(dt, 1e-9)}
         last = epoch + 1 == args.epochs
         if last or (args.knn_every > 0 and (epoch + 1) % args.knn_every == 0):
