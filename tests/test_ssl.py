@@ -139,6 +139,17 @@ def test_linear_probe_keeps_bn_statistics_and_recover_takes_it(ssl_run):
     res = squeeze_eval.main(["--arch-path", str(out), "--data-path", str(data), "--device", "cpu"])
     assert res["top1"] == pytest.approx(meta["val_top1"])
 
+    # relabel with a different (supervised) teacher: the result records both
+    from relabel_eval import train as relabel_train
+    from tests.conftest import make_teacher
+
+    sup = make_teacher(base / "supervised.pth", CLASSES, input_size=16, data_root=data / "train")
+    r = relabel_train.main(["--syn-data-path", str(base / "syn" / "scdd"), "--val-dir", str(data / "val"),
+                            "--teacher-path", str(sup), "--re-epochs", "1", "--workers", "0", "--device", "cpu",
+                            "--output", str(base / "eval.json")])
+    assert r["teacher"]["path"] == str(sup)
+    assert r["recovery_teacher"]["path"] == str(out) and r["recovery_teacher"]["teacher_kind"] == "ssl-linear-probe"
+
 
 def _resnet18_sd():
     torch.manual_seed(0)
