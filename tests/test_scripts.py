@@ -96,7 +96,8 @@ def test_reproduce_dispatches_and_rejects_unknown():
     assert bad.returncode == 2 and "no published setting" in bad.stderr
 
 
-@pytest.mark.parametrize("script", [ROOT / "scripts" / "quickstart.sh", ROOT / "bench" / "cpu_table.sh"],
+@pytest.mark.parametrize("script", [ROOT / "scripts" / "quickstart.sh", ROOT / "bench" / "cpu_table.sh",
+                                    ROOT / "bench" / "scdd_tin10.sh"],
                          ids=lambda p: p.name)
 def test_pipeline_dry_runs_parse(script, tmp_path):
     cmds = dry_run(script, OUT=str(tmp_path / "out"), TABLE=str(tmp_path / "table.md"))
