@@ -156,8 +156,10 @@ def load_model(path: str | os.PathLike, arch: str | None = None, classes: Sequen
     if n is None:
         raise UserError(f"{path}: cannot tell the number of classes")
     size = input_size or meta.get("input_size") or infer_conv_input_size(arch, sd)
-    if not size:  # no silent 224: the size decides the model and every transform
-        raise UserError(f"{path}: the checkpoint does not record its input size; pass --input-size")
+    if not size:
+        if canonical_arch(arch).startswith("conv"):  # a ConvNet's size is structural: never guessed
+            raise UserError(f"{path}: the checkpoint does not record its input size; pass --input-size")
+        size = 224  # torchvision models' weights fit any size; the stages resolve theirs (common.dataconfig)
     model = build_model(arch, n, size)
     try:
         model.load_state_dict(sd, strict=True)
