@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common.accel import default_workers
 from common.atomic import atomic_write_json
 from common.dataconfig import resolve_data_config
 from common.datasets import get_dataset
@@ -91,7 +92,7 @@ def pretrain(args) -> dict:
     arch = canonical_arch(args.arch_name)
     data_cfg = resolve_data_config(spec, arch, args.input_size, image_root=data / "train", classes=classes)
     size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
+    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
     output = Path(args.output)
     if output.suffix != ".pth":
         raise UserError(f"{output}: --output must end in .pth")
