@@ -103,6 +103,7 @@ class DistContext:
 _CTX: DistContext | None = None
 _ORIG_PRINT = builtins.print
 _ORIG_TQDM_INIT = None
+_PRINT_PATCHED = False
 
 
 def _device_for(spec, info: DistInfo):
@@ -126,13 +127,14 @@ def _device_for(spec, info: DistInfo):
 def _mute(muted: bool) -> None:
     """``print`` accepts ``force=``; when ``muted`` it prints only with ``force=True`` or for an
     error/warning line, and tqdm bars are disabled (torchvision's ``setup_for_distributed``)."""
-    global _ORIG_TQDM_INIT
+    global _ORIG_TQDM_INIT, _PRINT_PATCHED
 
     def dist_print(*args, force: bool = False, **kwargs):
         if not muted or force or (args and str(args[0]).lstrip().lower().startswith(("error", "warning"))):
             _ORIG_PRINT(*args, **kwargs)
 
     builtins.print = dist_print
+    _PRINT_PATCHED = True
     if not muted:
         return
     try:
@@ -151,8 +153,10 @@ def _mute(muted: bool) -> None:
 
 
 def _unmute() -> None:
-    global _ORIG_TQDM_INIT
-    builtins.print = _ORIG_PRINT
+    global _ORIG_TQDM_INIT, _PRINT_PATCHED
+    if _PRINT_PATCHED:
+        builtins.print = _ORIG_PRINT
+        _PRINT_PATCHED = False
     if _ORIG_TQDM_INIT is not None:
         from tqdm import std
 
@@ -165,7 +169,8 @@ def init_distributed(device="auto", *, process_group: bool = True, mute: bool = 
     """Set up this process: device per local rank, process group (NCCL on CUDA, gloo on CPU), muting.
 
     ``process_group=False`` reads the launch and sets the device without joining a group (for
-    stages whose ranks never talk, such as ``recover``'s class shards). ``timeout_s`` bounds
+    stages whose ranks never talk, such as ``recover``'s class shards); ``mute=False`` keeps
+    every rank's prints and bars. ``timeout_s`` bounds
     every collective (default: torch's, 10 min for NCCL / 30 min for gloo; the environment
     variable ``DIST_TIMEOUT_S`` overrides it). In a single process this only resolves
     ``device``.
@@ -179,16 +184,15 @@ def init_distributed(device="auto", *, process_group: bool = True, mute: bool = 
         import torch.distributed as dist
 
         env = os.environ if environ is None else environ
-        if info.launcher == "slurm":
-            missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
-            if missing:
-                raise UserError(f"under srun, export {' and '.join(missing)} in the job script (e.g. MASTER_ADDR="
-                                f"$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1), MASTER_PORT=29500)")
-        elif "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
-            raise UserError("RANK/WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are not; launch with torchrun")
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         if process_group:
+            missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in env]
+            if missing and info.launcher == "slurm":
+                raise UserError(f"under srun, export {' and '.join(missing)} in the job script (e.g. MASTER_ADDR="
+                                f"$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1), MASTER_PORT=29500)")
+            if missing:
+                raise UserError("RANK/WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are not; launch with torchrun")
             backend = "nccl" if dev.type == "cuda" else "gloo"
             if timeout_s is None and env.get("DIST_TIMEOUT_S"):
                 timeout_s = float(env["DIST_TIMEOUT_S"])
@@ -201,7 +205,8 @@ def init_distributed(device="auto", *, process_group: bool = True, mute: bool = 
                 if dev.type == "cuda":
                     kw["device_id"] = dev
                 dist.init_process_group(backend, rank=info.rank, world_size=info.world_size, **kw)
-        _mute(mute and info.rank != 0)
+        if mute:
+            _mute(info.rank != 0)
     _CTX = DistContext(info, dev, backend)
     return _CTX
 
