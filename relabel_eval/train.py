@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from common.accel import compile_model
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.device import autocast
 from common.distributed import (
@@ -77,7 +78,7 @@ from relabel_eval.setup import (
 STAGE = "relabel_eval"
 # Arguments that do not change a run's result (left out of the resume fingerprint).
 _NOT_RESULT = {"output", "results_csv", "log_dir", "workers", "device", "gpu_device", "seeds", "seed", "stud_name",
-               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp", "seed_parallel"}
+               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp", "compile", "seed_parallel"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -99,6 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed-parallel", choices=("ddp", "ranks"), default="ddp",
                    help="under torchrun: ddp = each seed trained by all processes (DistributedDataParallel); "
                         "ranks = each process trains whole seeds on its own (default: %(default)s)")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the student and the teacher (falls back to eager with a warning)")
     o = p.add_argument_group("optimiser (AdamW unless --sgd)")
     o.add_argument("--adamw-lr", type=float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
     o.add_argument("--adamw-weight-decay", type=float, default=0.01)
@@ -128,6 +131,8 @@ class OnlineTeacher:
 
 class StoredLogits:
     def __init__(self, logits: torch.Tensor, plan, device: torch.device, maker: BatchMaker | None = None):
+        if device.type == "cuda":  # page-locked, so each batch's copy overlaps the student's compute
+            logits = logits.pin_memory()
         self.logits, self.plan, self.device, self.maker = logits, plan, device, maker
 
     def __call__(self, b: int, xm: torch.Tensor) -> torch.Tensor:
@@ -206,7 +211,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     optimizer = make_optimizer(student, cfg["sgd"], cfg["lr"], cfg["adamw_weight_decay"], cfg["lr"],
                                cfg["momentum"], cfg["weight_decay"])
     scheduler = make_scheduler(optimizer, E, cfg["cos"])
-    scaler = torch.amp.GradScaler("cuda", enabled=common.amp and dev.type == "cuda")
+    scaler = common.precision.grad_scaler()  # enabled only for fp16 (GPUs without bf16)
     start, history, train_time = 0, [], 0.0
     if state_path is not None and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -221,6 +226,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     bar = tqdm(range(start, E), desc=f"{stud_name} seed {seed}", leave=False,
                initial=start, total=E, dynamic_ncols=True)
     net = wrap_ddp(student) if world > 1 else student
+    fast_student = compile_model(student, cfg.get("compile", False), "student")  # same parameters as ``student``
+    fast_net = compile_model(net, cfg.get("compile", False), "student") if world > 1 else fast_student
     for epoch in bar:
         if world > 1:  # dropout & co: a function of (seed, epoch, rank), so resume is exact
             torch.manual_seed(item_seed(seed, epoch, rank))
@@ -232,7 +239,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
             targets = online
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        stats = train_one_epoch(net, maker, plan, targets, optimizer, scaler, cfg["temperature"],
+        stats = train_one_epoch(fast_net, maker, plan, targets, optimizer, scaler, cfg["temperature"],
                                 cfg["accum_steps"])
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -244,7 +251,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         if epoch in evals:
             if world > 1:
                 broadcast_buffers(student)  # rank 0's BatchNorm statistics are validated and saved
-            res = evaluate(student, val.batches(rank, world), dev, common.amp)
+            res = evaluate(fast_student, val.batches(rank, world), dev, common.amp)
             if world > 1:
                 res = reduce_metrics(res)  # each process validated every world-th image
             rec["val_top1"], rec["val_top5"] = res["top1"], res["top5"]
@@ -353,12 +360,14 @@ def run(args: argparse.Namespace, ctx) -> dict:
     barrier()  # the partial folder is ready for every process
 
     val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,
-                 common.workers)
+                 common.workers, pin_memory=common.device.type == "cuda")
+    if args.compile and common.teacher is not None:
+        common.teacher = compile_model(common.teacher, True, "teacher")
     maker = BatchMaker(common, ctx.rank, ctx.world_size) if ddp else BatchMaker(common)
     data = common.data
     print(f"distilled set {args.syn_data_path}: {len(data)} images, {common.num_classes} classes, IPC {data.ipc}; "
           f"val {len(val)} images; input {common.input_size}; labels: {args.label_mode}; device {common.device}"
-          f"{' (amp)' if common.amp else ''}; workers {common.workers}", flush=True)
+          f" ({common.precision.name}); workers {common.workers}", flush=True)
     if ctx.distributed:
         print(f"torchrun: {ctx.world_size} processes ({ctx.backend}); "
               + ("each seed trained by all of them (DDP); the batch below is the global batch, "
@@ -379,7 +388,7 @@ def run(args: argparse.Namespace, ctx) -> dict:
         cfg = {"epochs": args.re_epochs, "batch_size": bs, "lr": lr, "temperature": temperature,
                "label_mode": args.label_mode, "eval_every": args.eval_every, "accum_steps": args.re_accum_steps,
                "sgd": args.sgd, "adamw_weight_decay": args.adamw_weight_decay, "momentum": args.momentum,
-               "weight_decay": args.weight_decay, "cos": args.cos}
+               "weight_decay": args.weight_decay, "cos": args.cos, "compile": args.compile}
         print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
               f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
               f"{args.re_epochs} epochs, seeds {seeds}",
@@ -436,7 +445,8 @@ def run(args: argparse.Namespace, ctx) -> dict:
         "protocol": {"epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
                      "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
                      "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp,
-                     "processes": ctx.world_size, "seed_parallel": args.seed_parallel if ctx.distributed else None},
+                     "precision": common.precision.name, "processes": ctx.world_size,
+                     "seed_parallel": args.seed_parallel if ctx.distributed else None},
         "headline": "final_top1 (accuracy after the last epoch); best_top1 is the best seen during training",
         "students": per_student,
         "manifest": build_manifest(STAGE, args, inputs={"teacher": args.teacher_path}, started=started,
