@@ -6,7 +6,6 @@ torch-free ``common.flags``; this module turns them into a :class:`torch.device`
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
@@ -15,12 +14,11 @@ from common.flags import device_spec
 
 
 def device_from_args(args: argparse.Namespace) -> torch.device:
-    """The device of ``--device`` / ``--gpu-device``; under torchrun, ``auto`` means ``cuda:LOCAL_RANK``."""
-    spec = device_spec(args)
-    local_rank = os.environ.get("LOCAL_RANK")
-    if spec in ("auto", "cuda") and local_rank is not None and torch.cuda.is_available():
-        spec = f"cuda:{int(local_rank)}"
-    return resolve_device(spec)
+    """The device of ``--device`` / ``--gpu-device``; under torchrun, ``auto`` means ``cuda:LOCAL_RANK``
+    (``common.distributed``'s rule)."""
+    from common.distributed import _device_for, dist_info
+
+    return _device_for(device_spec(args), dist_info())
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:

@@ -161,14 +161,15 @@ class RunState:
     """
 
     def __init__(self, output: str | os.PathLike, stage: str, fp: dict[str, Any], restart: bool = False,
-                 restart_flag: str = "--restart"):
+                 restart_flag: str = "--restart", check: bool = True):
         self.output = Path(output)
         self.stage = stage
         self.fingerprint = fp
         self.dir = state_dir(self.output)
         self.restart_flag = restart_flag
         self.resumed = False
-        self._check(restart)
+        if check:  # False: another process (torchrun's main) checks and opens the state; this one attaches
+            self._check(restart)
 
     def _check(self, restart: bool) -> None:
         if not self.dir.exists():
@@ -235,17 +236,18 @@ class RunState:
         """A resume file of the stage, inside the state folder."""
         return self.dir / name
 
-    def _marker(self, unit: str) -> Path:
+    def marker(self, unit: str) -> Path:
+        """The done marker of a unit (written by :meth:`mark_done`)."""
         return self.dir / "done" / f"{unit}.json"
 
     def done(self, unit: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self._marker(unit).read_text())
+            return json.loads(self.marker(unit).read_text())
         except (OSError, ValueError):
             return None
 
     def mark_done(self, unit: str, record: dict[str, Any] | None = None) -> None:
-        atomic_write_json(self._marker(unit), record if record is not None else {})
+        atomic_write_json(self.marker(unit), record if record is not None else {})
 
     def done_units(self) -> list[str]:
         d = self.dir / "done"

@@ -15,6 +15,11 @@ the data root's files and classes. Selected images are copied byte for byte to
 A long scoring run saves its progress every ``--save-every`` seconds to
 ``OUT.state/scores.pt`` beside the output (``common.runstate``) and the same command
 run again resumes from it.
+
+Under torchrun (``torchrun --nproc_per_node=N -m rank_select ...``) process r scores
+images r, r + N, ... (saving progress to its own ``scores.pt.rankRofN`` file in ``OUT.state/``); the scores
+are gathered by rank 0, which alone writes the ranking CSV and the selection: the same
+CSV as one process, up to float rounding of near-ties.
 """
 from __future__ import annotations
 
@@ -37,8 +42,9 @@ from tqdm import tqdm
 from common.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.device import device_from_args
+from common.distributed import all_gather_object, cleanup, dist_info, init_distributed
 from common.errors import UserError
-from common.flags import add_device_args, add_workers_arg, workers_from_args
+from common.flags import add_device_args, add_workers_arg, device_spec, workers_from_args
 from common.imagefolder import ImageFolder, make_samples
 from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
 from common.runstate import RunState, add_run_args, check_not_inside, check_output, fingerprint
@@ -283,6 +289,35 @@ def write_selection(out: Path, data_root: Path, chosen: dict[str, pd.DataFrame],
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if not dist_info().distributed:
+        return run(args)
+    ctx = init_distributed(device_spec(args))  # torchrun: one device per process, a gloo/NCCL group
+    try:
+        args.device, args.gpu_device = str(ctx.device), None
+        return run(args, ctx.rank, ctx.world_size)
+    finally:
+        cleanup()
+
+
+def score_sharded(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers: int, partial: Path,
+                  save_every: float, fingerprint: str, rank: int, world_size: int) -> dict[str, np.ndarray] | None:
+    """Images ``rank, rank + world_size, ...`` scored here; all of them gathered on rank 0 (None elsewhere)."""
+    mine = score_dataset(ranker, Subset(dataset, range(rank, len(dataset), world_size)), batch_size, workers,
+                         partial.with_name(f"{partial.name}.rank{rank}of{world_size}"), save_every,
+                         f"{fingerprint}|rank {rank} of {world_size}")
+    parts = all_gather_object(mine)
+    if rank != 0:
+        return None
+    out = {}
+    for k in METRICS:
+        full = np.zeros(len(dataset), dtype=parts[0][k].dtype)
+        for r, part in enumerate(parts):
+            full[r::world_size] = part[k]
+        out[k] = full
+    return out
+
+
+def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
     if args.ipc < 1:
         raise UserError(f"--ipc {args.ipc}: must be at least 1")
     if args.batch_size < 1:
@@ -306,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if csv_path is not None and csv_path.is_file() and not args.rerank:
         df = read_ranking(csv_path)
         check_ranking_matches(df, csv_path, data_root, classes, rel_paths)
+        if rank != 0:  # nothing to score: rank 0 alone writes the selection
+            return {}
         ranker_note(csv_path, ranker_path)
         print(f"reusing ranking {csv_path} ({len(df)} images)", file=sys.stderr)
         side = read_manifest(sidecar_path(csv_path)) or {}
@@ -317,11 +354,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ranker = load_ranker(ranker_path, args.ranker_arch, classes, spec, args.input_size, device, "ranker")
         dataset = ImageFolder(data_root, val_transform(ranker.input_size, ranker.mean, ranker.std), classes=classes)
         scores_fp = _fingerprint(ranker, rel_paths, labels)
-        run = RunState(out, STAGE, fingerprint(args, NOT_RESULT, scores=scores_fp), restart=args.restart)
+        run = RunState(out, STAGE, fingerprint(args, NOT_RESULT, scores=scores_fp), restart=args.restart,
+                       check=rank == 0)
+        partial, workers = run.path("scores.pt"), workers_from_args(args, device.type)
         t0 = time.perf_counter()
         with run.running():
-            metrics = score_dataset(ranker, dataset, args.batch_size, workers_from_args(args, device.type),
-                                    run.path("scores.pt"), args.save_every, scores_fp)
+            if world_size == 1:
+                metrics = score_dataset(ranker, dataset, args.batch_size, workers, partial, args.save_every, scores_fp)
+            else:
+                metrics = score_sharded(ranker, dataset, args.batch_size, workers, partial, args.save_every,
+                                        scores_fp, rank, world_size)
+        if metrics is None:  # rank 0 writes the ranking and the selection
+            return {}
         timing["scoring_s"] = time.perf_counter() - t0
         timing["images_per_sec"] = len(dataset) / max(timing["scoring_s"], 1e-9)
         df = ranking_frame(rel_paths, classes, labels, metrics)

@@ -7,8 +7,10 @@ Writes ``--syn-data-path/--exp-name/<class>/<file>`` plus ``manifest.json``.
 Work is cut into groups of whole classes (see ``recover.schedule.plan_groups``); each
 group's result depends only on ``--seed`` and its class indices, so a killed run restarted
 with the same command skips finished classes and ends with the same images, and N shards
-(``--num-shards/--shard-index`` or torchrun's RANK/WORLD_SIZE) write disjoint classes
-whose union is the single-process output.
+(``--num-shards/--shard-index``, or the launch that ``common.distributed`` reads: torchrun's
+RANK/WORLD_SIZE on one or several nodes, srun's SLURM_PROCID/SLURM_NTASKS) write disjoint
+classes whose union is the single-process output. Shards never talk to each other (no
+process group); each takes the GPU of its local rank.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import random
 import shutil
 import sys
@@ -33,9 +34,9 @@ from common.accel import resolve_precision
 from common.atomic import atomic_dir, atomic_save_image
 from common.dataconfig import resolve_data_config
 from common.datasets import check_class_count, get_dataset
-from common.device import device_from_args
+from common.distributed import dist_info, init_distributed
 from common.errors import UserError
-from common.flags import add_device_args
+from common.flags import add_device_args, device_spec
 from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
 from common.manifest import build_manifest, sha256_file
 from common.runstate import RunState, add_run_args, check_output, fingerprint
@@ -152,8 +153,9 @@ def check_args(args: argparse.Namespace) -> Plan:
         min_itr = max(min_itr, ri)  # as released: at least one round
     # IPC 1 uses no rounds: the single image gets all ITR iterations (docs/methods/delt.md)
     early_late = bool(ri) and args.ipc > 1 and (args.use_early_late or (min_itr is not None and min_itr < itr))
-    num_shards = args.num_shards if args.num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
-    shard_index = args.shard_index if args.shard_index is not None else int(os.environ.get("RANK", 0))
+    launch = dist_info()  # torchrun (also multi-node) or srun; one shard without either
+    num_shards = args.num_shards if args.num_shards is not None else launch.world_size
+    shard_index = args.shard_index if args.shard_index is not None else launch.rank
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise UserError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     return Plan(early_late, min_itr, num_shards, shard_index)
@@ -243,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.init is None:
         args.init = "real" if args.init_data_path else "noise"
     plan = check_args(args)
-    device = device_from_args(args)
+    device = pick_device(args)
     if device.type == "cpu":
         keep_freed_memory()
     classes, init_files = resolve_classes(args)
@@ -353,6 +355,11 @@ class GroupJob:
     seed: int
     ipc: int
     save_format: str
+
+
+def pick_device(args: argparse.Namespace) -> torch.device:
+    """The shared setup's device (``cuda:LOCAL_RANK`` under torchrun); shards need no process group."""
+    return init_distributed(device_spec(args), process_group=False, mute=False).device
 
 
 def run_group(group: Group, job: GroupJob, out: OutputDir, bar) -> int:
