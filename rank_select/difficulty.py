@@ -40,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--no-dsa", action="store_true", help="train without differentiable augmentation")
-    p.add_argument("--sort-by", choices=["el2n", "grand"], default="el2n", help="metric that orders each class")
+    p.add_argument("--sort-by", choices=["el2n", "grand"], default="grand",
+                   help="metric that orders each class (default: grand, the released PAD experts' order)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="difficulty CSV to write")
     p.add_argument("--order-file", default=None, help="per-class easy-to-hard order (default: <output>.order.json)")
