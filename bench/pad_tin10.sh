@@ -31,8 +31,8 @@ for split, n in (("train", k), ("val", None)):
                 os.symlink(src / split / c / f, dst / split / c / f)
 PY
 
-$N python -m rank_select.difficulty --data-path "$SUB/train" --input-size 32 --num-models 2 --epochs 3 \
-    --output "$OUT/difficulty.csv"
+[ -f "$OUT/difficulty.order.json" ] || $N python -m rank_select.difficulty --data-path "$SUB/train" \
+    --input-size 32 --num-models 2 --epochs 3 --sort-by el2n --output "$OUT/difficulty.csv"
 for s in $(seq 0 $((EXPERTS - 1))); do
     $N python -m squeeze.trajectories --data-path "$SUB" --input-size 32 --num-experts "$EXPERTS" --epochs "$EPOCHS" \
         --difficulty "$OUT/difficulty.order.json" --output-dir "$OUT/experts_pad" --num-shards "$EXPERTS" \
@@ -42,15 +42,17 @@ for s in $(seq 0 $((EXPERTS - 1))); do
 done
 wait
 
-# matching: Tiny-ImageNet's released lr_img / lr_lr / lr_y, depth_ratio 0.5; fewer steps and iterations (CPU)
+# matching: Tiny-ImageNet's released lr_img and lr_y, CIFAR's lr_lr 1e-5, depth_ratio 0.5; far fewer steps and
+# iterations than released (2 shared CPU cores)
 m() {  # name experts ratio ipc iterations extra...
     local name=$1 experts=$2 ratio=$3 ipc=$4 its=$5; shift 5
+    [ -f "$OUT/$name.lr.pt" ] && return 0   # finished
     $N python -m recover.trajectory_matching --experts "$OUT/$experts" --data-path "$SUB/train" --ipc "$ipc" \
-        --iterations "$its" --syn-steps 10 --expert-epochs 2 --min-start-epoch 0 --lr-lr 1e-4 --lr-y 10 \
-        --depth-ratio "$ratio" --checkpoint-every 25 --output-path "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+        --iterations "$its" --syn-steps 10 --expert-epochs 2 --min-start-epoch 0 --lr-lr 1e-5 --lr-y 10 \
+        --depth-ratio "$ratio" --checkpoint-every 10 --output-path "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
 }
-m pad_ipc1 experts_pad 0.5 1 200 --max-start-epoch 5 --lr-img 10000 &
-m datm_ipc1 experts_datm 0.0 1 200 --max-start-epoch 5 --lr-img 10000 &
-m pad_ipc10 experts_pad 0.5 10 150 --max-start-epoch 10 --lr-img 100 --batch-syn 20 &
-m datm_ipc10 experts_datm 0.0 10 150 --max-start-epoch 10 --lr-img 100 --batch-syn 20 &
+m pad_ipc1 experts_pad 0.5 1 80 --max-start-epoch 5 --lr-img 10000 &
+m datm_ipc1 experts_datm 0.0 1 80 --max-start-epoch 5 --lr-img 10000 &
+m pad_ipc10 experts_pad 0.5 10 60 --max-start-epoch 10 --lr-img 100 --batch-syn 10 &
+m datm_ipc10 experts_datm 0.0 10 60 --max-start-epoch 10 --lr-img 100 --batch-syn 10 &
 wait
