@@ -123,13 +123,13 @@ def read_order(path: str | os.PathLike, classes: Sequence[str], rel_paths: Seque
 
 
 def resolve_shard(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
+    """``--num-shards/--shard-index``, else the launch (torchrun/srun) as common.distributed reads it."""
+    from common.distributed import dist_info
     from common.errors import UserError
 
-    if num_shards is None and shard_index is None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        return world, int(os.environ.get("RANK", "0"))
-    if num_shards is None or shard_index is None:
-        raise UserError("--num-shards and --shard-index go together")
+    launch = dist_info()
+    num_shards = launch.world_size if num_shards is None else num_shards
+    shard_index = launch.rank if shard_index is None else shard_index
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise UserError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     return num_shards, shard_index

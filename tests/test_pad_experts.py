@@ -77,3 +77,18 @@ def test_difficulty_then_curriculum_experts_resume(tiny_data, tmp_path):
     assert not (tmp_path / "cut" / "expert_000.pt").exists()
     trajectories(common + ["--output-dir", str(tmp_path / "cut")])
     torch.testing.assert_close(torch.load(tmp_path / "cut" / "expert_000.pt", weights_only=True), traj)
+
+
+def test_shards_follow_flags_or_the_launch(monkeypatch):
+    from common.errors import UserError
+    from squeeze.trajectories import resolve_shard
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(k, raising=False)
+    assert resolve_shard(None, None) == (1, 0)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert resolve_shard(None, None) == (4, 2)
+    assert resolve_shard(2, 1) == (2, 1)
+    with pytest.raises(UserError):
+        resolve_shard(2, 2)
