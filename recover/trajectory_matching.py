@@ -217,8 +217,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     batch_syn = args.batch_syn or n_syn
 
     # --- settings that change the result; a resume must match them
+    # (--iterations is not among them: iteration k does not depend on the total, so a run can be extended)
     settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint_every", "max_iterations_this_run",
-                                                                 "device", "output_path")}
+                                                                 "device", "output_path", "iterations")}
     settings["experts_files"] = [f.name for f in files]
     state_file = out.with_name(out.name + ".state.pt")
     state = None
