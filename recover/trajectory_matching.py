@@ -225,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     state = None
     if state_file.is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=False)
-        if state.get("settings") != settings:
+        stored = {k: v for k, v in state.get("settings", {}).items() if k != "iterations"}
+        if stored != settings:
             raise UserError(f"{state_file}: a run with other settings is in progress; "
                             f"remove it or choose another --output-path")
         print(f"resuming at iteration {state['iteration']} from {state_file}", file=sys.stderr)
