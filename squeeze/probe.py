@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from common.accel import default_workers
 from common.atomic import atomic_write_json
 from common.dataconfig import resolve_data_config
 from common.datasets import get_dataset
@@ -135,7 +136,7 @@ def train_probe(args) -> dict:
     mean, std = data_cfg.mean, data_cfg.std
     if args.linear_path:
         head = read_linear_classifier(args.linear_path)
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
+    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
 
     seed_everything(args.seed)
     model = build_model(arch, len(classes), int(size))
