@@ -270,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                [init_files[c] for c in classes]).encode()).hexdigest(),
                            amp=precision.name if precision.enabled else False)  # what ran: the images depend on it
     fresh_output = not root.exists()
-    out = OutputDir(root, RunState(root, STAGE, settings, restart=args.restart))
+    # shard 0 checks (and with --restart discards) the state; other shards attach to it
+    out = OutputDir(root, RunState(root, STAGE, settings, restart=args.restart, check=plan.shard_index == 0))
 
     groups = plan_groups(len(classes), args.ipc, args.batch_size)
     if args.batch_size > args.ipc and args.batch_size % args.ipc:
