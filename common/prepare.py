@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from common.argtypes import positive_int, seed_int
 from common.atomic import atomic_dir
 from common.datasets import get_dataset
 from common.errors import UserError
@@ -165,9 +166,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="dataset", required=True)
     s = sub.add_parser("shapes", help="built-in generated dataset (offline, seconds)")
-    s.add_argument("--train-per-class", type=int, default=500)
-    s.add_argument("--val-per-class", type=int, default=100)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--train-per-class", type=positive_int, default=500)
+    s.add_argument("--val-per-class", type=positive_int, default=100)
+    s.add_argument("--seed", type=seed_int, default=0)
     for name in ("cifar10", "cifar100"):
         s = sub.add_parser(name, help=f"{name} via torchvision's downloader")
         s.add_argument("--download-root", default=str(Path.home() / ".cache" / "torchvision"))

@@ -4,6 +4,7 @@ from models.convnet import ConvNet
 from models.registry import (
     build_model,
     canonical_arch,
+    check_arch,
     classifier_layer,
     classifier_name,
     has_batchnorm,
@@ -11,6 +12,6 @@ from models.registry import (
     penultimate_features,
 )
 
-__all__ = ["ConvNet", "build_model", "canonical_arch", "classifier_layer", "classifier_name", "has_batchnorm",
-           "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint", "save_checkpoint",
-           "strip_prefixes"]
+__all__ = ["ConvNet", "build_model", "canonical_arch", "check_arch", "classifier_layer", "classifier_name",
+           "has_batchnorm", "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint",
+           "save_checkpoint", "strip_prefixes"]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from common.argtypes import nonneg_float, nonneg_int, positive_int, seed_int
 from common.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.device import add_device_arg, resolve_device
@@ -60,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="custom", help="registry name (tinyimagenet, cifar10, imagenet-1k, ...)")
     p.add_argument("--data-path", required=True, help="training ImageFolder tree to select from")
     add_model_args(p, "ranker")
-    p.add_argument("--input-size", type=int, default=None, help="default: the ranker checkpoint's input size")
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the ranker checkpoint's input size")
     p.add_argument("--ranking-file", default=None,
                    help="ranking CSV: written when missing (or with --rerank), reused otherwise "
                         "(default: OUT/ranking.csv, always re-scored)")
@@ -68,14 +69,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-rank-file", action="store_true",
                    help="accepted for the released scripts; the ranking file is always stored")
     p.add_argument("--output-path", required=True, help="output ImageFolder of the selected images")
-    p.add_argument("--ipc", type=int, default=50, help="images per class")
+    p.add_argument("--ipc", type=positive_int, default=50, help="images per class")
     p.add_argument("--selection-criteria", choices=CRITERIA, default="medium",
                    help="medium (DELT default), top, min, or random (seeded baseline)")
     p.add_argument("--allow-fewer", action="store_true", help="take all images of a class smaller than --ipc")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers (default: %(default)s)")
-    p.add_argument("--save-every", type=float, default=120.0,
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random criterion")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--workers", type=nonneg_int, default=default_workers(),
+                   help="DataLoader workers (default: %(default)s)")
+    p.add_argument("--save-every", type=nonneg_float, default=120.0,
                    help="seconds between saves of scoring progress (resume after interruption)")
     add_device_arg(p)
     p.add_argument("--gpu-device", default=None, help=argparse.SUPPRESS)  # released flag: cuda index, -1 = none

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from common.argtypes import positive_int, seed_int, unit_float
 from common.atomic import atomic_dir, atomic_write_json
 from common.errors import UserError
 from common.imagefolder import find_classes, list_class_files, select_per_class
@@ -37,8 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("random", help="seeded random real subset at an IPC, optionally evaluated")
     r.add_argument("--train-dir", required=True, help="real training ImageFolder")
-    r.add_argument("--ipc", type=int, required=True, help="images per class")
-    r.add_argument("--seed", type=int, default=0, help="selection seed (class k uses seed + k)")
+    r.add_argument("--ipc", type=positive_int, required=True, help="images per class")
+    r.add_argument("--seed", type=seed_int, default=0, help="selection seed (class k uses seed + k)")
     r.add_argument("--output-dir", required=True, help="where the subset ImageFolder is written")
     r.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
     f = sub.add_parser("full", help="full-data hard-label reference (evaluates TRAIN itself)")
@@ -51,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--full-hard", required=True, help="results of the full data with hard labels")
     d.add_argument("--student", default=None, help="student to read (needed when a file has several)")
     d.add_argument("--metric", choices=("final_top1", "best_top1"), default="final_top1")
-    d.add_argument("--weight", type=float, default=0.5, help="w in alpha = w IOR - (1 - w) HLR")
+    d.add_argument("--weight", type=unit_float, default=0.5, help="w in alpha = w IOR - (1 - w) HLR")
     d.add_argument("--output", default=None, help="write the scores as JSON")
     return p
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from common.argtypes import positive_int
 from common.atomic import atomic_path, atomic_write_json
 from common.device import add_device_arg, resolve_device
 from common.errors import UserError
@@ -37,8 +38,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-path", required=True, help="feature model checkpoint (default model: the teacher)")
     p.add_argument("--model-path", default=None, help="another checkpoint to take features from")
     p.add_argument("--arch-name", default=None, help="architecture of the feature model (checked)")
-    p.add_argument("--ipc", type=int, default=None, help="first IPC images (sorted) per class (default: all)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--ipc", type=positive_int, default=None, help="first IPC images (sorted) per class (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--output", required=True, help="JSON results")
     p.add_argument("--plot", default=None, help="PNG plot (default: the JSON path with .png)")
     add_device_arg(p)

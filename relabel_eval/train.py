@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from common.argtypes import momentum_float, nonneg_float, positive_float, positive_int, seed_int, str2bool
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.device import autocast
 from common.errors import UserError
@@ -48,7 +49,6 @@ from relabel_eval.setup import (
     batch_size_for,
     default_output,
     resolve_common,
-    str2bool,
     student_archs,
     teacher_logits,
     warn_ignored,
@@ -70,19 +70,21 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="soft: online teacher (default); hard: CE on class labels; fkd: stored soft labels")
     t.add_argument("--soft-label-dir", default=None, help="output of relabel_eval.relabel (--label-mode fkd)")
     t.add_argument("--val-dir", required=True, help="validation ImageFolder (same class folders)")
-    t.add_argument("--val-ipc", type=int, default=None, help="validation images per class (default: all)")
-    t.add_argument("--re-epochs", type=int, default=300, help="training epochs (default: %(default)s)")
-    t.add_argument("--re-accum-steps", type=int, default=1, help="gradient accumulation steps")
-    t.add_argument("--temperature", "-T", type=float, default=None, help="KD temperature (default: 20 CutMix, 4 Mixup)")
-    t.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds in one call (overrides --seed)")
-    t.add_argument("--eval-every", type=int, default=10, help="validate every N epochs and at the end")
+    t.add_argument("--val-ipc", type=positive_int, default=None, help="validation images per class (default: all)")
+    t.add_argument("--re-epochs", type=positive_int, default=300, help="training epochs (default: %(default)s)")
+    t.add_argument("--re-accum-steps", type=positive_int, default=1, help="gradient accumulation steps")
+    t.add_argument("--temperature", "-T", type=positive_float, default=None,
+                   help="KD temperature (default: 20 CutMix, 4 Mixup)")
+    t.add_argument("--seeds", type=seed_int, nargs="+", default=None,
+                   help="several seeds in one call (overrides --seed)")
+    t.add_argument("--eval-every", type=positive_int, default=10, help="validate every N epochs and at the end")
     o = p.add_argument_group("optimiser (AdamW unless --sgd)")
-    o.add_argument("--adamw-lr", type=float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
-    o.add_argument("--adamw-weight-decay", type=float, default=0.01)
+    o.add_argument("--adamw-lr", type=nonneg_float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
+    o.add_argument("--adamw-weight-decay", type=nonneg_float, default=0.01)
     o.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
-    o.add_argument("--learning-rate", "-lr", type=float, default=0.1, help="SGD lr")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    o.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    o.add_argument("--learning-rate", "-lr", type=positive_float, default=0.1, help="SGD lr")
+    o.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum")
+    o.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="SGD weight decay")
     o.add_argument("--cos", type=str2bool, nargs="?", const=True, default=True,
                    help="half-cosine lr schedule (default); --cos false: linear decay")
     r = p.add_argument_group("outputs")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from common.argtypes import nonneg_int, positive_int
 from common.atomic import atomic_write_json
 from common.datasets import get_dataset
 from common.device import add_device_arg, resolve_device
@@ -37,9 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", required=True, help="data root with val/ (or a val folder itself)")
     p.add_argument("--arch-name", default=None, help="architecture, when the checkpoint does not record it")
     p.add_argument("--dataset", default="custom")
-    p.add_argument("--input-size", type=int, default=None, help="default: the checkpoint's")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--workers", type=nonneg_int, default=2)
     p.add_argument("--output", default=None, help="write the result as JSON here")
     add_device_arg(p)
     return p

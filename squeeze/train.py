@@ -24,6 +24,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from common.argtypes import (
+    float_range,
+    momentum_float,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from common.atomic import atomic_write_json
 from common.datasets import check_class_count, get_dataset, resolve_input_size
 from common.device import add_device_arg, resolve_device
@@ -34,7 +43,7 @@ from common.metrics import evaluate
 from common.seed import seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
-from models.registry import canonical_arch
+from models.registry import check_arch
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -43,28 +52,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="custom", help="registry name (cifar10, tinyimagenet, imagenet-nette, ...)")
     p.add_argument("--data-path", required=True, help="root with train/ and val/ ImageFolder trees")
     p.add_argument("--arch-name", default="conv3", help="conv3..conv6, resnet18_modified, any torchvision name")
-    p.add_argument("--input-size", type=int, default=None, help="default: the dataset's size for this arch")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--warmup-epochs", type=float, default=2, help="linear warm-up length (epochs)")
-    p.add_argument("--warmup-start", type=float, default=0.01, help="warm-up starts at lr * this")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for this arch")
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=0.05)
+    p.add_argument("--momentum", type=momentum_float, default=0.9)
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=nonneg_float, default=2, help="linear warm-up length (epochs)")
+    p.add_argument("--warmup-start", type=float_range(0, 1, lo_open=True), default=0.01,
+                   help="warm-up starts at lr * this")
+    p.add_argument("--label-smoothing", type=float_range(0, 1, hi_open=True), default=0.0)
     p.add_argument("--train-aug", choices=["auto", "crop", "rrc"], default="auto",
                    help="crop: RandomCrop(pad)+flip; rrc: RandomResizedCrop+flip; auto: crop up to 32px")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on CUDA)")
+    p.add_argument("--workers", type=nonneg_int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on CUDA)")
     p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                    help="decode the training images once into memory (auto: up to 60k images)")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="check every image first and skip (and list) corrupt ones instead of stopping")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from <output>.last.pth (or the given training checkpoint)")
-    p.add_argument("--max-epochs-this-run", type=int, default=None,
+    p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
                    help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
     add_device_arg(p)
     return p
@@ -133,7 +143,7 @@ def main(argv=None) -> dict:
                         f"(python -m common.prepare writes them)")
     classes = check_train_val(data / "train", data / "val")
     check_class_count(spec, len(classes), data / "train")
-    arch = canonical_arch(args.arch_name)
+    arch = check_arch(args.arch_name, "--arch-name")
     fallback = None
     if args.input_size is None and spec.num_classes is None:
         fallback = infer_input_size(data / "train")  # custom data: the images' own size
