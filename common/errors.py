@@ -18,6 +18,17 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
 
 
+@contextlib.contextmanager
+def bar_vanishes_on_error(bar) -> Iterator:
+    """A progress bar that an error interrupts is cleared instead of left on screen, so the
+    ``error:`` line is the only line the failure leaves: ``with tqdm(...) as bar, bar_vanishes_on_error(bar):``."""
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
+
+
 def one_line(exc: BaseException) -> str:
     """The user-facing line of an error, also when a DataLoader worker re-raised it with a traceback."""
     text = str(exc)

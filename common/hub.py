@@ -47,6 +47,7 @@ from common.atomic import atomic_dir, atomic_path, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.errors import UserError, run_cli
 from common.manifest import build_manifest, sha256_file, write_manifest
+from common.paths import check_output_dir, check_output_file
 
 # common.imagefolder is imported inside the functions that need it: it imports torch (2 s), which
 # `list` and the download itself do not need.
@@ -841,6 +842,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
+    if args.command == "fetch":
+        check_output_dir(args.out, "--out")
+    elif args.command == "pack":
+        check_output_file(args.out, "--out")
     if args.command == "list":
         print(format_registry(load_registry(args.registry)))
     elif args.command == "fetch":

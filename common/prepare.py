@@ -31,6 +31,7 @@ from common.datasets import get_dataset
 from common.errors import UserError
 from common.imagefolder import is_image_file, list_class_files
 from common.manifest import build_manifest, write_manifest
+from common.paths import check_output_dir
 
 SUBSETS = ("imagenet-nette", "imagenet-woof", "imagenet-10", "imagenet-100")
 
@@ -186,7 +187,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     name = "tinyimagenet" if args.dataset == "tiny-imagenet" else args.dataset
     if name == "shapes":
         prepare_shapes(out, args.train_per_class, args.val_per_class, args.seed, args.force)

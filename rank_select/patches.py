@@ -38,9 +38,10 @@ from common.argtypes import nonneg_int, positive_int, seed_int
 from common.atomic import atomic_save_image, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.device import add_device_arg
-from common.errors import UserError
+from common.errors import UserError, bar_vanishes_on_error
 from common.imagefolder import find_classes, load_rgb, make_samples
 from common.manifest import build_manifest, sha256_file, write_manifest
+from common.paths import check_output_dir
 from common.seed import seed_everything
 from common.transforms import normalize
 from rank_select.rank import check_output_path, default_workers, resolve_device_args
@@ -280,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     seed_everything(args.seed)
     spec = get_dataset(args.dataset)
     data_root, out = Path(args.data_path), Path(args.output_path)
+    check_output_dir(out, "--output-path")
     classes = find_classes(data_root)
     check_class_count(spec, len(classes), data_root)
     check_output_path(out, data_root, (STAGE,))
@@ -318,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     open_pools: dict[int, ClassPool] = {}
     t0 = time.perf_counter()
     n_crops = 0
-    with tqdm(total=len(samples) * args.num_crop, desc="scoring crops", unit="crop", dynamic_ncols=True) as bar:
+    with tqdm(total=len(samples) * args.num_crop, desc="scoring crops", unit="crop", dynamic_ncols=True) as bar, \
+            bar_vanishes_on_error(bar):
         for crops, boxes, labels, index in loader:
             m = crops.shape[1]
             flat = crops.flatten(0, 1)

@@ -32,9 +32,10 @@ from common.argtypes import int_range, nonneg_float, nonneg_int, positive_float,
 from common.atomic import atomic_dir, atomic_save_image
 from common.datasets import check_class_count, get_dataset
 from common.device import add_device_arg, resolve_device
-from common.errors import UserError
+from common.errors import UserError, bar_vanishes_on_error
 from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
 from common.manifest import build_manifest, sha256_file
+from common.paths import check_output_dir
 from common.transforms import pil_to_normalized, pixel_bounds, to_pil
 from models import canonical_arch, has_batchnorm, load_model, read_checkpoint
 from recover.augment import EASY2HARD_MODES
@@ -207,6 +208,17 @@ def load_teacher(args: argparse.Namespace, classes: Sequence[str], device: torch
     return model, meta
 
 
+# A class whose images have more than this fraction of pixel values at the ends of the valid
+# range (clipped by the loop's clamp) is flagged as saturated in the manifest and warned about.
+SATURATION_WARN = 0.5
+
+
+def clipped_fraction(images: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Per image, the fraction of values (pixels x channels) at the lower or upper pixel bound."""
+    lo, hi = bounds[0].to(images.device), bounds[1].to(images.device)
+    return ((images <= lo) | (images >= hi)).flatten(1).float().mean(1)
+
+
 def output_names(init_files: Sequence[str] | None, ipc: int, label: int, ext: str) -> list[str]:
     """Output file names in init order: the init file's stem with the new extension
     (``class{label:03d}_id{i:03d}`` for noise, as released), prefixed by the index only
@@ -242,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.init is None:
         args.init = "real" if args.init_data_path else "noise"
     plan = check_args(args)
+    check_output_dir(output_dir(args), "--syn-data-path" + ("/--exp-name" if args.exp_name else ""))
     device = pick_device(args)
     if device.type == "cpu":
         keep_freed_memory()
@@ -304,10 +317,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     t_start = time.perf_counter()
     done_its = 0
     try:
-        for g in todo:
-            done_its += run_group(g, args, classes, init_files, names, teacher, cfg, size, mean, std, device,
-                                  schedule_of, out, bar)
-            out.update_manifest(base, classes)
+        with bar_vanishes_on_error(bar):
+            for g in todo:
+                done_its += run_group(g, args, classes, init_files, names, teacher, cfg, size, mean, std, device,
+                                      schedule_of, out, bar)
+                out.update_manifest(base, classes)
     finally:
         bar.close()
     elapsed = time.perf_counter() - t_start
@@ -337,6 +351,7 @@ def run_group(group: Group, args, classes, init_files, names, teacher, cfg: Loop
     """Optimise one group's batches and swap its class folders in; returns image-iterations."""
     t0 = time.perf_counter()
     iterations = {c: [0] * args.ipc for c in group.classes}
+    clipped = {c: [0.0] * args.ipc for c in group.classes}
     losses = []
     init_root = Path(args.init_data_path) if init_files is not None else None
     bounds = pixel_bounds(mean, std)
@@ -357,20 +372,34 @@ def run_group(group: Group, args, classes, init_files, names, teacher, cfg: Loop
                                        check_every=1 if device.type == "cpu" else 50)
             except NonFiniteLoss as exc:
                 names_ = ", ".join(classes[c] for c in sorted({c for c, _ in batch})[:5])
+                hint = (f"lower --r-bn (now {args.r_bn:g}) or --first-bn-multiplier (now {args.first_bn_multiplier:g})"
+                        if exc.cause == "r_bn" else f"lower --lr (now {args.lr:g})")
                 raise UserError(f"non-finite loss at iteration {exc.iteration} of the batch holding class(es) "
-                                f"{names_}; finished classes are kept in {out.root}; try a lower --lr") from None
+                                f"{names_}: the optimisation diverged; {hint}; finished classes are kept in "
+                                f"{out.root}") from None
             images = result.images.cpu()
+            fractions = clipped_fraction(images, bounds).tolist()
             for pos, (c, i) in enumerate(batch):
+                clipped[c][i] = fractions[pos]
                 atomic_save_image(to_pil(images[pos], mean, std), tmp[c] / names[c][i], **save_kwargs)
                 iterations[c][i] = schedule.iterations[pos]
             losses.append([float(result.losses[0]), float(result.losses[-1])])
     wall = time.perf_counter() - t0
+    saturated = {classes[c]: sum(v) / len(v) for c, v in clipped.items() if sum(v) / len(v) > SATURATION_WARN}
+    if saturated:
+        worst = max(saturated.values())
+        print(f"warning: recover: {len(saturated)} class(es) ({', '.join(list(saturated)[:3])}"
+              f"{' ...' if len(saturated) > 3 else ''}) have saturated images: up to {100 * worst:.0f}% of pixel "
+              f"values clipped at the valid range; --lr {args.lr:g} may be too high (see clipped_fraction in "
+              f"{out.root / 'manifest.json'})", file=sys.stderr)
     group_its = sum(sum(v) for v in iterations.values())
     for c in group.classes:
         share = sum(iterations[c]) / group_its if group_its else 1.0 / len(group.classes)
         out.write_record(classes[c], {
             "label": c, "files": names[c], "init_files": init_files and init_files[classes[c]],
             "iterations": iterations[c], "wall_time_s": round(wall * share, 3),
+            "clipped_fraction": round(sum(clipped[c]) / len(clipped[c]), 6),
+            "saturated": sum(clipped[c]) / len(clipped[c]) > SATURATION_WARN,
             "group": group.index, "group_classes": len(group.classes), "group_wall_time_s": round(wall, 3),
             "loss_first_last": losses, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return group_its

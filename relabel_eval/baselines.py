@@ -25,8 +25,9 @@ from typing import Sequence
 from common.argtypes import positive_int, seed_int, unit_float
 from common.atomic import atomic_dir, atomic_write_json
 from common.errors import UserError
-from common.imagefolder import find_classes, list_class_files, select_per_class
+from common.imagefolder import find_classes, list_class_files, load_rgb, select_per_class
 from common.manifest import build_manifest, read_manifest, write_manifest
+from common.paths import check_output_dir, check_output_file
 from relabel_eval.results import headline_accuracy
 
 STAGE = "relabel_eval.baselines"
@@ -83,6 +84,9 @@ def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | 
     if old and old.get("stage") == STAGE and old.get("selection") == picks:
         print(f"{out}: random subset already there (seed {seed}, IPC {ipc})")
         return out
+    for cls, names in picks.items():  # a corrupt pick stops here, before anything is written
+        for name in names:
+            load_rgb(train_dir / cls / name)
     with atomic_dir(out) as tmp:
         for cls, names in picks.items():
             (tmp / cls).mkdir()
@@ -105,6 +109,7 @@ def _evaluate(eval_args: list[str], syn_path: Path, extra: list[str]) -> dict:
 def main(argv: Sequence[str] | None = None):
     args = get_args_parser().parse_args(argv)
     if args.command == "random":
+        check_output_dir(args.output_dir, "--output-dir")
         out = random_subset(args.train_dir, args.ipc, args.seed, args.output_dir)
         if args.eval_args:
             extra = [] if "--ipc" in args.eval_args else ["--ipc", str(args.ipc)]
@@ -116,6 +121,8 @@ def main(argv: Sequence[str] | None = None):
         if "--label-mode" in args.eval_args:
             raise UserError("full: the reference always uses --label-mode hard; do not pass it")
         return _evaluate(args.eval_args, Path(args.train_dir), ["--label-mode", "hard"])
+    if args.output:
+        check_output_file(args.output, "--output")
     accs = {k: headline_accuracy(getattr(args, k), args.student, args.metric) / 100.0
             for k in ("syn_soft", "random_soft", "syn_hard", "full_hard")}
     scores = dd_ranking(accs["syn_soft"], accs["random_soft"], accs["syn_hard"], accs["full_hard"], args.weight)

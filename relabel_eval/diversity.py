@@ -24,6 +24,7 @@ from common.atomic import atomic_path, atomic_write_json
 from common.device import add_device_arg, resolve_device
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
+from common.paths import check_output_file
 from common.transforms import pil_to_normalized
 from models import classifier_layer, classifier_name, load_model, penultimate_features
 from relabel_eval.data import load_distilled
@@ -127,6 +128,9 @@ def plot_diversity(sets: dict, out_png: str | Path, model_desc: str) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    check_output_file(args.output, "--output")
+    out_png = check_output_file(args.plot or Path(args.output).with_suffix(".png"),
+                                "--plot" if args.plot else "--output")
     paths = [Path(p) for p in args.syn_data_path]
     names = args.names or [p.name for p in paths]
     if len(names) != len(paths):
@@ -162,7 +166,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       "inter_class_centroid_cosine": inter}
         print(f"{name}: intra-class cosine {sets[name]['intra_class_mean']:.4f} +- {sets[name]['intra_class_std']:.4f}"
               f" (lower = more diverse), inter-class centroid cosine {inter:.4f}")
-    out_png = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
     plot_diversity(sets, out_png, f"{meta['arch']} penultimate")
     result = {"stage": STAGE, "model": model_info, "sets": sets, "plot": str(out_png),
               "manifest": build_manifest(STAGE, args, inputs={"model": model_path})}

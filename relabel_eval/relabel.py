@@ -26,6 +26,7 @@ from common.atomic import atomic_torch_save
 from common.errors import UserError
 from common.imagefolder import check_same_classes
 from common.manifest import build_manifest, read_manifest, write_manifest
+from common.paths import check_output_dir
 from models import check_arch
 from relabel_eval.data import DistilledSet
 from relabel_eval.mix import topk_to_logits
@@ -60,6 +61,8 @@ def fingerprint(args: argparse.Namespace, common, batch_size: int) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     warn_ignored(args)
+    out = check_output_dir(args.output_dir, "--output-dir")
+    check_output_dir(out.with_name(out.name + ".partial"), "--output-dir")
     if args.stud_name:
         args.stud_name = check_arch(args.stud_name, "--stud-name")
     common = resolve_common(args, need_teacher=True)
@@ -67,7 +70,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.topk < 0 or args.topk > C:
         raise UserError(f"--topk {args.topk}: must be between 0 and the class count {C}")
     batch_size, bs_source = batch_size_for(args, common, args.stud_name or common.teacher_meta["arch"])
-    out = Path(args.output_dir)
     partial = out.with_name(out.name + ".partial")
     fp = fingerprint(args, common, batch_size)
     done = read_manifest(out) if out.is_dir() else None

@@ -27,6 +27,7 @@ from common.device import autocast
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
 from common.metrics import evaluate
+from common.paths import check_output_dir, check_output_file
 from common.seed import seed_everything
 from models import build_model
 from relabel_eval.data import ValSet
@@ -118,6 +119,8 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     """One epoch; ``targets(b, mixed_x)`` gives teacher logits (soft / fkd) or is None (hard labels).
 
     Train accuracy comes from the training forward on the mixed batch (no extra forward).
+    A non-finite loss is recorded (first batch, and whether the teacher's logits were to blame)
+    without a per-batch device sync; the caller stops the run on it.
     """
     common = maker.common
     student.train()
@@ -125,6 +128,8 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     n, last = 0, plan.num_batches - 1
+    first_bad = torch.full((), -1, device=dev, dtype=torch.long)
+    teacher_bad = torch.zeros((), device=dev, dtype=torch.bool)
     optimizer.zero_grad(set_to_none=True)
     for b, xm, y, mix in maker.batches(plan):
         with autocast(dev, common.amp):
@@ -132,7 +137,10 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
         if targets is None:
             loss = mixed_ce(out, y, mix, target_lambda(mix, S, S))
         else:
-            loss = kd_loss(out, targets(b, xm), temperature)
+            t = targets(b, xm)
+            teacher_bad |= ~torch.isfinite(t).all()
+            loss = kd_loss(out, t, temperature)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
         scaler.scale(loss / accum_steps).backward()
         if (b + 1) % accum_steps == 0 or b == last:
             scaler.step(optimizer)
@@ -141,7 +149,22 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
         loss_sum += loss.detach() * len(y)
         correct += (out.detach().argmax(1) == y).sum()
         n += len(y)
-    return {"loss": float(loss_sum) / max(n, 1), "train_top1_mixed": 100.0 * float(correct) / max(n, 1), "images": n}
+    bad = int(first_bad)
+    return {"loss": float(loss_sum) / max(n, 1), "train_top1_mixed": 100.0 * float(correct) / max(n, 1), "images": n,
+            "nonfinite_batch": None if bad < 0 else bad, "teacher_nonfinite": bool(teacher_bad)}
+
+
+def diverged_error(stud_name: str, seed: int, epoch: int, stats: dict, label_mode: str, sgd: bool,
+                   lr: float) -> UserError:
+    """The one line for a non-finite loss: where, and which flag to look at."""
+    if stats["teacher_nonfinite"]:
+        cause = ("the stored soft labels hold non-finite logits (check --soft-label-dir)" if label_mode == "fkd"
+                 else "the teacher gives non-finite logits (check --teacher-path)")
+    else:
+        flag = "--learning-rate (with --sgd)" if sgd else "--adamw-lr"
+        cause = f"the training diverged; lower {flag} (now {lr:g})"
+    return UserError(f"student {stud_name} seed {seed}: non-finite training loss at epoch {epoch + 1}, "
+                     f"batch {stats['nonfinite_batch'] + 1}: {cause}; no result was written")
 
 
 def _rng_state() -> dict:
@@ -199,6 +222,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
                                 cfg["accum_steps"])
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
+        if stats["nonfinite_batch"] is not None:
+            raise diverged_error(stud_name, seed, epoch, stats, cfg["label_mode"], cfg["sgd"], cfg["lr"])
         dt = time.perf_counter() - t0
         train_time += dt
         scheduler.step()
@@ -249,6 +274,11 @@ def _prepare_partial(partial: Path, fp: dict, no_resume: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    output = check_output_file(args.output or default_output(args.syn_data_path, args.label_mode), "--output")
+    results_csv = check_output_file(args.results_csv or output.parent / "results.csv", "--results-csv")
+    partial = check_output_dir(output.with_name(output.name + ".partial"), "--output")
+    if args.log_dir:
+        check_output_dir(args.log_dir, "--log-dir")
     warn_ignored(args)
     if args.re_epochs < 1:
         raise UserError("--re-epochs must be at least 1")
@@ -279,9 +309,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if len(set(seeds)) != len(seeds):
         raise UserError("--seeds has duplicates")
     temperature = None if args.label_mode == "hard" else args.temperature or default_temperature(common.aug.mix_type)
-    output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
-    results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
-    partial = output.with_name(output.name + ".partial")
     _prepare_partial(partial, _fingerprint(args), args.no_resume)
 
     val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,

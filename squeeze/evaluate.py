@@ -21,6 +21,7 @@ from common.datasets import get_dataset
 from common.device import add_device_arg, resolve_device
 from common.imagefolder import ImageFolder, find_classes
 from common.metrics import evaluate
+from common.paths import check_output_file
 from common.transforms import val_transform
 from models import load_model
 
@@ -48,6 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.output:
+        check_output_file(args.output, "--output")
     get_dataset(args.dataset)
     device = resolve_device(args.device)
     root = val_root(args.data_path)

@@ -40,6 +40,7 @@ from common.errors import UserError
 from common.imagefolder import ImageFolder, check_train_val, infer_input_size
 from common.manifest import build_manifest
 from common.metrics import evaluate
+from common.paths import check_output_file
 from common.seed import seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
@@ -68,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                    help="decode the training images once into memory (auto: up to 60k images)")
     p.add_argument("--skip-corrupt", action="store_true",
-                   help="check every image first and skip (and list) corrupt ones instead of stopping")
+                   help="check every image (train and val) first and skip (and list) corrupt ones instead of stopping")
     p.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
@@ -103,25 +104,34 @@ def last_path(output: str | Path) -> Path:
         output.with_name(output.stem + ".last.pth")
 
 
+def report_path(output: str | Path) -> Path:
+    """The JSON report beside the teacher: ``teacher.json`` for ``teacher.pth``."""
+    output = Path(output)
+    return output.with_suffix(".json") if output.suffix else Path(str(output) + ".json")
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, label_smoothing,
                     epoch: int, epochs: int) -> dict[str, float]:
     model.train()
     loss_sum = correct = total = 0
     t0 = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=1.0)
-    for x, y in bar:
+    for it, (x, y) in enumerate(bar):
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=amp):
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):  # before the step: the weights of the last good step are kept
+            base_lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+            raise UserError(f"non-finite training loss at epoch {epoch + 1}, iteration {it + 1}: the training "
+                            f"diverged; lower --lr (now {base_lr:g}){' or drop --amp' if amp else ''}; "
+                            f"the teacher was not written")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        if not torch.isfinite(loss):
-            raise UserError(f"non-finite training loss at epoch {epoch + 1}; lower --lr")
         loss_sum += loss.item() * y.numel()
         correct += (logits.argmax(1) == y).sum().item()
         total += y.numel()
@@ -133,6 +143,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, la
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    output = check_output_file(args.output, "--output")  # before any work: not after hours of training
+    check_output_file(report_path(output), "--output")
+    if args.resume in (None, "auto"):
+        check_output_file(last_path(output), "--output")
     spec = get_dataset(args.dataset)
     device = resolve_device(args.device)
     data = Path(args.data_path)
@@ -146,7 +160,7 @@ def main(argv=None) -> dict:
     arch = check_arch(args.arch_name, "--arch-name")
     fallback = None
     if args.input_size is None and spec.num_classes is None:
-        fallback = infer_input_size(data / "train")  # custom data: the images' own size
+        fallback = infer_input_size(data / "train", skip_corrupt=args.skip_corrupt)  # custom data: the images' own size
     size = resolve_input_size(spec, arch, args.input_size, fallback=fallback)
     seed_everything(args.seed)  # the initial weights are a function of --seed
     model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
@@ -158,7 +172,8 @@ def main(argv=None) -> dict:
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
     train_ds = ImageFolder(data / "train", train_transform(size, mean, std, args.train_aug), classes=classes,
                            cache=cache, skip_corrupt=args.skip_corrupt)
-    val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache)
+    val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache,
+                         skip_corrupt=args.skip_corrupt)
     if len(train_ds) < args.batch_size:
         raise UserError(f"{data / 'train'}: {len(train_ds)} images, fewer than --batch-size {args.batch_size}")
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256, num_workers=workers,
@@ -171,7 +186,6 @@ def main(argv=None) -> dict:
         optimizer, lambda s: lr_at(s, total_steps, warmup_steps, args.warmup_start))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
-    output = Path(args.output)
     state_file = last_path(output) if args.resume in (None, "auto") else Path(args.resume)
     start_epoch, history = 0, []
     if args.resume is not None:
@@ -232,7 +246,7 @@ def main(argv=None) -> dict:
                             val_top5=final.get("val_top5"), arch=arch, input_size=size, classes=classes,
                             train_seconds_this_run=time.perf_counter() - t_start,
                             train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
-    atomic_write_json(output.with_suffix(".json") if output.suffix else Path(str(output) + ".json"), report)
+    atomic_write_json(report_path(output), report)
     print(f"teacher written to {output}: val top-1 {val_top1:.2f}%", file=sys.stderr)
     return report
 
