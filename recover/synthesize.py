@@ -388,10 +388,10 @@ def run_group(group: Group, args, classes, init_files, names, teacher, cfg: Loop
     saturated = {classes[c]: sum(v) / len(v) for c, v in clipped.items() if sum(v) / len(v) > SATURATION_WARN}
     if saturated:
         worst = max(saturated.values())
-        print(f"warning: recover: {len(saturated)} class(es) ({', '.join(list(saturated)[:3])}"
+        tqdm.write(f"warning: recover: {len(saturated)} class(es) ({', '.join(list(saturated)[:3])}"
               f"{' ...' if len(saturated) > 3 else ''}) have saturated images: up to {100 * worst:.0f}% of pixel "
               f"values clipped at the valid range; --lr {args.lr:g} may be too high (see clipped_fraction in "
-              f"{out.root / 'manifest.json'})", file=sys.stderr)
+              f"{out.root / 'manifest.json'})", file=sys.stderr)  # above the progress bar
     group_its = sum(sum(v) for v in iterations.values())
     for c in group.classes:
         share = sum(iterations[c]) / group_its if group_its else 1.0 / len(group.classes)

@@ -640,3 +640,137 @@ def test_shared_checkpoints_untouched(shared):
     names = sorted(p.name for p in shared["ck"].iterdir())
     assert names == sorted(["teacher.pth", "teacher_in.pth", "teacher4.pth", "teacher_rev.pth", "evil.pth",
                             "evil_raw.pkl", "garbage.pth"])
+
+
+# =========================================================================== the fixes, one by one
+
+def _ws(shared, tmp_path) -> Path:
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(shared["template"], ws)
+    return ws
+
+
+def test_relabel_eval_diverged_run_writes_no_result(shared, tmp_path, capsys, monkeypatch):
+    """A huge lr trains to NaN: one line naming --adamw-lr and where; no results JSON, no CSV row."""
+    ws = _ws(shared, tmp_path)
+    monkeypatch.chdir(ws)
+    argv = build_argv("relabel_eval", {"--adamw-lr": "1e30"}, shared["ck"])
+    code, err = run_one_line(command_main("relabel_eval"), argv, capsys)
+    assert_one_line_error(code, err, "lower --adamw-lr (now 1e+30)", late=True)
+    assert "student conv3 seed 42: non-finite training loss at epoch 1, batch" in err[-1]
+    assert not (ws / "out" / "eval.json").exists() and not (ws / "out" / "results.csv").exists()
+
+
+def test_recover_divergence_names_r_bn_and_keeps_no_class(shared, tmp_path, capsys, monkeypatch):
+    ws = _ws(shared, tmp_path)
+    monkeypatch.chdir(ws)
+    argv = build_argv("recover", {"--r-bn": "1e39"}, shared["ck"])
+    code, err = run_one_line(command_main("recover"), argv, capsys)
+    assert_one_line_error(code, err, "lower --r-bn (now 1e+39)", late=True)
+    assert "--lr" not in err[-1]
+    syn = ws / "out" / "syn" / "e"
+    assert not syn.exists() or not [p for p in syn.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def test_recover_flags_saturated_images(shared, tmp_path, capsys, monkeypatch):
+    """An extreme lr pushes most pixels to the ends of the range: manifest and a warning say so."""
+    import json
+
+    ws = _ws(shared, tmp_path)
+    monkeypatch.chdir(ws)
+    for lr, name in (("1000", "hot"), ("0.01", "calm")):
+        argv = build_argv("recover", {"--lr": lr, "--iteration": "3", "--exp-name": name, "--r-bn": "0.01"},
+                          shared["ck"])
+        code, err = run_one_line(command_main("recover"), argv, capsys)
+        assert code == 0, err
+        m = json.loads((ws / "out" / "syn" / name / "manifest.json").read_text())
+        if name == "hot":
+            assert m["clipped_fraction"] > 0.5 and m["saturated_classes"] == shared["classes"]
+            assert all(m["per_class"][c]["saturated"] for c in shared["classes"])
+            assert any(line.startswith("warning: recover:") and "--lr 1000" in line for line in err)
+        else:
+            assert m["clipped_fraction"] < 0.5 and m["saturated_classes"] == []
+            assert not any(line.startswith("warning:") for line in err)
+
+
+def test_squeeze_skip_corrupt_skips_everywhere(shared, tmp_path, capsys, monkeypatch):
+    """The first train image (input-size inference opens it) and a val image are corrupt."""
+    ws = _ws(shared, tmp_path)
+    monkeypatch.chdir(ws)
+    (ws / "data" / "train" / "00_circle" / "img_000.png").write_bytes(b"broken")
+    (ws / "data" / "val" / "01_square" / "img_000.png").write_bytes(b"")
+    argv = build_argv("squeeze", {"--skip-corrupt": True}, shared["ck"])
+    code, err = run_one_line(command_main("squeeze"), argv, capsys)
+    assert code == 0, err
+    assert sum("warning: skipped 1 corrupt image(s)" in line for line in err) == 2
+    import json
+
+    report = json.loads((ws / "out" / "teacher.json").read_text())
+    assert report["input_size"] == SIZE
+
+
+def test_json_outputs_never_hold_bare_nan(shared, tmp_path, monkeypatch):
+    """Diversity of a one-class set has no inter-class score: it is written as null, not NaN."""
+    import json
+    import shutil
+
+    from common.atomic import atomic_write_json
+    from tests.conftest import make_teacher
+
+    atomic_write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")]})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [1.0, None]}
+    ws = _ws(shared, tmp_path)
+    monkeypatch.chdir(ws)
+    one = ws / "one"
+    shutil.copytree(ws / "data" / "train" / "00_circle", one / "00_circle")
+    make_teacher(ws / "t1.pth", ["00_circle"], input_size=SIZE)
+    from relabel_eval import diversity
+
+    diversity.main(["--syn-data-path", str(one), "--teacher-path", str(ws / "t1.pth"), "--output",
+                    str(ws / "div.json"), "--device", "cpu"])
+
+    def refuse(c):
+        raise AssertionError(f"bare {c} in JSON")
+
+    res = json.loads((ws / "div.json").read_text(), parse_constant=refuse)
+    assert res["sets"]["one"]["inter_class_centroid_cosine"] is None
+
+
+def test_every_image_mode_and_junk_are_read(shared, tmp_path, capsys, monkeypatch):
+    """A set whose images come in every Pillow mode, among junk files and nested folders, is read
+    correctly by the stages (diversity and squeeze.evaluate here; all use common.imagefolder)."""
+    import numpy as np
+    from PIL import Image
+
+    ws = _ws(shared, tmp_path)
+    monkeypatch.chdir(ws)
+    val = ws / "data" / "val"
+    g = np.linspace(0, 1, SIZE * SIZE, dtype=np.float32).reshape(SIZE, SIZE)
+    rgb = np.stack([g, 1 - g, g / 2], -1)
+    for cls in shared["classes"]:
+        d = val / cls
+        Image.fromarray((g * 65535).astype(np.uint16)).save(d / "m_i16.png")
+        Image.fromarray(g).save(d / "m_f.tif")
+        Image.fromarray((g * 255).astype(np.int32)).convert("I").save(d / "m_i.tif")
+        Image.fromarray((np.stack([g, g], -1) * 255).astype(np.uint8), "LA").save(d / "m_la.png")
+        Image.fromarray((rgb * 255).astype(np.uint8)).convert("CMYK").save(d / "m_cmyk.tif")
+        Image.fromarray((rgb * 255).astype(np.uint8)).convert("YCbCr").save(d / "m_ycc.tif")
+        Image.fromarray(g > 0.5).save(d / "m_1.png")
+        Image.fromarray((rgb * 255).astype(np.uint8)).convert("P").save(d / "m_p.png", transparency=0)
+        (d / ".DS_Store").write_bytes(b"\0")
+        (d / "notes.txt").write_text("junk")
+        (d / "nested").mkdir()
+        (d / "nested" / "x.png").write_bytes(b"not read")
+    (val / "README.md").write_text("junk at the top level")
+    code, err = run_one_line(command_main("relabel_eval.diversity"),
+                             build_argv("relabel_eval.diversity", {"--syn-data-path": "data/val"}, shared["ck"]),
+                             capsys)
+    assert code == 0, err
+    code, err = run_one_line(command_main("squeeze.evaluate"), build_argv("squeeze.evaluate", {}, shared["ck"]),
+                             capsys)
+    assert code == 0, err
+    import json
+
+    assert json.loads((ws / "out" / "eval.json").read_text())["images"] == 3 * (2 + 8)
