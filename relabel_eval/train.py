@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from common.accel import compile_model
 from common.argtypes import momentum_float, nonneg_float, positive_float, positive_int, seed_int, str2bool
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.device import autocast
@@ -58,7 +59,7 @@ from relabel_eval.setup import (
 STAGE = "relabel_eval"
 # Arguments that do not change a run's result (left out of the resume fingerprint).
 _NOT_RESULT = {"output", "results_csv", "log_dir", "workers", "device", "gpu_device", "seeds", "seed", "stud_name",
-               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp"}
+               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp", "compile"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -79,6 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=seed_int, nargs="+", default=None,
                    help="several seeds in one call (overrides --seed)")
     t.add_argument("--eval-every", type=positive_int, default=10, help="validate every N epochs and at the end")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the student and the teacher (falls back to eager with a warning)")
     o = p.add_argument_group("optimiser (AdamW unless --sgd)")
     o.add_argument("--adamw-lr", type=nonneg_float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
     o.add_argument("--adamw-weight-decay", type=nonneg_float, default=0.01)
@@ -108,6 +111,8 @@ class OnlineTeacher:
 
 class StoredLogits:
     def __init__(self, logits: torch.Tensor, plan, device: torch.device):
+        if device.type == "cuda":  # page-locked, so each batch's copy overlaps the student's compute
+            logits = logits.pin_memory()
         self.logits, self.plan, self.device = logits, plan, device
 
     def __call__(self, b: int, xm: torch.Tensor) -> torch.Tensor:
@@ -195,7 +200,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     optimizer = make_optimizer(student, cfg["sgd"], cfg["lr"], cfg["adamw_weight_decay"], cfg["lr"],
                                cfg["momentum"], cfg["weight_decay"])
     scheduler = make_scheduler(optimizer, E, cfg["cos"])
-    scaler = torch.amp.GradScaler("cuda", enabled=common.amp and dev.type == "cuda")
+    scaler = common.precision.grad_scaler()  # enabled only for fp16 (GPUs without bf16)
     start, history, train_time = 0, [], 0.0
     if state_path is not None and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -206,6 +211,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         _set_rng_state(st["rng"])
         start, history, train_time = int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
     evals = set(eval_epochs(E, cfg["eval_every"]))
+    fast_student = compile_model(student, cfg.get("compile", False), "student")  # same parameters as ``student``
     online = OnlineTeacher(common) if cfg["label_mode"] == "soft" else None
     bar = tqdm(range(start, E), desc=f"{stud_name} seed {seed}", leave=False,
                initial=start, total=E, dynamic_ncols=True)
@@ -218,7 +224,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
             targets = online
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        stats = train_one_epoch(student, maker, plan, targets, optimizer, scaler, cfg["temperature"],
+        stats = train_one_epoch(fast_student, maker, plan, targets, optimizer, scaler, cfg["temperature"],
                                 cfg["accum_steps"])
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -230,7 +236,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         rec = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "train_top1_mixed": stats["train_top1_mixed"],
                "epoch_time_s": dt, "images_per_s": stats["images"] / dt if dt > 0 else None}
         if epoch in evals:
-            res = evaluate(student, val.batches(), dev, common.amp)
+            res = evaluate(fast_student, val.batches(), dev, common.amp)
             rec["val_top1"], rec["val_top5"] = res["top1"], res["top5"]
             bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
         history.append(rec)
@@ -253,6 +259,17 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
             "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": E,
             "train_time_s": train_time, "images_per_s": images / train_time if train_time > 0 else None,
             "history": history, "_model": student}
+
+
+def recovery_teacher(syn_data_path) -> dict | None:
+    """The teacher that recovered the distilled set (from recover's manifest.json beside the images), so
+    a result records both teachers when soft labels come from another one (SC-DD: SSL vs supervised)."""
+    from common.manifest import read_manifest
+
+    m = read_manifest(Path(syn_data_path)) if Path(syn_data_path).is_dir() else None
+    if not m or m.get("stage") != "recover":
+        return None
+    return {**(m.get("inputs", {}).get("teacher") or {}), **(m.get("teacher_meta") or {})}
 
 
 def _fingerprint(args: argparse.Namespace) -> dict:
@@ -312,12 +329,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     _prepare_partial(partial, _fingerprint(args), args.no_resume)
 
     val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,
-                 common.workers)
+                 common.workers, pin_memory=common.device.type == "cuda")
+    if args.compile and common.teacher is not None:
+        common.teacher = compile_model(common.teacher, True, "teacher")
     maker = BatchMaker(common)
     data = common.data
     print(f"distilled set {args.syn_data_path}: {len(data)} images, {common.num_classes} classes, IPC {data.ipc}; "
           f"val {len(val)} images; input {common.input_size}; labels: {args.label_mode}; device {common.device}"
-          f"{' (amp)' if common.amp else ''}; workers {common.workers}", flush=True)
+          f" ({common.precision.name}); workers {common.workers}", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     per_student = {}
     for stud in students:
@@ -333,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = {"epochs": args.re_epochs, "batch_size": bs, "lr": lr, "temperature": temperature,
                "label_mode": args.label_mode, "eval_every": args.eval_every, "accum_steps": args.re_accum_steps,
                "sgd": args.sgd, "adamw_weight_decay": args.adamw_weight_decay, "momentum": args.momentum,
-               "weight_decay": args.weight_decay, "cos": args.cos}
+               "weight_decay": args.weight_decay, "cos": args.cos, "compile": args.compile}
         print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
               f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
               f"{args.re_epochs} epochs, seeds {seeds}",
@@ -369,13 +388,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         "arch": common.teacher_meta.get("arch"), "val_top1": common.teacher_meta.get("val_top1")}
     result = {
         "stage": STAGE, "name": args.exp_name or output.stem, "syn_data_path": str(args.syn_data_path),
+        "recovery_teacher": recovery_teacher(args.syn_data_path),
         "val_dir": str(args.val_dir), "label_mode": args.label_mode, "soft_label_dir": args.soft_label_dir,
         "num_images": len(data), "num_classes": common.num_classes, "ipc": data.ipc, "val_images": len(val),
         "input_size": common.input_size, "mean": list(common.mean), "std": list(common.std),
         "teacher": teacher_info, "seeds": seeds,
         "protocol": {"epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
                      "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
-                     "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp},
+                     "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp,
+                     "precision": common.precision.name},
         "headline": "final_top1 (accuracy after the last epoch); best_top1 is the best seen during training",
         "students": per_student,
         "manifest": build_manifest(STAGE, args, inputs={"teacher": args.teacher_path}, started=started,

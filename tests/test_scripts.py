@@ -63,7 +63,10 @@ def test_scripts_match_settings_table():
 def test_every_printed_command_parses(script):
     cmds = dry_run(script, GPU="cpu")
     modules = [c[2] if c[1] == "-m" else c[1] for c in cmds]
-    assert {"squeeze.evaluate", "rank_select", "recover", "relabel_eval"} <= set(modules)
+    needed = {"squeeze.evaluate", "recover", "relabel_eval"}
+    if "scdd_" not in script.name:  # SC-DD recovers from noise: no selection
+        needed.add("rank_select")
+    assert needed <= set(modules)
     for cmd in cmds:
         parser, args = parser_for(cmd)
         parser.parse_args(args)  # SystemExit (test failure) on any flag the parser does not define
@@ -93,10 +96,30 @@ def test_reproduce_dispatches_and_rejects_unknown():
     assert bad.returncode == 2 and "no published setting" in bad.stderr
 
 
-@pytest.mark.parametrize("script", [ROOT / "scripts" / "quickstart.sh", ROOT / "bench" / "cpu_table.sh"],
+@pytest.mark.parametrize("script", [ROOT / "scripts" / "quickstart.sh", ROOT / "bench" / "cpu_table.sh",
+                                    ROOT / "bench" / "scdd_tin10.sh"],
                          ids=lambda p: p.name)
 def test_pipeline_dry_runs_parse(script, tmp_path):
     cmds = dry_run(script, OUT=str(tmp_path / "out"), TABLE=str(tmp_path / "table.md"))
     for cmd in cmds:
         parser, args = parser_for(cmd)
         parser.parse_args(args)
+
+
+def test_scdd_scripts_relabel_with_a_supervised_teacher():
+    cmds = dry_run(ROOT / "scripts" / "cifar100" / "scdd_resnet18_modified_ipc50.sh", GPU="cpu")
+    modules = [c[2] for c in cmds if c[1] == "-m"]
+    assert modules[:3] == ["squeeze.ssl", "squeeze.linear_probe", "squeeze"] and "rank_select" not in modules
+    rec = next(c for c in cmds if c[2] == "recover")
+    rel = [c for c in cmds if c[2] == "relabel_eval"]
+    recovery_teacher = rec[rec.index("--arch-path") + 1]
+    assert recovery_teacher.endswith("_scdd.pth") and rec[rec.index("--init") + 1] == "noise"
+    assert rec[rec.index("--lr") + 1] == "0.4" and rec[rec.index("--r-bn") + 1] == "0.005"
+    assert rec[rec.index("--easy2hard-mode") + 1] == "step" and rec[rec.index("--milestone") + 1] == "1"  # no crop
+    assert all(c[c.index("--teacher-path") + 1] != recovery_teacher for c in rel) and len(rel) == 3
+    im = dry_run(ROOT / "scripts" / "imagenet-1k" / "scdd_resnet50_ipc50.sh", GPU="cpu")
+    rec = next(c for c in im if c[2] == "recover")
+    assert [rec[rec.index(f) + 1] for f in ("--arch-name", "--lr", "--r-bn", "--iteration", "--batch-size")] == \
+        ["resnet50", "0.1", "0.01", "1000", "50"]
+    rel = next(c for c in im if c[2] == "relabel_eval")
+    assert rel[rel.index("--arch-name") + 1] == "resnet18" and "--use-rand-augment" not in rel
