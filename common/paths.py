@@ -76,14 +76,3 @@ def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
         raise UserError(f"{flag} {p}: the folder is read-only; choose a writable location")
     return p
 
-
-def check_input_path(path: str | os.PathLike, flag: str, kind: str = "file") -> Path:
-    """An input that must exist as a ``file`` or a ``dir``; one line naming the flag otherwise."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{flag} {p}: does not exist")
-    if kind == "file" and not p.is_file():
-        raise UserError(f"{flag} {p}: is a folder; give a file")
-    if kind == "dir" and not p.is_dir():
-        raise UserError(f"{flag} {p}: is a file; give a folder")
-    return p
