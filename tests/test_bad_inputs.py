@@ -35,6 +35,8 @@ COMMANDS = {
     "relabel_eval.diversity": "relabel_eval.diversity",
     "common.prepare": "common.prepare",
     "hub": "hub" if importlib.util.find_spec("hub") is not None else "common.hub",
+    "squeeze.ssl": "squeeze.ssl",
+    "squeeze.linear_probe": "squeeze.linear_probe",
 }
 
 
@@ -137,6 +139,11 @@ RANGE_CASES = [
     ("common.prepare", ["shapes", "--train-per-class", "0"], "--train-per-class"),
     ("hub", ["fetch", "x.zip", "--max-size", "0"], "--max-size"),
     ("hub", ["fetch", "x.zip", "--timeout", "-1"], "--timeout"),
+    ("squeeze.ssl", ["--data-path", "D", "--output", "o.pth", "--lr", "0"], "--lr"),
+    ("squeeze.ssl", ["--data-path", "D", "--output", "o.pth", "--moco-momentum", "1"], "--moco-momentum"),
+    ("squeeze.ssl", ["--data-path", "D", "--output", "o.pth", "--batch-size", "1"], "--batch-size"),
+    ("squeeze.linear_probe", ["--data-path", "D", "--output", "o.pth", "--epochs", "-1"], "--epochs"),
+    ("squeeze.linear_probe", ["--data-path", "D", "--output", "o.pth", "--lr", "0"], "--lr"),
 ]
 
 
