@@ -37,6 +37,9 @@ COMMANDS = {
     "hub": "hub" if importlib.util.find_spec("hub") is not None else "common.hub",
     "squeeze.ssl": "squeeze.ssl",
     "squeeze.linear_probe": "squeeze.linear_probe",
+    "squeeze.trajectories": "squeeze.trajectories",
+    "rank_select.difficulty": "rank_select.difficulty",
+    "recover.trajectory_matching": "recover.trajectory_matching",
 }
 
 
@@ -144,6 +147,12 @@ RANGE_CASES = [
     ("squeeze.ssl", ["--data-path", "D", "--output", "o.pth", "--batch-size", "1"], "--batch-size"),
     ("squeeze.linear_probe", ["--data-path", "D", "--output", "o.pth", "--epochs", "-1"], "--epochs"),
     ("squeeze.linear_probe", ["--data-path", "D", "--output", "o.pth", "--lr", "0"], "--lr"),
+    ("squeeze.trajectories", ["--data-path", "D", "--output-dir", "o", "--num-experts", "0"], "--num-experts"),
+    ("rank_select.difficulty", ["--data-path", "D", "--output", "o.csv", "--num-models", "0"], "--num-models"),
+    ("recover.trajectory_matching", ["--experts", "E", "--data-path", "D", "--output-path", "o", "--ipc", "0"],
+     "--ipc"),
+    ("recover.trajectory_matching", ["--experts", "E", "--data-path", "D", "--output-path", "o",
+                                     "--depth-ratio", "1.5"], "--depth-ratio"),
 ]
 
 
