@@ -29,10 +29,12 @@ from common.metrics import evaluate
 from common.seed import seed_everything
 from models import build_model
 from relabel_eval.data import ValSet
+from relabel_eval.eval_protocols import get_protocol
 from relabel_eval.mix import kd_loss, mixed_ce, target_lambda
 from relabel_eval.plan import make_epoch_plan
 from relabel_eval.protocol import (
     adamw_lr_for,
+    apply_bn_double_update,
     default_temperature,
     eval_epochs,
     make_optimizer,
@@ -76,6 +78,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--temperature", "-T", type=float, default=None, help="KD temperature (default: 20 CutMix, 4 Mixup)")
     t.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds in one call (overrides --seed)")
     t.add_argument("--eval-every", type=int, default=10, help="validate every N epochs and at the end")
+    t.add_argument("--bn-double-update", action=argparse.BooleanOptionalAction, default=None,
+                   help="student BN momentum 1-(1-m)^2 (0.19), the effect of the released loop's extra train-mode "
+                        "forward per batch (default: on, as the protocol's release; --no-bn-double-update: "
+                        "PyTorch's 0.1)")
     o = p.add_argument_group("optimiser (AdamW unless --sgd)")
     o.add_argument("--adamw-lr", type=float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
     o.add_argument("--adamw-weight-decay", type=float, default=0.01)
@@ -166,6 +172,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     dev, E = common.device, cfg["epochs"]
     seed_everything(seed)
     student = build_model(stud_name, common.num_classes, common.input_size)
+    if cfg.get("bn_double_update"):
+        apply_bn_double_update(student)
     student = student.to(dev).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(student, cfg["sgd"], cfg["lr"], cfg["adamw_weight_decay"], cfg["lr"],
                                cfg["momentum"], cfg["weight_decay"])
@@ -277,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if len(set(seeds)) != len(seeds):
         raise UserError("--seeds has duplicates")
     temperature = None if args.label_mode == "hard" else args.temperature or default_temperature(common.aug.mix_type)
+    protocol = get_protocol(args.protocol)
+    bn_double = protocol.bn_double_update if args.bn_double_update is None else bool(args.bn_double_update)
     output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
     partial = output.with_name(output.name + ".partial")
@@ -304,10 +314,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = {"epochs": args.re_epochs, "batch_size": bs, "lr": lr, "temperature": temperature,
                "label_mode": args.label_mode, "eval_every": args.eval_every, "accum_steps": args.re_accum_steps,
                "sgd": args.sgd, "adamw_weight_decay": args.adamw_weight_decay, "momentum": args.momentum,
-               "weight_decay": args.weight_decay, "cos": args.cos}
+               "weight_decay": args.weight_decay, "cos": args.cos, "bn_double_update": bn_double}
         print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
               f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
-              f"{args.re_epochs} epochs, seeds {seeds}",
+              f"{args.re_epochs} epochs, seeds {seeds}; protocol {protocol.name}, BN momentum "
+              f"{'0.19 (double update, as released)' if bn_double else '0.1 (--no-bn-double-update)'}",
               flush=True)
         runs = []
         for seed in seeds:
@@ -344,7 +355,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "num_images": len(data), "num_classes": common.num_classes, "ipc": data.ipc, "val_images": len(val),
         "input_size": common.input_size, "mean": list(common.mean), "std": list(common.std),
         "teacher": teacher_info, "seeds": seeds,
-        "protocol": {"epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
+        "protocol": {"name": protocol.name, "source": protocol.source, "factor": args.factor
+                     if protocol.needs_factor else None, "bn_double_update": bn_double,
+                     "bn_momentum": "1-(1-m)^2 (0.19 for 0.1)" if bn_double else "model default (0.1)",
+                     "epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
                      "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
                      "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp},
         "headline": "final_top1 (accuracy after the last epoch); best_top1 is the best seen during training",
