@@ -139,7 +139,7 @@ def main():
     ours_student = build_model(args.arch, common.num_classes, args.input_size).to(device)
     ours_student = ours_student.to(memory_format=torch.channels_last)
     ours_opt = make_optimizer(ours_student, adamw_lr=1e-3)
-    scaler = torch.amp.GradScaler("cuda", enabled=common.amp and device.type == "cuda")
+    scaler = common.precision.grad_scaler()  # fp16 only (GPUs without bf16)
     online = train_mod.OnlineTeacher(common)
 
     # reference
@@ -169,7 +169,7 @@ def main():
     def time_ref():
         sync()
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=common.amp and device.type == "cuda"):
+        with common.precision.autocast():  # the same precision as ours
             ref_epoch(ref_loader, ref_teacher, ref_student, ref_opt, device)
         sync()
         return time.perf_counter() - t0

@@ -37,9 +37,12 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
-    """AMP context for the device: fp16 on CUDA by default, bf16 on CPU; a no-op when disabled."""
+    """AMP context for the device; a no-op when disabled. Default dtype: what ``--amp`` means there
+    (:func:`common.accel.amp_dtype`: bf16 on GPUs that have it, else fp16; bf16 on CPU)."""
     if not enabled:
         return torch.autocast(device_type=device.type, enabled=False)
     if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        from common.accel import amp_dtype
+
+        dtype = amp_dtype(device) or torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -5,6 +5,10 @@ images only through augmentation and the frozen teacher, CE + BN-statistic loss,
 one Adam step over the whole batch tensor (images that have not joined get a zero
 gradient and, with zero Adam state, stay exactly where they are), clamp every
 image to the valid pixel range. The last iterate is the result.
+
+``amp``: the teacher's forward under autocast in ``amp_dtype`` (bf16, or fp16 on GPUs
+without bf16, where a GradScaler keeps the images' gradients from underflowing; a step
+whose scaled gradient overflowed is skipped, as torch.amp does).
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class LoopConfig:
     round_lr_reset: bool = False
     per_image_augment: bool = False
     amp: bool = False
+    amp_dtype: str = "bf16"  # "bf16" or "fp16" (with a GradScaler)
     channels_last: bool = True
 
 
@@ -83,6 +88,9 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
     active_idx = [torch.tensor(r, device=device, dtype=torch.long) for r in schedule.rounds]
     everyone = [len(r) == schedule.size for r in schedule.rounds]
     bn = BNStatLoss(teacher, cfg.first_bn_multiplier) if cfg.r_bn > 0 else None
+    fp16 = cfg.amp and cfg.amp_dtype == "fp16"
+    amp_dtype = torch.float16 if fp16 else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16) if fp16 else None
     checked = 0
     try:
         for it in range(total):
@@ -92,14 +100,19 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
             xa, ya = (x, labels) if everyone[r] else (x.index_select(0, active_idx[r]), labels[active_idx[r]])
             xa = augment(xa, cfg.input_size, min_crop_scale(it, total, cfg.easy2hard_mode, cfg.milestone),
                          cfg.jitter, rng, cfg.per_image_augment)
-            with autocast(device, cfg.amp, torch.bfloat16):
+            with autocast(device, cfg.amp, amp_dtype):
                 logits = teacher(xa.contiguous(memory_format=memory_format))
                 loss = F.cross_entropy(logits.float(), ya)
                 if bn is not None:
                     loss = loss + cfg.r_bn * bn.loss()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             with torch.no_grad():
                 x.clamp_(lo, hi)
                 losses[it] = loss.detach()

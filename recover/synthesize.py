@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.accel import resolve_precision
 from common.atomic import atomic_dir, atomic_save_image
 from common.datasets import check_class_count, get_dataset
 from common.device import add_device_arg, resolve_device
@@ -103,7 +104,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("execution")
     add_device_arg(g)
     g.add_argument("--gpu-device", default="-1", help="accepted for compatibility: GPU index when --device auto")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast for the teacher (CUDA or CPU)")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision for the teacher: bf16 (fp16 + GradScaler on GPUs without bf16); on a CPU "
+                        "without native bf16 (AVX512-BF16/AMX) it warns and runs fp32")
     g.add_argument("--num-shards", type=int, default=None, help="split classes over N processes (default: WORLD_SIZE)")
     g.add_argument("--shard-index", type=int, default=None, help="this process's shard (default: RANK)")
     g.add_argument("-j", "--workers", type=int, default=0, help="accepted for compatibility (unused)")
@@ -245,14 +248,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_class_count(get_dataset(args.dataset), len(classes), args.init_data_path or args.train_data_path or "")
     teacher, meta = load_teacher(args, classes, device)
     teacher = prepare_teacher(teacher, channels_last=True)
+    precision = resolve_precision(device, args.amp)
     size = int(meta["input_size"])
     mean, std = meta["mean"], meta["std"]
     cfg = LoopConfig(input_size=size, lr=args.lr, r_bn=args.r_bn, first_bn_multiplier=args.first_bn_multiplier,
                      jitter=args.jitter, easy2hard_mode=args.easy2hard_mode, milestone=args.milestone,
-                     round_lr_reset=args.round_lr_reset, per_image_augment=args.per_image_augment, amp=args.amp)
+                     round_lr_reset=args.round_lr_reset, per_image_augment=args.per_image_augment,
+                     amp=precision.enabled, amp_dtype=precision.name if precision.enabled else "bf16")
 
     out = OutputDir(output_dir(args))
     settings = {k: getattr(args, k) for k in SETTINGS_KEYS}
+    settings["amp"] = precision.name if precision.enabled else False  # what ran: the images depend on it
     settings.update(min_iterations=plan.min_iterations, input_size=size, classes=list(classes),
                     teacher_sha256=sha256_file(args.arch_path),
                     init_files_sha256=init_files and hashlib.sha256(json.dumps(

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.accel import loader_kwargs
 from common.errors import UserError
 from common.imagefolder import ImageFolder, check_same_classes, find_classes, list_class_files
 from common.transforms import val_transform
@@ -93,11 +94,11 @@ class PlanBatchSampler:
 
 
 def make_train_loader(data: DistilledSet, transform: SampleTransform, workers: int,
-                      pin_memory: bool = False) -> tuple[torch.utils.data.DataLoader, PlanBatchSampler]:
+                      device_type: str = "cpu") -> tuple[torch.utils.data.DataLoader, PlanBatchSampler]:
+    """Workers persist across epochs; on CUDA batches are pinned and prefetched (common.accel)."""
     sampler = PlanBatchSampler()
     loader = torch.utils.data.DataLoader(PlannedDataset(data, transform), batch_sampler=sampler,
-                                         num_workers=workers, persistent_workers=workers > 0,
-                                         pin_memory=pin_memory)
+                                         **loader_kwargs(device_type, workers))
     return loader, sampler
 
 
@@ -105,25 +106,27 @@ class ValSet:
     """Validation images preprocessed once (Resize(s*8/7) + CenterCrop + normalise); streamed if too big."""
 
     def __init__(self, root: str | os.PathLike, classes: Sequence[str], input_size: int, mean, std,
-                 val_ipc: int | None = None, workers: int = 0, batch_size: int = 256):
+                 val_ipc: int | None = None, workers: int = 0, batch_size: int = 256, pin_memory: bool = False):
         root = Path(root)
         check_same_classes(classes, find_classes(root, "--val-dir"), "the distilled set", f"--val-dir {root}")
         self.dataset = ImageFolder(root, val_transform(input_size, mean, std), classes=classes,
                                    per_class=val_ipc or None, what="--val-dir")
-        self.batch_size, self.workers = batch_size, workers
+        self.batch_size, self.workers, self.pin_memory = batch_size, workers, pin_memory
         self.x: torch.Tensor | None = None
         self.y = torch.as_tensor(self.dataset.targets, dtype=torch.long)
         if len(self.dataset) * 3 * input_size * input_size * 4 <= VAL_CACHE_BYTES:
             xs = [x for x, _ in tqdm(self._loader(), desc="val images", leave=False,
                                      disable=len(self.dataset) < 5000)]
             self.x = torch.cat(xs)
+            if pin_memory:  # CUDA: page-locked, so each batch's copy is asynchronous
+                self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def _loader(self):
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
-                                           num_workers=self.workers)
+                                           num_workers=self.workers, pin_memory=self.pin_memory)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.x is not None:

@@ -5,14 +5,14 @@ that turns an epoch plan into mixed, normalised batches on the device.
 from __future__ import annotations
 
 import argparse
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
+from common.accel import Precision, default_workers, resolve_precision
 from common.datasets import DatasetSpec, check_class_count, get_dataset
 from common.device import add_device_arg, autocast, resolve_device
 from common.errors import UserError
@@ -90,9 +90,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     add_device_arg(r)
     r.add_argument("--gpu-device", default="-1", help="released scripts' GPU index; maps to --device cuda:N")
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision (default: on for CUDA, off on CPU; bf16 on CPU when on)")
+                   help="mixed precision (default: on for CUDA: bf16, or fp16 + GradScaler on GPUs without bf16; "
+                        "off on CPU; --amp on a CPU without native bf16 warns and runs fp32)")
     r.add_argument("--workers", type=nonneg_int, default=None,
-                   help="DataLoader workers (default: min(4, CPU cores - 1))")
+                   help="DataLoader workers (default: CUDA all cores but one, up to 16; CPU min(4, cores - 1))")
     x = p.add_argument_group("accepted for the released scripts and ignored")
     x.add_argument("--wandb-api-key", default=None, help=argparse.SUPPRESS)
     x.add_argument("--wandb-project", default=None, help=argparse.SUPPRESS)
@@ -115,14 +116,11 @@ class Common:
     std: tuple
     aug: AugConfig
     workers: int
+    precision: Precision = field(default_factory=lambda: Precision("cpu"))
 
     @property
     def num_classes(self) -> int:
         return len(self.data.classes)
-
-
-def default_workers() -> int:
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | None = None,
@@ -136,7 +134,8 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
     if getattr(args, "gpu_device", "-1") not in (None, "-1", "") and device_spec == "auto":
         device_spec = f"cuda:{int(args.gpu_device)}"
     device = resolve_device(device_spec)
-    amp = device.type == "cuda" if args.amp is None else bool(args.amp)
+    precision = resolve_precision(device, args.amp)
+    amp = precision.enabled
     spec = get_dataset(args.dataset)
     if args.teacher_path is None and need_teacher:
         raise UserError("--teacher-path is required for soft labels (or use --label-mode hard / fkd)")
@@ -182,8 +181,9 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
                         f"{int(data.sizes.min())} of {args.syn_data_path}")
     if aug.rand_augment:
         SampleTransform(aug.input_size, aug.rand_augment)._ra_for(32)  # a bad config string fails here, not in a worker
-    workers = default_workers() if args.workers is None else args.workers
-    return Common(device, amp, spec, data, teacher, meta, int(input_size), tuple(mean), tuple(std), aug, workers)
+    workers = default_workers(device.type) if args.workers is None else args.workers
+    return Common(device, amp, spec, data, teacher, meta, int(input_size), tuple(mean), tuple(std), aug, workers,
+                  precision)
 
 
 def batch_size_for(args: argparse.Namespace, common: Common, stud_name: str) -> tuple[int, str]:
@@ -204,7 +204,7 @@ class BatchMaker:
         self.transform = SampleTransform(common.aug.input_size, common.aug.rand_augment, common.aug.erasing_p,
                                          common.aug.shuffle_factor)
         self.loader, self.sampler = make_train_loader(common.data, self.transform, common.workers,
-                                                      pin_memory=common.device.type == "cuda")
+                                                      device_type=common.device.type)
         dev = common.device
         self.mean = torch.tensor(common.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
         self.std = torch.tensor(common.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
@@ -221,7 +221,8 @@ class BatchMaker:
 
 
 def teacher_logits(teacher: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:
-    with torch.no_grad(), autocast(device, amp):
+    """The frozen teacher's fp32 logits, in inference mode (no autograd records, no version counters)."""
+    with torch.inference_mode(), autocast(device, amp):
         return teacher(x).float()
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from common.accel import compile_model
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.device import autocast
 from common.errors import UserError
@@ -59,7 +60,7 @@ from relabel_eval.setup import (
 STAGE = "relabel_eval"
 # Arguments that do not change a run's result (left out of the resume fingerprint).
 _NOT_RESULT = {"output", "results_csv", "log_dir", "workers", "device", "gpu_device", "seeds", "seed", "stud_name",
-               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp"}
+               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp", "compile"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -82,6 +83,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="student BN momentum 1-(1-m)^2 (0.19), the effect of the released loop's extra train-mode "
                         "forward per batch (default: on, as the protocol's release; --no-bn-double-update: "
                         "PyTorch's 0.1)")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the student and the teacher (falls back to eager with a warning)")
     o = p.add_argument_group("optimiser (AdamW unless --sgd)")
     o.add_argument("--adamw-lr", type=float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
     o.add_argument("--adamw-weight-decay", type=float, default=0.01)
@@ -111,6 +114,8 @@ class OnlineTeacher:
 
 class StoredLogits:
     def __init__(self, logits: torch.Tensor, plan, device: torch.device):
+        if device.type == "cuda":  # page-locked, so each batch's copy overlaps the student's compute
+            logits = logits.pin_memory()
         self.logits, self.plan, self.device = logits, plan, device
 
     def __call__(self, b: int, xm: torch.Tensor) -> torch.Tensor:
@@ -178,7 +183,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     optimizer = make_optimizer(student, cfg["sgd"], cfg["lr"], cfg["adamw_weight_decay"], cfg["lr"],
                                cfg["momentum"], cfg["weight_decay"])
     scheduler = make_scheduler(optimizer, E, cfg["cos"])
-    scaler = torch.amp.GradScaler("cuda", enabled=common.amp and dev.type == "cuda")
+    scaler = common.precision.grad_scaler()  # enabled only for fp16 (GPUs without bf16)
     start, history, train_time = 0, [], 0.0
     if state_path is not None and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -189,6 +194,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         _set_rng_state(st["rng"])
         start, history, train_time = int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
     evals = set(eval_epochs(E, cfg["eval_every"]))
+    fast_student = compile_model(student, cfg.get("compile", False), "student")  # same parameters as ``student``
     online = OnlineTeacher(common) if cfg["label_mode"] == "soft" else None
     bar = tqdm(range(start, E), desc=f"{stud_name} seed {seed}", leave=False,
                initial=start, total=E, dynamic_ncols=True)
@@ -201,7 +207,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
             targets = online
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        stats = train_one_epoch(student, maker, plan, targets, optimizer, scaler, cfg["temperature"],
+        stats = train_one_epoch(fast_student, maker, plan, targets, optimizer, scaler, cfg["temperature"],
                                 cfg["accum_steps"])
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -211,7 +217,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         rec = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "train_top1_mixed": stats["train_top1_mixed"],
                "epoch_time_s": dt, "images_per_s": stats["images"] / dt if dt > 0 else None}
         if epoch in evals:
-            res = evaluate(student, val.batches(), dev, common.amp)
+            res = evaluate(fast_student, val.batches(), dev, common.amp)
             rec["val_top1"], rec["val_top5"] = res["top1"], res["top5"]
             bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
         history.append(rec)
@@ -293,12 +299,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     _prepare_partial(partial, _fingerprint(args), args.no_resume)
 
     val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,
-                 common.workers)
+                 common.workers, pin_memory=common.device.type == "cuda")
+    if args.compile and common.teacher is not None:
+        common.teacher = compile_model(common.teacher, True, "teacher")
     maker = BatchMaker(common)
     data = common.data
     print(f"distilled set {args.syn_data_path}: {len(data)} images, {common.num_classes} classes, IPC {data.ipc}; "
           f"val {len(val)} images; input {common.input_size}; labels: {args.label_mode}; device {common.device}"
-          f"{' (amp)' if common.amp else ''}; workers {common.workers}", flush=True)
+          f" ({common.precision.name}); workers {common.workers}", flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     per_student = {}
     for stud in students:
@@ -314,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg = {"epochs": args.re_epochs, "batch_size": bs, "lr": lr, "temperature": temperature,
                "label_mode": args.label_mode, "eval_every": args.eval_every, "accum_steps": args.re_accum_steps,
                "sgd": args.sgd, "adamw_weight_decay": args.adamw_weight_decay, "momentum": args.momentum,
-               "weight_decay": args.weight_decay, "cos": args.cos, "bn_double_update": bn_double}
+               "weight_decay": args.weight_decay, "cos": args.cos, "compile": args.compile,
+               "bn_double_update": bn_double}
         print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
               f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
               f"{args.re_epochs} epochs, seeds {seeds}; protocol {protocol.name}, BN momentum "
@@ -360,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "bn_momentum": "1-(1-m)^2 (0.19 for 0.1)" if bn_double else "model default (0.1)",
                      "epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
                      "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
-                     "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp},
+                     "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp,
+                     "precision": common.precision.name},
         "headline": "final_top1 (accuracy after the last epoch); best_top1 is the best seen during training",
         "students": per_student,
         "manifest": build_manifest(STAGE, args, inputs={"teacher": args.teacher_path}, started=started,

@@ -5,7 +5,8 @@
 
 The torchvision classification-reference recipe: SGD with momentum, linear
 warm-up then cosine (stepped per iteration), RandomCrop-with-padding + flip for
-small inputs or RandomResizedCrop + flip, optional label smoothing, AMP on CUDA.
+small inputs or RandomResizedCrop + flip, optional label smoothing, AMP on CUDA
+(bf16 where the GPU has it, else fp16 with a GradScaler), optional ``--compile``.
 Every epoch writes ``<output>.last.pth`` (model, optimiser, scheduler, epoch);
 ``--resume`` continues from it and gives the same weights as an uninterrupted run,
 because each epoch's shuffling and augmentation are seeded from (seed, epoch).
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from common.accel import compile_model, default_workers, loader_kwargs, resolve_precision
 from common.atomic import atomic_write_json
 from common.datasets import check_class_count, get_dataset, resolve_input_size
 from common.device import add_device_arg, resolve_device
@@ -54,12 +56,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--train-aug", choices=["auto", "crop", "rrc"], default="auto",
                    help="crop: RandomCrop(pad)+flip; rrc: RandomResizedCrop+flip; auto: crop up to 32px")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on CUDA)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers (default: 0 on CPU; on CUDA all cores but one, up to 16)")
     p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                    help="decode the training images once into memory (auto: up to 60k images)")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="check every image first and skip (and list) corrupt ones instead of stopping")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on for CUDA: bf16, or fp16 + GradScaler on GPUs without bf16; "
+                        "on CPU only with native bf16, else fp32 with a warning)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (falls back to eager with a warning if compiling fails)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
@@ -93,8 +100,9 @@ def last_path(output: str | Path) -> Path:
         output.with_name(output.stem + ".last.pth")
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, label_smoothing,
+def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, precision, label_smoothing,
                     epoch: int, epochs: int) -> dict[str, float]:
+    """One epoch; ``precision`` is a :class:`common.accel.Precision` (autocast dtype, GradScaler or not)."""
     model.train()
     loss_sum = correct = total = 0
     t0 = time.perf_counter()
@@ -102,7 +110,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, la
     for x, y in bar:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
-        with torch.autocast(device.type, enabled=amp):
+        with precision.autocast():
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -141,8 +149,10 @@ def main(argv=None) -> dict:
     seed_everything(args.seed)  # the initial weights are a function of --seed
     model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
     mean, std = spec.mean, spec.std
-    amp = bool(args.amp and device.type == "cuda")
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
+    precision = resolve_precision(device, args.amp)
+    amp = precision.enabled
+    # CPU: the decoded images are cached and augmenting them in the main process is cheaper than workers
+    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
 
     n_train = sum(1 for _ in (data / "train").rglob("*") if _.is_file())
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
@@ -151,15 +161,15 @@ def main(argv=None) -> dict:
     val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache)
     if len(train_ds) < args.batch_size:
         raise UserError(f"{data / 'train'}: {len(train_ds)} images, fewer than --batch-size {args.batch_size}")
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256, num_workers=workers,
-                                             pin_memory=device.type == "cuda")
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256, **loader_kwargs(device.type, workers))
     steps_per_epoch = len(train_ds) // args.batch_size  # drop_last: every step has a full batch
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = min(int(args.warmup_epochs * steps_per_epoch), max(0, total_steps - 1))
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=args.lr, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, total_steps, warmup_steps, args.warmup_start))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = precision.grad_scaler()
+    train_model = compile_model(model, args.compile, "teacher")  # shares its parameters with ``model``
 
     output = Path(args.output)
     state_file = last_path(output) if args.resume in (None, "auto") else Path(args.resume)
@@ -176,7 +186,7 @@ def main(argv=None) -> dict:
             model.load_state_dict(ck["model"])
             optimizer.load_state_dict(ck["optimizer"])
             scheduler.load_state_dict(ck["lr_scheduler"])
-            if "scaler" in ck and amp:
+            if "scaler" in ck and precision.scaler:
                 scaler.load_state_dict(ck["scaler"])
             start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
             print(f"resumed from {state_file} at epoch {start_epoch}", file=sys.stderr)
@@ -185,7 +195,7 @@ def main(argv=None) -> dict:
                      mean=mean, std=std)
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run")}
     print(f"squeeze: {arch} on {data} ({len(classes)} classes, {len(train_ds)} train / {len(val_ds)} val, "
-          f"input {size}, device {device}, {args.epochs} epochs)", file=sys.stderr)
+          f"input {size}, device {device} ({precision.name}), {args.epochs} epochs)", file=sys.stderr)
     t_start = time.perf_counter()
     epochs_run = 0
     for epoch in range(start_epoch, args.epochs):
@@ -196,11 +206,11 @@ def main(argv=None) -> dict:
         seed_everything(args.seed * 100003 + epoch)
         g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
         loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                             num_workers=workers, generator=g, worker_init_fn=seed_worker,
-                                             pin_memory=device.type == "cuda", persistent_workers=False)
-        stats = train_one_epoch(model, loader, optimizer, scheduler, device, scaler, amp, args.label_smoothing,
-                                epoch, args.epochs)
-        val = evaluate(model, val_loader, device, amp=amp)  # amp is only ever on with CUDA
+                                             generator=g, worker_init_fn=seed_worker,
+                                             **loader_kwargs(device.type, workers, persistent=False))
+        stats = train_one_epoch(train_model, loader, optimizer, scheduler, device, scaler, precision,
+                                args.label_smoothing, epoch, args.epochs)
+        val = evaluate(train_model, val_loader, device, amp=amp)
         stats.update({"epoch": epoch + 1, "val_top1": val["top1"], "val_top5": val["top5"],
                       "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"]})
         history.append(stats)
@@ -220,6 +230,7 @@ def main(argv=None) -> dict:
     save_checkpoint(output, model, meta)
     report = build_manifest("squeeze", run_args, inputs={"teacher": output}, val_top1=val_top1,
                             val_top5=final.get("val_top5"), arch=arch, input_size=size, classes=classes,
+                            precision=precision.name,
                             train_seconds_this_run=time.perf_counter() - t_start,
                             train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
     atomic_write_json(output.with_suffix(".json") if output.suffix else Path(str(output) + ".json"), report)
