@@ -2,6 +2,7 @@
 from models.checkpoint import load_model, make_meta, read_checkpoint, save_checkpoint, strip_prefixes
 from models.convnet import ConvNet
 from models.registry import (
+    build_backbone,
     build_model,
     canonical_arch,
     classifier_layer,
@@ -9,8 +10,9 @@ from models.registry import (
     has_batchnorm,
     list_archs,
     penultimate_features,
+    strip_classifier,
 )
 
-__all__ = ["ConvNet", "build_model", "canonical_arch", "classifier_layer", "classifier_name", "has_batchnorm",
-           "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint", "save_checkpoint",
-           "strip_prefixes"]
+__all__ = ["ConvNet", "build_backbone", "build_model", "canonical_arch", "classifier_layer", "classifier_name",
+           "has_batchnorm", "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint",
+           "save_checkpoint", "strip_classifier", "strip_prefixes"]

@@ -107,3 +107,28 @@ def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def strip_classifier(model: nn.Module) -> tuple[nn.Module, int, str]:
+    """The backbone of a classifier: the same module with its final linear layer replaced by identity.
+
+    Returns ``(model, feature_dim, classifier_name)``. The backbone's state-dict keys are the
+    full model's minus ``<classifier_name>.weight/.bias``, so a backbone trained on its own
+    (self-supervised) loads into ``build_model(arch, n)`` with only the classifier missing.
+    """
+    name = classifier_name(model)
+    layer = classifier_layer(model)
+    parent = model
+    *path, last = name.split(".")
+    for part in path:
+        parent = getattr(parent, part)
+    if isinstance(parent, nn.Sequential) and last.isdigit():
+        parent[int(last)] = nn.Identity()
+    else:
+        setattr(parent, last, nn.Identity())
+    return model, int(layer.in_features), name
+
+
+def build_backbone(arch: str, input_size: int = 32) -> tuple[nn.Module, int, str]:
+    """``build_model(arch)`` minus its classifier: ``(backbone, feature_dim, classifier_name)``."""
+    return strip_classifier(build_model(arch, 1, input_size))

@@ -282,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     base = build_manifest(
         "recover", args, inputs={"teacher": args.arch_path}, settings=settings, output=str(out.root),
         classes=list(classes), method="early_late" if plan.early_late else "uniform",
-        teacher_meta={k: meta.get(k) for k in ("arch", "num_classes", "input_size", "mean", "std", "val_top1")},
+        teacher_meta={k: meta.get(k) for k in ("arch", "num_classes", "input_size", "mean", "std", "val_top1",
+                                                "teacher_kind", "ssl_method")},
         rounds_per_class=rounds, groups=[g.classes for g in groups],
         planned_image_iterations=planned, uniform_image_iterations=len(classes) * args.ipc * args.iteration,
         device=str(device), num_shards=plan.num_shards)

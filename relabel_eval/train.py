@@ -242,6 +242,17 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
             "history": history, "_model": student}
 
 
+def recovery_teacher(syn_data_path) -> dict | None:
+    """The teacher that recovered the distilled set (from recover's manifest.json beside the images), so
+    a result records both teachers when soft labels come from another one (SC-DD: SSL vs supervised)."""
+    from common.manifest import read_manifest
+
+    m = read_manifest(Path(syn_data_path)) if Path(syn_data_path).is_dir() else None
+    if not m or m.get("stage") != "recover":
+        return None
+    return {**(m.get("inputs", {}).get("teacher") or {}), **(m.get("teacher_meta") or {})}
+
+
 def _fingerprint(args: argparse.Namespace) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_RESULT}
 
@@ -360,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         "arch": common.teacher_meta.get("arch"), "val_top1": common.teacher_meta.get("val_top1")}
     result = {
         "stage": STAGE, "name": args.exp_name or output.stem, "syn_data_path": str(args.syn_data_path),
+        "recovery_teacher": recovery_teacher(args.syn_data_path),
         "val_dir": str(args.val_dir), "label_mode": args.label_mode, "soft_label_dir": args.soft_label_dir,
         "num_images": len(data), "num_classes": common.num_classes, "ipc": data.ipc, "val_images": len(val),
         "input_size": common.input_size, "mean": list(common.mean), "std": list(common.std),

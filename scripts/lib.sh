@@ -97,3 +97,77 @@ run_pipeline() {
         esac
     done
 }
+
+# ---- SC-DD (scripts/<dataset>/scdd_*.sh): self-supervised recovery teacher, supervised relabel teacher ----
+
+stage_scdd_squeeze() {
+    if [ ! -f "${TEACHER}" ]; then
+        if [ ! -f "${SSL_BACKBONE}" ]; then
+            if [ "${TEACHER_EPOCHS}" = 0 ]; then
+                echo "note: ${SSL_BACKBONE} must hold a self-supervised ${ARCH} (released MoCo v2/v3, SwAV or DINO file, local path)" >&2
+                [ "${DRY_RUN:-0}" = 1 ] || exit 2
+            else
+                run python -m squeeze.ssl --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "${ARCH}" \
+                    --input-size "${INPUT_SIZE}" --epochs "${TEACHER_EPOCHS}" --device "${DEVICE}" \
+                    --output "${SSL_BACKBONE}" --resume
+            fi
+        fi
+        run python -m squeeze.linear_probe --backbone "${SSL_BACKBONE}" --arch-name "${ARCH}" --dataset "${DATASET}" \
+            --data-path "${DATA_ROOT}" --input-size "${INPUT_SIZE}" --device "${DEVICE}" --output "${TEACHER}"
+    fi
+    if [ ! -f "${RELABEL_TEACHER}" ]; then
+        if [ "${TEACHER_EPOCHS}" = 0 ]; then
+            echo "note: ${RELABEL_TEACHER} must hold supervised ${RELABEL_ARCH} weights (torchvision's ImageNet file, local path)" >&2
+            [ "${DRY_RUN:-0}" = 1 ] || exit 2
+        else
+            # shellcheck disable=SC2086
+            run python -m squeeze --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "${RELABEL_ARCH}" \
+                --input-size "${INPUT_SIZE}" --epochs "${TEACHER_EPOCHS}" ${TEACHER_FLAGS} \
+                --device "${DEVICE}" --output "${RELABEL_TEACHER}"
+        fi
+    fi
+    run python -m squeeze.evaluate --arch-path "${TEACHER}" --arch-name "${ARCH}" --data-path "${DATA_ROOT}" \
+        --input-size "${INPUT_SIZE}" --device "${DEVICE}"
+    run python -m squeeze.evaluate --arch-path "${RELABEL_TEACHER}" --arch-name "${RELABEL_ARCH}" \
+        --data-path "${DATA_ROOT}" --input-size "${INPUT_SIZE}" --device "${DEVICE}"
+}
+
+stage_scdd_synthesize() {
+    local launcher=(python -m recover)
+    if [ "${NPROC}" -gt 1 ]; then launcher=(torchrun --nproc_per_node="${NPROC}" -m recover); fi
+    run "${launcher[@]}" --init noise --train-data-path "${DATA_ROOT}/train" --syn-data-path "${SYN_PATH}" \
+        --exp-name "${EXP_NAME}" --arch-name "${ARCH}" --arch-path "${TEACHER}" --dataset "${DATASET}" \
+        --input-size "${INPUT_SIZE}" --ipc "${IPC}" --iteration "${ITR}" --batch-size "${BATCH}" --lr "${LR}" \
+        --r-bn "${R_BN}" --jitter "${JITTER}" --easy2hard-mode "${EASY2HARD}" --milestone "${MILESTONE}" \
+        --device "${DEVICE}"
+}
+
+stage_scdd_validate() {
+    # soft labels from the supervised RELABEL_TEACHER; the recovery teacher is in the distilled set's manifest
+    local seed outputs=() ra=()
+    if [ -n "${RAND_AUG}" ]; then ra=(--use-rand-augment --rand-augment-config "${RAND_AUG}"); fi
+    for seed in ${SEEDS}; do
+        run python -m relabel_eval --syn-data-path "${SYN_PATH}/${EXP_NAME}" --val-dir "${DATA_ROOT}/val" \
+            --teacher-path "${RELABEL_TEACHER}" --arch-name "${RELABEL_ARCH}" --stud-name "${STUDENT}" \
+            --dataset "${DATASET}" --input-size "${INPUT_SIZE}" --ipc "${IPC}" --re-epochs "${RE_EPOCHS}" \
+            "${ra[@]}" --min-scale-crops "${MIN_SCALE}" --max-scale-crops 1.0 --seed "${seed}" --device "${DEVICE}" \
+            --output "${SYN_PATH}/${EXP_NAME}/eval_${STUDENT}_seed${seed}.json"
+        outputs+=("${SYN_PATH}/${EXP_NAME}/eval_${STUDENT}_seed${seed}.json")
+    done
+    run python scripts/summarize.py --published "${PUBLISHED}" "${outputs[@]}"
+}
+
+run_scdd_pipeline() {
+    setup_device
+    echo "== SC-DD ${DATASET} ${ARCH} IPC ${IPC}: stages ${STAGES}" >&2
+    local s
+    for s in ${STAGES}; do
+        case "${s}" in
+            squeeze) stage_scdd_squeeze ;;
+            select) echo "note: SC-DD recovers from noise; no selection stage" >&2 ;;
+            synthesize) stage_scdd_synthesize ;;
+            validate) stage_scdd_validate ;;
+            *) echo "error: STAGES: unknown stage '${s}' (squeeze synthesize validate)" >&2; exit 2 ;;
+        esac
+    done
+}

@@ -64,8 +64,14 @@ def test_every_printed_command_parses(script):
     cmds = dry_run(script, GPU="cpu")
     modules = [c[2] if c[1] == "-m" else c[1] for c in cmds]
     rded = script.name.startswith("rded_")
-    stages = {"rank_select.patches"} if rded else {"rank_select", "recover"}
-    assert {"squeeze.evaluate", "relabel_eval"} | stages <= set(modules)
+    needed = {"squeeze.evaluate", "relabel_eval"}
+    if rded:
+        needed.add("rank_select.patches")
+    else:
+        needed.add("recover")
+        if "scdd_" not in script.name:  # SC-DD recovers from noise: no selection
+            needed.add("rank_select")
+    assert needed <= set(modules)
     evals = []
     for cmd in cmds:
         parser, args = parser_for(cmd)
@@ -78,7 +84,7 @@ def test_every_printed_command_parses(script):
         assert re.search(rf"^{var}=", text, re.M), f"{script}: {var} not at the top"
     assert [a.seed for a in evals] == [3407, 4663, 2897]
     # each method is evaluated under its own released protocol
-    assert {a.protocol for a in evals} == {"rded" if rded else "delt"}
+    assert {a.protocol or "delt" for a in evals} == {"rded" if rded else "delt"}
     if rded:
         assert all(a.factor is not None and not a.use_rand_augment for a in evals)
 
@@ -104,10 +110,30 @@ def test_reproduce_dispatches_and_rejects_unknown():
     assert res.returncode == 0 and "rank_select.patches" in res.stdout and "--protocol rded" in res.stdout
 
 
-@pytest.mark.parametrize("script", [ROOT / "scripts" / "quickstart.sh", ROOT / "bench" / "cpu_table.sh"],
+@pytest.mark.parametrize("script", [ROOT / "scripts" / "quickstart.sh", ROOT / "bench" / "cpu_table.sh",
+                                    ROOT / "bench" / "scdd_tin10.sh"],
                          ids=lambda p: p.name)
 def test_pipeline_dry_runs_parse(script, tmp_path):
     cmds = dry_run(script, OUT=str(tmp_path / "out"), TABLE=str(tmp_path / "table.md"))
     for cmd in cmds:
         parser, args = parser_for(cmd)
         parser.parse_args(args)
+
+
+def test_scdd_scripts_relabel_with_a_supervised_teacher():
+    cmds = dry_run(ROOT / "scripts" / "cifar100" / "scdd_resnet18_modified_ipc50.sh", GPU="cpu")
+    modules = [c[2] for c in cmds if c[1] == "-m"]
+    assert modules[:3] == ["squeeze.ssl", "squeeze.linear_probe", "squeeze"] and "rank_select" not in modules
+    rec = next(c for c in cmds if c[2] == "recover")
+    rel = [c for c in cmds if c[2] == "relabel_eval"]
+    recovery_teacher = rec[rec.index("--arch-path") + 1]
+    assert recovery_teacher.endswith("_scdd.pth") and rec[rec.index("--init") + 1] == "noise"
+    assert rec[rec.index("--lr") + 1] == "0.4" and rec[rec.index("--r-bn") + 1] == "0.005"
+    assert rec[rec.index("--easy2hard-mode") + 1] == "step" and rec[rec.index("--milestone") + 1] == "1"  # no crop
+    assert all(c[c.index("--teacher-path") + 1] != recovery_teacher for c in rel) and len(rel) == 3
+    im = dry_run(ROOT / "scripts" / "imagenet-1k" / "scdd_resnet50_ipc50.sh", GPU="cpu")
+    rec = next(c for c in im if c[2] == "recover")
+    assert [rec[rec.index(f) + 1] for f in ("--arch-name", "--lr", "--r-bn", "--iteration", "--batch-size")] == \
+        ["resnet50", "0.1", "0.01", "1000", "50"]
+    rel = next(c for c in im if c[2] == "relabel_eval")
+    assert rel[rel.index("--arch-name") + 1] == "resnet18" and "--use-rand-augment" not in rel

@@ -1,0 +1,215 @@
+"""The linear probe behind ``python -m squeeze.linear_probe``: frozen backbone in eval mode, trained classifier."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from common.atomic import atomic_write_json
+from common.datasets import get_dataset, resolve_input_size
+from common.errors import UserError
+from common.imagefolder import ImageFolder, check_train_val
+from common.manifest import build_manifest, sha256_file
+from common.metrics import evaluate
+from common.seed import seed_everything, seed_worker
+from common.transforms import train_transform, val_transform
+from models import build_model, classifier_layer, classifier_name, make_meta, penultimate_features, save_checkpoint
+from models.external_ssl import read_linear_classifier, read_ssl_checkpoint
+from models.registry import canonical_arch
+from squeeze.train import lr_at
+
+SSL_METHOD = {"mocov2": "mocov2", "mocov3": "mocov3", "swav": "swav", "dino": "dino", "lightly": "lightly",
+              "lincls": "lincls"}
+
+
+def load_backbone_into(model: nn.Module, backbone_sd: dict, source: str) -> None:
+    """Load backbone weights into a full classifier model: everything but the classifier must match."""
+    head = classifier_name(model)
+    try:
+        missing, unexpected = model.load_state_dict(backbone_sd, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:120])
+        raise UserError(f"{source}: backbone weights do not fit a {type(model).__name__} ({detail[:160]}); "
+                        f"check --arch-name") from None
+    missing = [k for k in missing if not k.startswith(head + ".")]
+    if missing or unexpected:
+        first = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}")
+        raise UserError(f"{source}: backbone weights do not fit a {type(model).__name__} "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected; {first}); check --arch-name")
+
+
+def frozen_state(model: nn.Module, head: str) -> dict[str, torch.Tensor]:
+    """A copy of every backbone parameter and buffer (BN running statistics included)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(head + ".")}
+
+
+def assert_unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    now = model.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, now[k])]
+    if changed:
+        raise RuntimeError(f"linear probe changed frozen backbone tensors: {changed[:3]}")
+
+
+def freeze_backbone(model: nn.Module) -> nn.Linear:
+    """Everything but the classifier frozen; the whole model in eval mode (BN statistics never update)."""
+    fc = classifier_layer(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in fc.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    return fc
+
+
+def _features(model, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, labels = [], []
+    for x, y in tqdm(loader, desc="features", leave=False, mininterval=1.0):
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        feats.append(penultimate_features(model, x).float())
+        labels.append(y.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_classifier(model: nn.Module, fc: nn.Linear, batches_of_epoch, steps_per_epoch: int, epochs: int, lr: float,
+                   momentum: float, weight_decay: float, device, features_given: bool) -> list[dict]:
+    """SGD + cosine on ``fc`` only; ``batches_of_epoch(e)`` yields (x or features, y). The model stays in eval."""
+    opt = torch.optim.SGD(fc.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    total = steps_per_epoch * epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, 0, 1.0))
+    history = []
+    for epoch in range(epochs):
+        assert not model.training
+        loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
+        for x, y in batches_of_epoch(epoch):
+            y = y.to(device)
+            if features_given:
+                f = x
+            else:
+                f = penultimate_features(model, x.to(device).contiguous(memory_format=torch.channels_last))
+            logits = fc(f)
+            loss = nn.functional.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise UserError(f"non-finite linear-probe loss at epoch {epoch + 1}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * y.numel()
+            correct += int((logits.argmax(1) == y).sum())
+            n += y.numel()
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1),
+                        "train_top1": 100.0 * correct / max(n, 1), "lr": opt.param_groups[0]["lr"],
+                        "epoch_seconds": time.perf_counter() - t0})
+    return history
+
+
+def train_probe(args) -> dict:
+    from common.device import resolve_device
+
+    device = resolve_device(args.device)
+    spec = get_dataset(args.dataset)
+    data, output = Path(args.data_path), Path(args.output)
+    if output.suffix != ".pth":
+        raise UserError(f"{output}: --output must end in .pth")
+    if not (data / "train").is_dir() or not (data / "val").is_dir():
+        raise UserError(f"{data}: --data-path must contain train/ and val/ ImageFolder trees")
+    classes = check_train_val(data / "train", data / "val")
+    backbone_sd, layout, head, bmeta = read_ssl_checkpoint(args.backbone)
+    arch = args.arch_name or bmeta.get("arch")
+    if not arch:
+        raise UserError(f"{args.backbone}: a {layout} checkpoint does not name its architecture; pass --arch-name "
+                        f"(e.g. resnet50)")
+    arch = canonical_arch(arch)
+    if bmeta.get("arch") and canonical_arch(bmeta["arch"]) != arch:
+        raise UserError(f"{args.backbone}: backbone is a {bmeta['arch']} but --arch-name says {args.arch_name}")
+    size = args.input_size or bmeta.get("input_size") or resolve_input_size(spec, arch, None)
+    if bmeta.get("input_size") and args.input_size and int(args.input_size) != int(bmeta["input_size"]):
+        print(f"warning: backbone was pre-trained at {bmeta['input_size']} px, probing at {args.input_size}",
+              file=sys.stderr)
+    mean = tuple(bmeta.get("mean") or spec.mean)
+    std = tuple(bmeta.get("std") or spec.std)
+    if args.linear_path:
+        head = read_linear_classifier(args.linear_path)
+    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
+
+    seed_everything(args.seed)
+    model = build_model(arch, len(classes), int(size))
+    load_backbone_into(model, backbone_sd, str(args.backbone))
+    fc = classifier_layer(model)
+    head_name = classifier_name(model)
+    if head is not None:
+        if tuple(head["weight"].shape) != tuple(fc.weight.shape):
+            raise UserError(f"{args.linear_path or args.backbone}: linear classifier is "
+                            f"{tuple(head['weight'].shape)}, the data and backbone need {tuple(fc.weight.shape)} "
+                            f"(classes x features)")
+        with torch.no_grad():
+            fc.weight.copy_(head["weight"])
+            fc.bias.copy_(head["bias"])
+    else:
+        nn.init.normal_(fc.weight, 0.0, 0.01)
+        nn.init.zeros_(fc.bias)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    fc = freeze_backbone(model)
+    before = frozen_state(model, head_name)
+
+    n_train = sum(1 for f in (data / "train").rglob("*") if f.is_file())
+    cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
+    val_ds = ImageFolder(data / "val", val_transform(int(size), mean, std), classes=classes, cache=cache)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256, num_workers=workers)
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    trained = head is None and args.epochs > 0
+    print(f"squeeze.linear_probe: {arch} backbone ({layout}) from {args.backbone}, {len(classes)} classes, input "
+          f"{size}, " + ("released classifier" if head is not None else f"{args.epochs} epochs, aug {args.train_aug}"),
+          file=sys.stderr)
+    if trained:
+        aug = args.train_aug
+        tf = val_transform(int(size), mean, std) if aug == "none" else train_transform(int(size), mean, std, aug)
+        train_ds = ImageFolder(data / "train", tf, classes=classes, cache=cache)
+        steps = -(-len(train_ds) // args.batch_size)
+        if aug == "none":
+            with torch.no_grad():
+                feats, labels = _features(model, torch.utils.data.DataLoader(train_ds, batch_size=256,
+                                                                             num_workers=workers), device)
+
+            def batches(epoch):
+                g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+                order = torch.randperm(len(labels), generator=g).to(device)
+                for i in range(0, len(order), args.batch_size):
+                    idx = order[i:i + args.batch_size]
+                    yield feats[idx], labels[idx]
+        else:
+            def batches(epoch):
+                seed_everything(args.seed * 100003 + epoch)
+                g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+                return tqdm(torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True,
+                                                        num_workers=workers, generator=g,
+                                                        worker_init_fn=seed_worker),
+                            desc=f"probe epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=1.0)
+        history = fit_classifier(model, fc, batches, steps, args.epochs, args.lr, args.momentum, args.weight_decay,
+                                 device, features_given=aug == "none")
+    val = evaluate(model, val_loader, device)
+    assert_unchanged(model, before)  # the SC-DD invariant: BN statistics are the self-supervised ones
+    method = bmeta.get("ssl_method") or SSL_METHOD.get(layout, layout)
+    meta = make_meta(arch, len(classes), int(size), classes=classes, dataset=spec.name, mean=mean, std=std,
+                     val_top1=val["top1"], val_top5=val["top5"], teacher_kind="ssl-linear-probe",
+                     ssl_method=method, ssl_layout=layout,
+                     backbone={"path": str(args.backbone), "sha256": sha256_file(args.backbone),
+                               "knn_top1": bmeta.get("knn_top1")},
+                     linear_path=str(args.linear_path) if args.linear_path else None,
+                     probe={k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
+                                                          "train_aug", "seed")} if trained else None)
+    save_checkpoint(output, model, meta)
+    report = build_manifest("squeeze.linear_probe", args, inputs={"backbone": args.backbone, "teacher": output},
+                            teacher_kind="ssl-linear-probe", ssl_method=method, ssl_layout=layout, arch=arch,
+                            input_size=int(size), classes=classes, val_top1=val["top1"], val_top5=val["top5"],
+                            seconds=time.perf_counter() - t0, history=history)
+    atomic_write_json(output.with_suffix(".json"), report)
+    print(f"teacher written to {output}: val top-1 {val['top1']:.2f}% (frozen {method} backbone, BN statistics "
+          f"unchanged)", file=sys.stderr)
+    print(f"linear probe: val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% -> {output}")
+    return report

@@ -1,0 +1,83 @@
+"""squeeze.ssl: self-supervised (MoCo v2) pre-training of a backbone, labels unused (SC-DD's squeeze).
+
+    python -m squeeze.ssl --data-path DATA --arch-name resnet18_modified --input-size 32 \\
+        --epochs 200 --output runs/ssl_r18.pth
+
+The backbone is any registry model minus its classifier (conv3..conv6, resnet18_modified,
+resnet18/50, any torchvision ResNet). MoCo v2 (Chen et al. 2020) on lightly's parts: two
+augmented views (MoCo v2's augmentation, blur scaled to the input size, each view seeded
+from (seed, epoch, image, view)), a momentum key encoder, a queue of negatives, InfoNCE at
+temperature 0.2, SGD (momentum 0.9, weight decay 1e-4 on every parameter, as released)
+with a cosine schedule and no warm-up.
+
+Every epoch writes ``<output>.last.pth`` (model, optimiser, scheduler, queue, epoch,
+history) and ``--resume`` continues from it with the same weights as an uninterrupted run,
+exactly as ``python -m squeeze`` does. Every ``--knn-every`` epochs (and at the end) a
+weighted kNN classifier (k 200, T 0.1) on the frozen features of train/ scores val/, so one
+sees the backbone learn. The result, ``--output``, holds the backbone alone
+(``meta["teacher_kind"] = "ssl-backbone"``); ``python -m squeeze.linear_probe`` turns it
+into a teacher. The report (loss curve, kNN accuracies) goes to ``<output>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from common.errors import run_cli
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m squeeze.ssl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="custom", help="registry name (normalisation, default input size)")
+    p.add_argument("--data-path", required=True, help="root with train/ (labels unused) and val/ (kNN check)")
+    p.add_argument("--arch-name", default="resnet18_modified", help="conv3..conv6, resnet18_modified, resnet50, ...")
+    p.add_argument("--input-size", type=int, default=None, help="default: the dataset's size for this arch")
+    p.add_argument("--epochs", type=int, default=200, help="MoCo v2: 200 (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=256, help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=0.03, help="SGD lr, cosine to 0 (MoCo v2: 0.03 at batch 256)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--moco-momentum", type=float, default=0.999,
+                   help="key-encoder EMA (MoCo v2: 0.999, for ~10^5+ steps; ~0.99 suits runs of a few thousand)")
+    p.add_argument("--temperature", type=float, default=0.2, help="InfoNCE temperature (MoCo v2: 0.2)")
+    p.add_argument("--queue-size", type=int, default=65536,
+                   help="negatives in the queue (MoCo: 65536); capped at the number of training images")
+    p.add_argument("--proj-hidden-dim", type=int, default=2048, help="projection MLP hidden width")
+    p.add_argument("--proj-dim", type=int, default=128, help="projection output (MoCo: 128)")
+    p.add_argument("--min-scale", type=float, default=0.2, help="RandomResizedCrop min scale (MoCo v2: 0.2)")
+    p.add_argument("--blur-prob", type=float, default=0.5, help="Gaussian blur probability (MoCo v2: 0.5)")
+    p.add_argument("--knn-every", type=int, default=5, help="kNN accuracy on val/ every N epochs (0: at the end)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on CUDA)")
+    p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
+                   help="decode the training images once into memory (auto: up to 60k images)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="backbone checkpoint to write (e.g. runs/ssl_conv3.pth)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from <output>.last.pth (or the given training checkpoint)")
+    p.add_argument("--max-epochs-this-run", type=int, default=None,
+                   help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    for flag, v, lo in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 2),
+                        ("--queue-size", args.queue_size, 1), ("--proj-dim", args.proj_dim, 1),
+                        ("--proj-hidden-dim", args.proj_hidden_dim, 1)):
+        if v < lo:
+            get_args_parser().error(f"{flag} must be >= {lo}")
+    if not 0.0 <= args.moco_momentum < 1.0:
+        get_args_parser().error("--moco-momentum must be in [0, 1)")
+    if args.temperature <= 0 or args.lr <= 0:
+        get_args_parser().error("--temperature and --lr must be > 0")
+    if not 0.0 < args.min_scale <= 1.0 or not 0.0 <= args.blur_prob <= 1.0:
+        get_args_parser().error("--min-scale must be in (0, 1] and --blur-prob in [0, 1]")
+    from squeeze.ssl_train import pretrain
+
+    return pretrain(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
