@@ -5,9 +5,9 @@
 #   DEVICE=cpu bash bench/gpu_check.sh      # CPU fallback: conv3, tiny sizes, CI-sized time
 #   DRY_RUN=1 bash bench/gpu_check.sh       # print the commands only
 #
-# Stages: squeeze with AMP (and once with --compile), rank_select, rank_select.patches, recover fp32 and
+# Stages: squeeze with AMP (and once with --compile on CUDA), rank_select, rank_select.patches, recover fp32 and
 # --amp (same seed; their images and losses must agree within a stated tolerance), relabel_eval with
-# soft labels (online teacher), hard labels and FKD replay (stored soft labels), all with AMP, and the
+# soft labels (online teacher; with --compile on CUDA), hard labels and FKD replay (stored soft labels), all with AMP, and the
 # hub (pack a distilled set, fetch it back). For each stage it prints wall seconds, images/s (or
 # image-iterations/s) and peak memory (CUDA allocated, or process RSS on CPU); results go to
 # $OUT/stages.jsonl and $OUT/summary.json. Exits non-zero at the first failing stage or when fp32 and
@@ -108,8 +108,9 @@ if [ "${DRY_RUN:-0}" != 1 ]; then
 fi
 EVAL=(--val-dir "${DATA}/val" --teacher-path "${TEACHER}" --re-epochs "${RE_EPOCHS}" --eval-every "${RE_EPOCHS}"
       --seeds 0 --amp --device "${DEVICE}")
+compile=(); [ "${COMPILE}" = 1 ] && compile=(--compile)
 stage relabel_eval_soft $(( N_SYN * RE_EPOCHS )) img python -m relabel_eval --syn-data-path "${OUT}/delt_fp32" \
-    "${EVAL[@]}" --output "${OUT}/eval_soft.json"
+    "${EVAL[@]}" "${compile[@]}" --output "${OUT}/eval_soft.json"
 stage relabel_eval_hard $(( N_SYN * RE_EPOCHS )) img python -m relabel_eval --syn-data-path "${OUT}/delt_fp32" \
     "${EVAL[@]}" --label-mode hard --output "${OUT}/eval_hard.json"
 stage relabel_eval.relabel $(( N_SYN * RE_EPOCHS )) img python -m relabel_eval.relabel \

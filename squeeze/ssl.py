@@ -48,7 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-scale", type=float, default=0.2, help="RandomResizedCrop min scale (MoCo v2: 0.2)")
     p.add_argument("--blur-prob", type=float, default=0.5, help="Gaussian blur probability (MoCo v2: 0.5)")
     p.add_argument("--knn-every", type=int, default=5, help="kNN accuracy on val/ every N epochs (0: at the end)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on CUDA)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers (default: 0 on CPU; on CUDA all cores but one, up to 16)")
     p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                    help="decode the training images once into memory (auto: up to 60k images)")
     p.add_argument("--seed", type=int, default=0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from common.accel import default_workers
 from common.atomic import atomic_write_json
 from common.datasets import get_dataset, resolve_input_size
 from common.errors import UserError
@@ -85,7 +86,7 @@ def pretrain(args) -> dict:
     fallback = infer_input_size(data / "train") if args.input_size is None and spec.num_classes is None else None
     size = resolve_input_size(spec, arch, args.input_size, fallback=fallback)
     mean, std = spec.mean, spec.std
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
+    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
     output = Path(args.output)
     if output.suffix != ".pth":
         raise UserError(f"{output}: --output must end in .pth")

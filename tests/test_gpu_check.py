@@ -40,6 +40,7 @@ def test_every_printed_command_parses(device, tmp_path):
     assert modes == ["soft", "hard", "fkd"] and all("--amp" in c for c in evals)
     squeeze = [c for c in cmds if c[2:3] == ["squeeze"]]
     assert all("--amp" in c for c in squeeze) and any("--compile" in c for c in squeeze) == (device == "cuda")
+    assert ("--compile" in evals[0]) == (device == "cuda")
     assert all(c[c.index("--device") + 1] == device for c in cmds if "--device" in c)
 
 

@@ -1,0 +1,47 @@
+"""Commands that answer at once: parse and check, then import the heavy modules.
+
+Every stage's ``__main__`` is ``sys.exit(run_stage("<stage>.args", "<stage>.<module>"))``.
+``<stage>.args`` is torch-free: its ``get_args_parser()`` answers ``--help`` and argument
+errors, and its optional ``check_paths(args)`` stops a missing input path with one line,
+all before ``torch`` or ``torchvision`` is imported (about 8 s on a 2-core CPU). Only then
+is ``<stage>.<module>`` imported and its ``main(argv)`` run (it parses the same argv again,
+which costs nothing). Exit codes and messages are :func:`common.errors.run_cli`'s.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from common.errors import UserError, run_cli
+
+
+def require_paths(args, flags: Iterable[tuple[str, str]], kind: str = "exist") -> None:
+    """For each ``(attribute, flag)`` whose value is set: the path must exist (``kind="exist"``),
+    be a folder (``"dir"``) or a file (``"file"``); else one line naming the path and the flag."""
+    for attr, flag in flags:
+        value = getattr(args, attr, None)
+        if value in (None, ""):
+            continue
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            p = Path(v)
+            if not p.exists():
+                raise UserError(f"{p}: {flag} does not exist")
+            if kind == "dir" and not p.is_dir():
+                raise UserError(f"{p}: {flag} must be a folder")
+            if kind == "file" and not p.is_file():
+                raise UserError(f"{p}: {flag} must be a file")
+
+
+def run_stage(args_module: str, main_module: str, argv: Sequence[str] | None = None) -> int:
+    """Parse and check with ``args_module`` (torch-free), then run ``main_module.main(argv)``."""
+
+    def main(argv_: Sequence[str] | None) -> object:
+        light = importlib.import_module(args_module)
+        args = light.get_args_parser().parse_args(argv_)  # --help and argument errors exit here
+        check = getattr(light, "check_paths", None)
+        if check is not None:
+            check(args)
+        return importlib.import_module(main_module).main(argv_)
+
+    return run_cli(main, argv)
