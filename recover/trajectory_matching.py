@@ -137,7 +137,7 @@ def plot_loss(history: list[dict], png: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(it, loss, lw=0.6, alpha=0.5, label="loss")
     k = max(1, len(loss) // 20)
-    if len(loss) >= k:
+    if k > 1:
         import numpy as np
 
         sm = np.convolve(loss, np.ones(k) / k, mode="valid")
