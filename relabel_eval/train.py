@@ -52,10 +52,12 @@ from common.paths import check_output_dir, check_output_file
 from common.seed import item_seed, seed_everything
 from models import build_model
 from relabel_eval.data import ValSet
+from relabel_eval.eval_protocols import get_protocol
 from relabel_eval.mix import kd_loss, mixed_ce, target_lambda
 from relabel_eval.plan import make_epoch_plan
 from relabel_eval.protocol import (
     adamw_lr_for,
+    apply_bn_double_update,
     default_temperature,
     eval_epochs,
     make_optimizer,
@@ -100,6 +102,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=seed_int, nargs="+", default=None,
                    help="several seeds in one call (overrides --seed)")
     t.add_argument("--eval-every", type=positive_int, default=10, help="validate every N epochs and at the end")
+    t.add_argument("--bn-double-update", action=argparse.BooleanOptionalAction, default=None,
+                   help="student BN momentum 1-(1-m)^2 (0.19), the effect of the released loop's extra train-mode "
+                        "forward per batch (default: on, as the protocol's release; --no-bn-double-update: "
+                        "PyTorch's 0.1)")
     t.add_argument("--seed-parallel", choices=("ddp", "ranks"), default="ddp",
                    help="under torchrun: ddp = each seed trained by all processes (DistributedDataParallel); "
                         "ranks = each process trains whole seeds on its own (default: %(default)s)")
@@ -235,6 +241,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     rank, world = maker.rank, maker.world_size  # world 1 unless DDP under torchrun
     seed_everything(seed)
     student = build_model(stud_name, common.num_classes, common.input_size)
+    if cfg.get("bn_double_update"):
+        apply_bn_double_update(student)
     student = student.to(dev).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(student, cfg["sgd"], cfg["lr"], cfg["adamw_weight_decay"], cfg["lr"],
                                cfg["momentum"], cfg["weight_decay"])
@@ -395,6 +403,8 @@ def run(args: argparse.Namespace, ctx) -> dict:
     if len(set(seeds)) != len(seeds):
         raise UserError("--seeds has duplicates")
     temperature = None if args.label_mode == "hard" else args.temperature or default_temperature(common.aug.mix_type)
+    protocol = get_protocol(args.protocol)
+    bn_double = protocol.bn_double_update if args.bn_double_update is None else bool(args.bn_double_update)
     output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
     partial = output.with_name(output.name + ".partial")  # checked in main(), before any work
@@ -435,10 +445,12 @@ def run(args: argparse.Namespace, ctx) -> dict:
         cfg = {"epochs": args.re_epochs, "batch_size": bs, "lr": lr, "temperature": temperature,
                "label_mode": args.label_mode, "eval_every": args.eval_every, "accum_steps": args.re_accum_steps,
                "sgd": args.sgd, "adamw_weight_decay": args.adamw_weight_decay, "momentum": args.momentum,
-               "weight_decay": args.weight_decay, "cos": args.cos, "compile": args.compile}
+               "weight_decay": args.weight_decay, "cos": args.cos, "compile": args.compile,
+               "bn_double_update": bn_double}
         print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
               f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
-              f"{args.re_epochs} epochs, seeds {seeds}",
+              f"{args.re_epochs} epochs, seeds {seeds}; protocol {protocol.name}, BN momentum "
+              f"{'0.19 (double update, as released)' if bn_double else '0.1 (--no-bn-double-update)'}",
               flush=True)
         configs[stud] = (bs, bs_source, lr, lr_source, cfg)
 
@@ -490,7 +502,10 @@ def run(args: argparse.Namespace, ctx) -> dict:
         "num_images": len(data), "num_classes": common.num_classes, "ipc": data.ipc, "val_images": len(val),
         "input_size": common.input_size, "mean": list(common.mean), "std": list(common.std),
         "teacher": teacher_info, "seeds": seeds,
-        "protocol": {"epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
+        "protocol": {"name": protocol.name, "source": protocol.source, "factor": args.factor
+                     if protocol.needs_factor else None, "bn_double_update": bn_double,
+                     "bn_momentum": "1-(1-m)^2 (0.19 for 0.1)" if bn_double else "model default (0.1)",
+                     "epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
                      "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
                      "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp,
                      "precision": common.precision.name, "processes": ctx.world_size,
