@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from common.argtypes import nonneg_int
 from common.errors import UserError
 
 NO_GPU = (None, "", "-1")  # the released scripts pass --gpu-device -1 for "no GPU index given"
@@ -40,7 +41,7 @@ def device_spec(args: argparse.Namespace) -> str:
 
 
 def add_workers_arg(parser, help_extra: str = "") -> None:
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=nonneg_int, default=None,
                         help="DataLoader workers (default: CPU min(4, cores - 1); CUDA all cores but one, up to 16)"
                         + help_extra)
 

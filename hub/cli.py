@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from common.argtypes import nonneg_int, positive_float
+from common.paths import check_output_dir, check_output_file
 from hub.download import DEFAULT_MAX_SIZE
 from hub.fetch import fetch
 from hub.pack import pack
@@ -50,8 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", default=None, help=f"extra registry JSON (also ${REGISTRY_ENV})")
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive beside --out")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
-    p.add_argument("--retries", type=int, default=3, help="resume attempts after a broken connection")
-    p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+    p.add_argument("--retries", type=nonneg_int, default=3, help="resume attempts after a broken connection")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="network timeout in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("pack", help="pack a distilled set with its manifest into a deterministic .tar.gz")
@@ -63,6 +65,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
+    if args.command == "fetch":
+        check_output_dir(args.out, "--out")
+    elif args.command == "pack":
+        check_output_file(args.out, "--out")
     if args.command == "list":
         print(format_registry(load_registry(args.registry)))
     elif args.command == "fetch":

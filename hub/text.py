@@ -15,7 +15,10 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 20G, 512M, 1000000)")
-    return int(float(m[1]) * (1 << (10 * " KMGT".index(m[2].upper() or " "))))
+    size = int(float(m[1]) * (1 << (10 * " KMGT".index(m[2].upper() or " "))))
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be a size > 0, got {text!r}")
+    return size
 
 
 def human(n: float | None) -> str:

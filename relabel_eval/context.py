@@ -15,38 +15,22 @@ import torch
 from torch import nn
 
 from common.accel import Precision, default_workers, resolve_precision
+from common.argtypes import float_range, nonneg_int, positive_float, positive_int, seed_int, unit_float
 from common.dataconfig import resolve_data_config
 from common.datasets import DatasetSpec, check_class_count, get_dataset
 from common.device import autocast, device_from_args
 from common.errors import UserError
 from common.flags import add_device_args
 from common.optim import freeze
-from models import canonical_arch, load_model
+from models import check_arch, load_model
 from relabel_eval.augment import SampleTransform
 from relabel_eval.data import DistilledSet, load_distilled, make_train_loader
+from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol, protocol_name, resolve_aug
 from relabel_eval.mix import MixParams, apply_mix
 from relabel_eval.plan import AugConfig, EpochPlan
 from relabel_eval.protocol import auto_batch_size, released_special_case
 
-IGNORED_FLAGS = ("wandb_api_key", "wandb_project", "factor", "mipc", "num_crop", "train_dir", "classes")
-
-
-def str2bool(v) -> bool:
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "y", "on"):
-        return True
-    if s in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
-
-
-def nonneg_int(v) -> int:
-    i = int(v)
-    if i < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
-    return i
+IGNORED_FLAGS = ("wandb_api_key", "wandb_project", "mipc", "num_crop", "train_dir", "classes")
 
 
 def mix_type(v) -> str:
@@ -62,26 +46,35 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     """Data, teacher, augmentation and device flags, named as the released RDED/DELT scripts name them."""
     g = p.add_argument_group("data and teacher")
     g.add_argument("--syn-data-path", required=True, help="distilled set (ImageFolder: ROOT/<class>/<image>)")
-    g.add_argument("--ipc", type=nonneg_int, default=None,
+    g.add_argument("--ipc", type=positive_int, default=None,
                    help="use the first IPC files (sorted by name) of every class (default: all)")
     g.add_argument("--teacher-path", default=None, help="teacher checkpoint (soft labels; gives mean/std/size)")
     g.add_argument("--arch-name", default=None, help="teacher architecture (checked against the checkpoint)")
     g.add_argument("--dataset", "--subset", dest="dataset", default="custom",
                    help="dataset name for the batch-size table and defaults (default: %(default)s)")
-    g.add_argument("--input-size", type=int, default=None,
+    g.add_argument("--input-size", type=positive_int, default=None,
                    help="student input size (default: the teacher's, else the dataset's)")
-    g.add_argument("--nclass", type=int, default=None, help="expected class count (checked against the data)")
-    a = p.add_argument_group("augmentation (per image, then per batch)")
+    g.add_argument("--nclass", type=positive_int, default=None, help="expected class count (checked against the data)")
+    a = p.add_argument_group("evaluation protocol and augmentation (per image, then per batch)")
+    a.add_argument("--protocol", type=protocol_name, default=None,
+                   help=f"released evaluation to follow: {', '.join(PROTOCOLS)} (default: {DEFAULT_PROTOCOL}, or the "
+                        f"one the stored soft labels were made under); "
+                        f"rded adds ShufflePatches(--factor) and crop scale (1/--factor, max)")
+    a.add_argument("--factor", type=positive_int, default=None,
+                   help="RDED's factor (--protocol rded: ShufflePatches strips and crop scale 1/factor; "
+                        "ignored by delt)")
     a.add_argument("--re-batch-size", type=nonneg_int, default=0, help="batch size; 0 = DELT's table (default)")
     a.add_argument("--mix-type", type=mix_type, default="cutmix", help="cutmix (default), mixup or none")
-    a.add_argument("--cutmix", type=float, default=1.0, help="CutMix Beta alpha (default: %(default)s)")
-    a.add_argument("--mixup", type=float, default=0.8, help="Mixup Beta alpha (default: %(default)s)")
+    a.add_argument("--cutmix", type=positive_float, default=1.0, help="CutMix Beta alpha (default: %(default)s)")
+    a.add_argument("--mixup", type=positive_float, default=0.8, help="Mixup Beta alpha (default: %(default)s)")
     a.add_argument("--use-rand-augment", action="store_true", help="timm RandAugment on each image")
     a.add_argument("--rand-augment-config", default="rand-m6-n2-mstd1.0", help="timm RandAugment string")
-    a.add_argument("--random-erasing-p", type=float, default=0.0, help="RandomErasing probability (default 0)")
-    a.add_argument("--min-scale-crops", type=float, default=0.08, help="RandomResizedCrop min scale")
-    a.add_argument("--max-scale-crops", type=float, default=1.0, help="RandomResizedCrop max scale")
-    a.add_argument("--seed", type=nonneg_int, default=42, help="seed (default: %(default)s)")
+    a.add_argument("--random-erasing-p", type=unit_float, default=0.0, help="RandomErasing probability (default 0)")
+    a.add_argument("--min-scale-crops", type=float_range(0, 1, lo_open=True), default=None,
+                   help="RandomResizedCrop min scale (default 0.08; --protocol rded: 1/--factor)")
+    a.add_argument("--max-scale-crops", type=float_range(0, 1, lo_open=True), default=1.0,
+                   help="RandomResizedCrop max scale")
+    a.add_argument("--seed", type=seed_int, default=42, help="seed (default: %(default)s)")
     r = p.add_argument_group("runtime")
     add_device_args(r)
     r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -92,7 +85,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     x = p.add_argument_group("accepted for the released scripts and ignored")
     x.add_argument("--wandb-api-key", default=None, help=argparse.SUPPRESS)
     x.add_argument("--wandb-project", default=None, help=argparse.SUPPRESS)
-    x.add_argument("--factor", type=int, default=None, help="RDED stitching factor (ignored here)")
     x.add_argument("--mipc", type=int, default=None, help="RDED pool size (ignored here)")
     x.add_argument("--num-crop", type=int, default=None, help="RDED crops per image (ignored here)")
     x.add_argument("--train-dir", default=None, help="RDED train folder (ignored here)")
@@ -144,6 +136,10 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
             teacher = freeze(teacher).to(memory_format=torch.channels_last)
         else:
             teacher = None
+    made_under = stored.get("protocol", DEFAULT_PROTOCOL) if stored is not None else None
+    if stored is not None and args.protocol and args.protocol != made_under:
+        raise UserError(f"--protocol {args.protocol} but the soft labels were made under --protocol {made_under}")
+    args.protocol = args.protocol or made_under or DEFAULT_PROTOCOL
     if stored is not None:
         input_size, mean, std = stored["input_size"], stored["mean"], stored["std"]
         aug = AugConfig.from_dict(stored["aug"])
@@ -152,13 +148,17 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
     else:
         data_cfg = resolve_data_config(spec, student_hint, args.input_size, meta, image_root=args.syn_data_path)
         input_size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
-        if not 0 < args.min_scale_crops <= args.max_scale_crops <= 1:
-            raise UserError(f"--min-scale-crops {args.min_scale_crops} / --max-scale-crops {args.max_scale_crops}: "
-                            f"need 0 < min <= max <= 1")
+        try:
+            scale = resolve_aug(get_protocol(args.protocol), args.factor, args.min_scale_crops, args.max_scale_crops)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         alpha = args.cutmix if args.mix_type == "cutmix" else args.mixup if args.mix_type == "mixup" else None
-        aug = AugConfig(int(input_size), args.min_scale_crops, args.max_scale_crops,
+        aug = AugConfig(int(input_size), scale.min_scale, scale.max_scale,
                         args.rand_augment_config if args.use_rand_augment else None,
-                        args.random_erasing_p, args.mix_type, alpha)
+                        args.random_erasing_p, args.mix_type, alpha, scale.shuffle_factor)
+    if aug.shuffle_factor > int(data.sizes.min()):
+        raise UserError(f"--factor {aug.shuffle_factor}: larger than the smallest image side "
+                        f"{int(data.sizes.min())} of {args.syn_data_path}")
     if aug.rand_augment:
         SampleTransform(aug.input_size, aug.rand_augment)._ra_for(32)  # a bad config string fails here, not in a worker
     workers = default_workers(device.type) if args.workers is None else args.workers
@@ -186,7 +186,8 @@ class BatchMaker:
 
     def __init__(self, common: Common, rank: int = 0, world_size: int = 1):
         self.common, self.rank, self.world_size = common, rank, world_size
-        self.transform = SampleTransform(common.aug.input_size, common.aug.rand_augment, common.aug.erasing_p)
+        self.transform = SampleTransform(common.aug.input_size, common.aug.rand_augment, common.aug.erasing_p,
+                                         common.aug.shuffle_factor)
         self.loader, self.sampler = make_train_loader(common.data, self.transform, common.workers,
                                                       device_type=common.device.type)
         dev = common.device
@@ -246,7 +247,8 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor, device: torch.device, am
 
 
 def warn_ignored(args: argparse.Namespace) -> None:
-    used = [f"--{k.replace('_', '-')}" for k in IGNORED_FLAGS if getattr(args, k, None) not in (None, "")]
+    ignored = IGNORED_FLAGS + (() if get_protocol(getattr(args, "protocol", None)).needs_factor else ("factor",))
+    used = [f"--{k.replace('_', '-')}" for k in ignored if getattr(args, k, None) not in (None, "")]
     if used:
         print(f"note: {', '.join(used)} accepted for the released scripts and ignored", file=sys.stderr, flush=True)
 
@@ -258,7 +260,7 @@ def student_archs(values: list[str] | None, fallback: str | None) -> list[str]:
         if not fallback:
             raise UserError("--stud-name is required when no teacher checkpoint gives an architecture")
         names = [fallback]
-    return [canonical_arch(n.strip()) for n in names]
+    return [check_arch(n.strip(), "--stud-name") for n in names]
 
 
 def default_output(syn_path: str, label_mode: str) -> Path:

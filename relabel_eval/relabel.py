@@ -20,11 +20,14 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from common.argtypes import nonneg_int, positive_int
 from common.atomic import atomic_torch_save
 from common.errors import UserError
 from common.imagefolder import check_same_classes
 from common.manifest import build_manifest, read_manifest, write_manifest
+from common.paths import check_output_dir
 from common.runstate import RunState, add_run_args, check_output, fingerprint, replace_output, state_dir
+from models import check_arch
 from relabel_eval.context import (
     BatchMaker,
     add_common_args,
@@ -46,10 +49,10 @@ NOT_RESULT = {"output_dir", "stud_name", "wandb_api_key", "wandb_project"}
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m relabel_eval.relabel", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--epochs", "--re-epochs", dest="epochs", type=int, required=True,
+    p.add_argument("--epochs", "--re-epochs", dest="epochs", type=positive_int, required=True,
                    help="number of epochs of soft labels to store")
     p.add_argument("--output-dir", required=True, help="folder for the epoch files and manifest.json")
-    p.add_argument("--topk", type=int, default=0, help="store only the K largest logits per image (0: all)")
+    p.add_argument("--topk", type=nonneg_int, default=0, help="store only the K largest logits per image (0: all)")
     p.add_argument("--stud-name", default=None, help="student the labels are for (only picks the batch size)")
     add_run_args(p)
     p.add_argument("--no-resume", dest="restart", action="store_true", help="the same as --restart")
@@ -63,16 +66,17 @@ def epoch_file(root: Path, epoch: int) -> Path:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     warn_ignored(args)
-    if args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
+    out = check_output_dir(args.output_dir, "--output-dir")
+    check_output(out, STAGE, args.force, flag="--output-dir")
+    check_output_dir(state_dir(out), "--output-dir")
+    if args.stud_name:
+        args.stud_name = check_arch(args.stud_name, "--stud-name")
     common = resolve_common(args, need_teacher=True)
     C = common.num_classes
     if args.topk < 0 or args.topk > C:
         raise UserError(f"--topk {args.topk}: must be between 0 and the class count {C}")
     batch_size, bs_source = batch_size_for(args, common, args.stud_name or common.teacher_meta["arch"])
-    out = Path(args.output_dir)
     fp = fingerprint(args, NOT_RESULT, batch_size=batch_size, aug=common.aug.to_dict(), files=len(common.data))
-    check_output(out, STAGE, args.force, flag="--output-dir")
     done = read_manifest(out) if out.is_dir() else None
     if done and done.get("stage") == STAGE and done.get("complete") and done.get("fingerprint") == fp \
             and not args.restart:
@@ -84,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         STAGE, args, inputs={"teacher": args.teacher_path}, fingerprint=fp, complete=False,
         classes=common.data.classes, files=common.data.files, num_images=len(common.data), num_classes=C,
         ipc=common.data.ipc, epochs=args.epochs, batch_size=batch_size, batch_size_source=bs_source,
-        seed=args.seed, aug=common.aug.to_dict(), input_size=common.input_size, mean=list(common.mean),
-        std=list(common.std), teacher_arch=common.teacher_meta["arch"], topk=args.topk,
+        seed=args.seed, protocol=args.protocol, aug=common.aug.to_dict(), input_size=common.input_size,
+        mean=list(common.mean), std=list(common.std), teacher_arch=common.teacher_meta["arch"], topk=args.topk,
         logits_dtype="float16")
 
     maker = BatchMaker(common)

@@ -15,14 +15,19 @@ from pathlib import Path
 
 import torch
 
+from common.argtypes import nonneg_int, positive_int
 from common.atomic import atomic_write_json
 from common.datasets import get_dataset
 from common.device import device_from_args
 from common.flags import add_device_args
 from common.imagefolder import ImageFolder, find_classes
 from common.metrics import evaluate
+from common.paths import check_output_file
+from common.runstate import check_output
 from common.transforms import val_transform
 from models import load_model
+
+STAGE = "squeeze.evaluate"
 
 
 def val_root(data_path: str | Path) -> Path:
@@ -38,16 +43,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", required=True, help="data root with val/ (or a val folder itself)")
     p.add_argument("--arch-name", default=None, help="architecture, when the checkpoint does not record it")
     p.add_argument("--dataset", default="custom")
-    p.add_argument("--input-size", type=int, default=None, help="default: the checkpoint's")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--workers", type=nonneg_int, default=2)
     p.add_argument("--output", default=None, help="write the result as JSON here")
+    p.add_argument("--force", action="store_true", help="replace an existing --output this command did not write")
     add_device_args(p)
     return p
 
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.output:
+        check_output_file(args.output, "--output")
+        check_output(args.output, STAGE, args.force, kind="file", flag="--output")
     get_dataset(args.dataset)
     device = device_from_args(args)
     root = val_root(args.data_path)
@@ -59,7 +68,7 @@ def main(argv=None) -> dict:
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
     t0 = time.perf_counter()
     res = evaluate(model, loader, device, progress=True)
-    res.update({"checkpoint": str(args.arch_path), "arch": meta["arch"], "input_size": size,
+    res.update({"stage": STAGE, "checkpoint": str(args.arch_path), "arch": meta["arch"], "input_size": size,
                 "data": str(root), "seconds": time.perf_counter() - t0,
                 "recorded_val_top1": meta.get("val_top1")})
     print(f"{args.arch_path}: {meta['arch']} on {root}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
