@@ -36,11 +36,13 @@ class DataConfig:
 
 def resolve_data_config(spec: DatasetSpec, arch: str | None = None, input_size: int | None = None,
                         meta: dict[str, Any] | None = None, image_root: str | os.PathLike | None = None,
-                        classes: Sequence[str] | None = None, flag: str = "--input-size") -> DataConfig:
+                        classes: Sequence[str] | None = None, flag: str = "--input-size",
+                        skip_corrupt: bool = False) -> DataConfig:
     """The data configuration from (flag, checkpoint meta, dataset registry, images), first source wins.
 
     ``classes`` are the data's class folders, used when the checkpoint records none.
-    ``image_root`` (an ImageFolder) is read only when no other source gives the size.
+    ``image_root`` (an ImageFolder) is read only when no other source gives the size (``skip_corrupt``:
+    past unreadable images, as ``squeeze --skip-corrupt``).
     """
     meta = meta or {}
     source: dict[str, str] = {}
@@ -53,7 +55,7 @@ def resolve_data_config(spec: DatasetSpec, arch: str | None = None, input_size: 
     elif image_root is not None:
         from common.imagefolder import infer_input_size  # reads one image
 
-        size, source["input_size"] = infer_input_size(image_root), "images"
+        size, source["input_size"] = infer_input_size(image_root, skip_corrupt=skip_corrupt), "images"
     else:
         raise UserError(f"{flag} is required: neither the checkpoint nor --dataset {spec.name} gives an input size")
     stats = {}

@@ -203,6 +203,12 @@ class RunState:
     # -- lifecycle -------------------------------------------------------------------------------
     def begin(self) -> RunState:
         """Write ``run.json`` (after all inputs are validated)."""
+        missing = []  # the parent folders this creates, removed again if the run does no work
+        for parent in self.dir.parents:
+            if parent.exists():
+                break
+            missing.append(parent)
+        self._made_parents = missing
         (self.dir / "done").mkdir(parents=True, exist_ok=True)
         if not (self.dir / "run.json").is_file():
             atomic_write_json(self.dir / "run.json", {"stage": self.stage, "fingerprint": self.fingerprint})
@@ -217,6 +223,9 @@ class RunState:
         except BaseException:
             if self.dir.is_dir() and not self.has_progress():
                 shutil.rmtree(self.dir, ignore_errors=True)
+                for parent in getattr(self, "_made_parents", []):  # deepest first
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()  # only if empty
             raise
 
     def has_progress(self) -> bool:

@@ -305,7 +305,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         if stats["nonfinite_batch"] is not None:
-            raise diverged_error(stud_name, seed, epoch, stats, cfg["label_mode"], cfg["sgd"], cfg["lr"])
+            raise diverged_error(stud_name, seed, epoch, stats, cfg.label_mode, cfg.sgd, cfg.lr)
         dt = time.perf_counter() - t0
         train_time += dt
         scheduler.step()

@@ -108,7 +108,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="under torchrun: SyncBatchNorm (batch statistics over all processes; CUDA only)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
-    p.add_argument("--force", action="store_true", help="replace an existing --output this command did not write")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="accepted: a rerun always continues from <output>.state/; or continue from the given "
                         "training checkpoint")
@@ -200,7 +199,8 @@ def train(args: argparse.Namespace, ctx) -> dict:
     classes = check_train_val(data / "train", data / "val")
     check_class_count(spec, len(classes), data / "train")
     arch = check_arch(args.arch_name, "--arch-name")
-    data_cfg = resolve_data_config(spec, arch, args.input_size, image_root=data / "train", classes=classes)
+    data_cfg = resolve_data_config(spec, arch, args.input_size, image_root=data / "train", classes=classes,
+                                   skip_corrupt=args.skip_corrupt)
     size = data_cfg.input_size
     seed_everything(args.seed)  # the initial weights are a function of --seed
     model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
