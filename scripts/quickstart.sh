@@ -26,10 +26,11 @@ TEACHER=$OUT/teacher.pth
 
 source scripts/lib.sh
 setup_device
-# --amp where it is fast: CUDA, or a CPU with native bf16 (elsewhere bf16 is emulated; fp32 it is)
-AMP=${AMP:-$(python -c "from common.accel import cpu_has_native_bf16 as f; print('--amp' if f() else '')" \
-             2>/dev/null || true)}
-[ "${DEVICE}" = cpu ] || AMP=--amp
+# --amp where it is fast: a CPU with native bf16 (AVX512-BF16/AMX; elsewhere bf16 is emulated, so fp32),
+# and CUDA (squeeze and relabel_eval use AMP on CUDA by default anyway). AMP= (empty) turns it off.
+AMP=${AMP-$(python -c "from common.accel import cpu_has_native_bf16 as f; print('--amp' if f() else '')" \
+            2>/dev/null || true)}
+if [ "${DEVICE}" = cuda ]; then AMP=--amp; fi
 # Independent steps run side by side, each in its own process (one thread each on a CPU).
 PIDS=(); NAMES=()
 job() {  # job NAME CMD...: print and start CMD in the background, its output in $OUT/logs/NAME.log
@@ -82,7 +83,7 @@ for m in delt sre2l random_real; do
     # shellcheck disable=SC2086
     job "eval_$m" python -m relabel_eval --syn-data-path "$OUT/$m" --val-dir "$DATA/val" --teacher-path "$TEACHER" \
         --stud-name conv3 --dataset shapes --ipc "$IPC" --re-epochs "$RE_EPOCHS" --eval-every "$RE_EPOCHS" \
-        --seeds $SEEDS ${AMP:---no-amp} --device "$DEVICE" --output "$OUT/eval_$m.json"
+        --seeds $SEEDS $AMP --device "$DEVICE" --output "$OUT/eval_$m.json"
 done
 job diversity python -m relabel_eval.diversity --syn-data-path "$OUT/delt" "$OUT/sre2l" "$OUT/random_real" \
     --names DELT SRe2L random-real --teacher-path "$TEACHER" --device "$DEVICE" --output "$OUT/diversity.json"
