@@ -20,3 +20,47 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % (2**32)
     np.random.seed(s)
     random.seed(s)
+
+
+_M64 = (1 << 64) - 1
+
+
+def item_seed(*keys: int) -> int:
+    """A 63-bit seed that is a function of the integer ``keys`` only (e.g. seed, epoch, index):
+    splitmix64 over the keys, cheap enough to call per image."""
+    h = 0
+    for k in keys:
+        h = (h ^ (int(k) & _M64)) + 0x9E3779B97F4A7C15 & _M64
+        h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9 & _M64
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _M64
+        h ^= h >> 31
+    return h >> 1
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """Item ``i`` of a dataset, drawn under a random state that is a function of ``(seed, epoch, i)``.
+
+    Random augmentation then depends on which image is loaded, not on which process or
+    worker loads it or in which order: a run is the same for any number of DataLoader
+    workers or torchrun processes, and a resumed epoch draws what the uninterrupted one
+    drew. Torch's CPU generator (which torchvision's random transforms use) is restored after
+    each item.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        gen = torch.default_generator
+        state = gen.get_state()
+        gen.manual_seed(item_seed(self.seed, self.epoch, i))
+        try:
+            return self.dataset[i]
+        finally:
+            gen.set_state(state)

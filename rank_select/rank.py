@@ -15,6 +15,11 @@ the data root's files and classes. Selected images are copied byte for byte to
 A long scoring run saves its progress every ``--save-every`` seconds to
 ``<ranking-file>.partial.pt`` (``.OUT.scores.partial.pt`` without a ranking file) and
 a re-run with the same ranker and data resumes from it.
+
+Under torchrun (``torchrun --nproc_per_node=N -m rank_select ...``) process r scores
+images r, r + N, ... (saving progress to its own ``.rankRofN`` partial file); the scores
+are gathered by rank 0, which alone writes the ranking CSV and the selection: the same
+CSV as one process, up to float rounding of near-ties.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from tqdm import tqdm
 from common.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.device import add_device_arg, resolve_device
+from common.distributed import all_gather_object, cleanup, dist_info, init_distributed
 from common.errors import UserError
 from common.imagefolder import ImageFolder, make_samples
 from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
@@ -303,6 +309,35 @@ def resolve_device_args(args: argparse.Namespace) -> torch.device:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if not dist_info().distributed:
+        return run(args)
+    ctx = init_distributed(args.device)  # torchrun: one device per process, a gloo/NCCL group
+    try:
+        args.device, args.gpu_device = str(ctx.device), None
+        return run(args, ctx.rank, ctx.world_size)
+    finally:
+        cleanup()
+
+
+def score_sharded(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers: int, partial: Path,
+                  save_every: float, fingerprint: str, rank: int, world_size: int) -> dict[str, np.ndarray] | None:
+    """Images ``rank, rank + world_size, ...`` scored here; all of them gathered on rank 0 (None elsewhere)."""
+    mine = score_dataset(ranker, Subset(dataset, range(rank, len(dataset), world_size)), batch_size, workers,
+                         partial.with_name(f"{partial.name}.rank{rank}of{world_size}"), save_every,
+                         f"{fingerprint}|rank {rank} of {world_size}")
+    parts = all_gather_object(mine)
+    if rank != 0:
+        return None
+    out = {}
+    for k in METRICS:
+        full = np.zeros(len(dataset), dtype=parts[0][k].dtype)
+        for r, part in enumerate(parts):
+            full[r::world_size] = part[k]
+        out[k] = full
+    return out
+
+
+def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
     if args.ipc < 1:
         raise UserError(f"--ipc {args.ipc}: must be at least 1")
     if args.batch_size < 1 or args.workers < 0:
@@ -323,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if csv_path is not None and csv_path.is_file() and not args.rerank:
         df = read_ranking(csv_path)
         check_ranking_matches(df, csv_path, data_root, classes, rel_paths)
+        if rank != 0:  # nothing to score: rank 0 alone writes the selection
+            return {}
         ranker_note(csv_path, ranker_path)
         print(f"reusing ranking {csv_path} ({len(df)} images)", file=sys.stderr)
         side = read_manifest(sidecar_path(csv_path)) or {}
@@ -335,8 +372,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         dataset = ImageFolder(data_root, val_transform(ranker.input_size, ranker.mean, ranker.std), classes=classes)
         partial = Path(f"{csv_path}.partial.pt") if csv_path else out.with_name(f".{out.name}.scores.partial.pt")
         t0 = time.perf_counter()
-        metrics = score_dataset(ranker, dataset, args.batch_size, args.workers, partial, args.save_every,
-                                _fingerprint(ranker, rel_paths, labels))
+        if world_size == 1:
+            metrics = score_dataset(ranker, dataset, args.batch_size, args.workers, partial, args.save_every,
+                                    _fingerprint(ranker, rel_paths, labels))
+        else:
+            metrics = score_sharded(ranker, dataset, args.batch_size, args.workers, partial, args.save_every,
+                                    _fingerprint(ranker, rel_paths, labels), rank, world_size)
+            if metrics is None:  # rank 0 writes the ranking and the selection
+                return {}
         timing["scoring_s"] = time.perf_counter() - t0
         timing["images_per_sec"] = len(dataset) / max(timing["scoring_s"], 1e-9)
         df = ranking_frame(rel_paths, classes, labels, metrics)

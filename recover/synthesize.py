@@ -7,8 +7,10 @@ Writes ``--syn-data-path/--exp-name/<class>/<file>`` plus ``manifest.json``.
 Work is cut into groups of whole classes (see ``recover.schedule.plan_groups``); each
 group's result depends only on ``--seed`` and its class indices, so a killed run restarted
 with the same command skips finished classes and ends with the same images, and N shards
-(``--num-shards/--shard-index`` or torchrun's RANK/WORLD_SIZE) write disjoint classes
-whose union is the single-process output.
+(``--num-shards/--shard-index``, or the launch that ``common.distributed`` reads: torchrun's
+RANK/WORLD_SIZE on one or several nodes, srun's SLURM_PROCID/SLURM_NTASKS) write disjoint
+classes whose union is the single-process output. Shards never talk to each other (no
+process group); each takes the GPU of its local rank.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import random
 import sys
 import time
@@ -31,7 +32,8 @@ from tqdm import tqdm
 from common.accel import resolve_precision
 from common.atomic import atomic_dir, atomic_save_image
 from common.datasets import check_class_count, get_dataset
-from common.device import add_device_arg, resolve_device
+from common.device import add_device_arg
+from common.distributed import dist_info, init_distributed
 from common.errors import UserError
 from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
 from common.manifest import build_manifest, sha256_file
@@ -146,8 +148,9 @@ def check_args(args: argparse.Namespace) -> Plan:
         min_itr = max(min_itr, ri)  # as released: at least one round
     # IPC 1 uses no rounds: the single image gets all ITR iterations (ALGORITHMS.md)
     early_late = bool(ri) and args.ipc > 1 and (args.use_early_late or (min_itr is not None and min_itr < itr))
-    num_shards = args.num_shards if args.num_shards is not None else int(os.environ.get("WORLD_SIZE", 1))
-    shard_index = args.shard_index if args.shard_index is not None else int(os.environ.get("RANK", 0))
+    launch = dist_info()  # torchrun (also multi-node) or srun; one shard without either
+    num_shards = args.num_shards if args.num_shards is not None else launch.world_size
+    shard_index = args.shard_index if args.shard_index is not None else launch.rank
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise UserError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
     return Plan(early_late, min_itr, num_shards, shard_index)
@@ -320,17 +323,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def pick_device(args: argparse.Namespace) -> torch.device:
+    """The shared setup's device (``cuda:LOCAL_RANK`` under torchrun); shards need no process group."""
     spec = args.device
-    local_rank = os.environ.get("LOCAL_RANK")
-    if spec == "auto" and torch.cuda.is_available():
-        if local_rank is not None:
-            spec = f"cuda:{local_rank}"
-        elif args.gpu_device not in (None, "", "-1"):
-            spec = f"cuda:{args.gpu_device}"
-    device = resolve_device(spec)
-    if device.type == "cuda" and device.index is None and local_rank is not None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
+    if spec == "auto" and torch.cuda.is_available() and not dist_info().distributed \
+            and args.gpu_device not in (None, "", "-1"):
+        spec = f"cuda:{args.gpu_device}"
+    return init_distributed(spec, process_group=False, mute=False).device
 
 
 def run_group(group: Group, args, classes, init_files, names, teacher, cfg: LoopConfig, size, mean, std,

@@ -77,17 +77,23 @@ class PlannedDataset(torch.utils.data.Dataset):
 
 
 class PlanBatchSampler:
-    """Yields the batches of the current plan; ``set_plan`` before each epoch."""
+    """Yields the batches of the current plan; ``set_plan`` before each epoch.
+
+    ``rows(plan, b)``, when given, picks the positions of batch ``b`` this process loads
+    (its share under torchrun and their mixing partners); all of them otherwise.
+    """
 
     def __init__(self) -> None:
         self.plan: EpochPlan | None = None
+        self.rows = None
 
-    def set_plan(self, plan: EpochPlan) -> None:
-        self.plan = plan
+    def set_plan(self, plan: EpochPlan, rows=None) -> None:
+        self.plan, self.rows = plan, rows
 
     def __iter__(self) -> Iterator[list[tuple]]:
         for b in range(self.plan.num_batches):
-            yield self.plan.records(b)
+            records = self.plan.records(b)
+            yield records if self.rows is None else [records[i] for i in self.rows(self.plan, b)]
 
     def __len__(self) -> int:
         return self.plan.num_batches if self.plan is not None else 0
@@ -128,9 +134,15 @@ class ValSet:
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False,
                                            num_workers=self.workers, pin_memory=self.pin_memory)
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, rank: int = 0, world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """All validation batches, or every ``world_size``-th image from ``rank`` (a process's share)."""
         if self.x is not None:
-            for s in range(0, len(self.y), self.batch_size):
-                yield self.x[s:s + self.batch_size], self.y[s:s + self.batch_size]
-        else:
+            x, y = (self.x, self.y) if world_size == 1 else (self.x[rank::world_size], self.y[rank::world_size])
+            for s in range(0, len(y), self.batch_size):
+                yield x[s:s + self.batch_size], y[s:s + self.batch_size]
+        elif world_size == 1:
             yield from self._loader()
+        else:
+            yield from torch.utils.data.DataLoader(
+                torch.utils.data.Subset(self.dataset, range(rank, len(self.dataset), world_size)),
+                batch_size=self.batch_size, shuffle=False, num_workers=self.workers)

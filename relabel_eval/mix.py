@@ -16,16 +16,22 @@ import torch.nn.functional as F
 
 @dataclass
 class MixParams:
-    """One batch's mixing: ``x' = mix(x, x[perm])``; ``box = (y1, y2, x1, x2)`` for CutMix."""
+    """One batch's mixing: ``x' = mix(x, x[perm])``; ``box = (y1, y2, x1, x2)`` for CutMix.
+
+    ``partner_labels``: the labels of ``x[perm]`` when the partners are not in the batch
+    (a process's share of a batch under torchrun); ``labels[perm]`` otherwise.
+    """
 
     mix_type: str
     perm: torch.Tensor | None = None
     lam: float = 1.0
     box: tuple[int, int, int, int] | None = None
+    partner_labels: torch.Tensor | None = None
 
     def to(self, device) -> MixParams:
         perm = None if self.perm is None else self.perm.to(device, non_blocking=True)
-        return MixParams(self.mix_type, perm, self.lam, self.box)
+        partner = None if self.partner_labels is None else self.partner_labels.to(device, non_blocking=True)
+        return MixParams(self.mix_type, perm, self.lam, self.box, partner)
 
 
 def cutmix_box(H: int, W: int, lam: float, cy: int, cx: int) -> tuple[int, int, int, int]:
@@ -91,7 +97,8 @@ def mixed_ce(logits: torch.Tensor, labels: torch.Tensor, mix: MixParams, lam: fl
     loss = F.cross_entropy(logits, labels)
     if mix.mix_type == "none" or mix.perm is None or lam >= 1.0:
         return loss
-    return lam * loss + (1.0 - lam) * F.cross_entropy(logits, labels[mix.perm])
+    partner = mix.partner_labels if mix.partner_labels is not None else labels[mix.perm]
+    return lam * loss + (1.0 - lam) * F.cross_entropy(logits, partner)
 
 
 def topk_to_logits(values: torch.Tensor, indices: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -181,10 +182,15 @@ def batch_size_for(args: argparse.Namespace, common: Common, stud_name: str) -> 
 
 
 class BatchMaker:
-    """Turns the DataLoader's per-image tensors of an epoch plan into normalised, mixed device batches."""
+    """Turns the DataLoader's per-image tensors of an epoch plan into normalised, mixed device batches.
 
-    def __init__(self, common: Common):
-        self.common = common
+    With ``world_size > 1`` (DDP under torchrun) process ``rank`` trains on positions
+    ``rank, rank + world_size, ...`` of every batch of the (global) plan: it loads those images
+    and their mixing partners, so each of its rows is mixed exactly as in a one-process run.
+    """
+
+    def __init__(self, common: Common, rank: int = 0, world_size: int = 1):
+        self.common, self.rank, self.world_size = common, rank, world_size
         self.transform = SampleTransform(common.aug.input_size, common.aug.rand_augment, common.aug.erasing_p)
         self.loader, self.sampler = make_train_loader(common.data, self.transform, common.workers,
                                                       device_type=common.device.type)
@@ -192,15 +198,50 @@ class BatchMaker:
         self.mean = torch.tensor(common.mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
         self.std = torch.tensor(common.std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
 
+    def own_rows(self, plan: EpochPlan, b: int) -> tuple[np.ndarray, float]:
+        """Positions in batch ``b`` this process trains on, and the weight of its loss.
+
+        The weight makes DDP's gradient average equal the whole batch's mean loss when the
+        shares differ in size; a process with no share gets one row at weight 0 (every
+        process must take part in every step).
+        """
+        s = plan.batch_slice(b)
+        m = s.stop - s.start
+        mine = np.arange(self.rank, m, self.world_size)
+        if len(mine) == 0:
+            return np.zeros(1, dtype=np.int64), 0.0
+        return mine, len(mine) * self.world_size / m
+
+    def _load_rows(self, plan: EpochPlan, b: int) -> np.ndarray:
+        mine, _ = self.own_rows(plan, b)
+        if plan.mix_type == "none":
+            return mine
+        return np.unique(np.concatenate([mine, plan.perms[plan.batch_slice(b)][mine]]))
+
     def batches(self, plan: EpochPlan) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, MixParams]]:
         """``(batch index, mixed normalised input (channels_last), labels, mixing)``."""
-        self.sampler.set_plan(plan)
+        distributed = self.world_size > 1
+        self.sampler.set_plan(plan, self._load_rows if distributed else None)
         dev = self.common.device
         for b, (x, y) in enumerate(self.loader):
             x = x.to(dev, non_blocking=True)
             x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-            mix = plan.mix(b).to(dev)
-            yield b, apply_mix(x, mix), y.to(dev, non_blocking=True), mix
+            if not distributed:
+                mix = plan.mix(b).to(dev)
+                yield b, apply_mix(x, mix), y.to(dev, non_blocking=True), mix
+                continue
+            mix = plan.mix(b)
+            loaded, (mine, _) = self._load_rows(plan, b), self.own_rows(plan, b)
+            own = torch.from_numpy(np.searchsorted(loaded, mine))
+            xo, yo = x[own.to(dev)], y[own]
+            if mix.mix_type != "none" and mix.perm is not None:
+                partner = torch.from_numpy(np.searchsorted(loaded, mix.perm.numpy()[mine]))
+                k = len(mine)
+                swap = torch.cat([torch.arange(k, 2 * k), torch.arange(k)]).to(dev)
+                xo = apply_mix(torch.cat([xo, x[partner.to(dev)]]), MixParams(mix.mix_type, swap, mix.lam,
+                                                                              mix.box))[:k]
+                mix = MixParams(mix.mix_type, torch.arange(k), mix.lam, mix.box, partner_labels=y[partner])
+            yield b, xo.contiguous(memory_format=torch.channels_last), yo.to(dev, non_blocking=True), mix.to(dev)
 
 
 def teacher_logits(teacher: nn.Module, x: torch.Tensor, device: torch.device, amp: bool) -> torch.Tensor:

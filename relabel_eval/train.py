@@ -8,6 +8,15 @@ DELT's batch-size table. ``--label-mode hard`` trains with (mixed) cross-entropy
 the class labels instead; ``--label-mode fkd`` replays stored soft labels
 (``relabel_eval.relabel``). Reports the FINAL top-1/top-5 as the headline and the
 best seen during training beside it, per seed and as mean +- std.
+
+Under torchrun (``torchrun --nproc_per_node=N -m relabel_eval ...``), ``--seed-parallel``
+chooses how the processes share the work: ``ddp`` (default) trains each seed with
+DistributedDataParallel, every process taking every N-th image of each (global) batch of
+the epoch plan plus its CutMix/Mixup partners, with the teacher replicated per process
+and validation sharded and summed; ``ranks`` gives each process whole (student, seed)
+runs, trained as in one process. The plan (order, crops, flips, RandAugment seeds, CutMix
+boxes) is a function of (seed, epoch) only, so a run is reproducible for a given number
+of processes. Rank 0 writes the results, once.
 """
 from __future__ import annotations
 
@@ -24,10 +33,21 @@ from tqdm import tqdm
 from common.accel import compile_model
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.device import autocast
+from common.distributed import (
+    barrier,
+    broadcast_buffers,
+    cleanup,
+    dist_info,
+    init_distributed,
+    reduce_metrics,
+    sum_over_ranks,
+    unwrap,
+    wrap_ddp,
+)
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
 from common.metrics import evaluate
-from common.seed import seed_everything
+from common.seed import item_seed, seed_everything
 from models import build_model
 from relabel_eval.data import ValSet
 from relabel_eval.mix import kd_loss, mixed_ce, target_lambda
@@ -58,7 +78,7 @@ from relabel_eval.setup import (
 STAGE = "relabel_eval"
 # Arguments that do not change a run's result (left out of the resume fingerprint).
 _NOT_RESULT = {"output", "results_csv", "log_dir", "workers", "device", "gpu_device", "seeds", "seed", "stud_name",
-               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp", "compile"}
+               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp", "compile", "seed_parallel"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,6 +97,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--temperature", "-T", type=float, default=None, help="KD temperature (default: 20 CutMix, 4 Mixup)")
     t.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds in one call (overrides --seed)")
     t.add_argument("--eval-every", type=int, default=10, help="validate every N epochs and at the end")
+    t.add_argument("--seed-parallel", choices=("ddp", "ranks"), default="ddp",
+                   help="under torchrun: ddp = each seed trained by all processes (DistributedDataParallel); "
+                        "ranks = each process trains whole seeds on its own (default: %(default)s)")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the student and the teacher (falls back to eager with a warning)")
     o = p.add_argument_group("optimiser (AdamW unless --sgd)")
@@ -107,13 +130,16 @@ class OnlineTeacher:
 
 
 class StoredLogits:
-    def __init__(self, logits: torch.Tensor, plan, device: torch.device):
+    def __init__(self, logits: torch.Tensor, plan, device: torch.device, maker: BatchMaker | None = None):
         if device.type == "cuda":  # page-locked, so each batch's copy overlaps the student's compute
             logits = logits.pin_memory()
-        self.logits, self.plan, self.device = logits, plan, device
+        self.logits, self.plan, self.device, self.maker = logits, plan, device, maker
 
     def __call__(self, b: int, xm: torch.Tensor) -> torch.Tensor:
-        return self.logits[self.plan.batch_slice(b)].to(self.device, non_blocking=True)
+        logits = self.logits[self.plan.batch_slice(b)]
+        if self.maker is not None and self.maker.world_size > 1:  # this process's rows of the batch
+            logits = logits[torch.from_numpy(self.maker.own_rows(self.plan, b)[0])]
+        return logits.to(self.device, non_blocking=True)
 
 
 def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, optimizer, scaler,
@@ -121,8 +147,11 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     """One epoch; ``targets(b, mixed_x)`` gives teacher logits (soft / fkd) or is None (hard labels).
 
     Train accuracy comes from the training forward on the mixed batch (no extra forward).
+    Under DDP (``maker.world_size > 1``) each process's loss is weighted so that the averaged
+    gradient is the whole batch's; loss and accuracy are summed over processes.
     """
     common = maker.common
+    distributed = maker.world_size > 1
     student.train()
     dev, S = common.device, common.aug.input_size
     loss_sum = torch.zeros((), device=dev)
@@ -136,15 +165,21 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
             loss = mixed_ce(out, y, mix, target_lambda(mix, S, S))
         else:
             loss = kd_loss(out, targets(b, xm), temperature)
-        scaler.scale(loss / accum_steps).backward()
+        weight = maker.own_rows(plan, b)[1] if distributed else 1.0
+        scaler.scale(loss * (weight / accum_steps) if distributed else loss / accum_steps).backward()
         if (b + 1) % accum_steps == 0 or b == last:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+        if weight == 0.0:  # a padding row (this process had no share of a short last batch)
+            continue
         loss_sum += loss.detach() * len(y)
         correct += (out.detach().argmax(1) == y).sum()
         n += len(y)
-    return {"loss": float(loss_sum) / max(n, 1), "train_top1_mixed": 100.0 * float(correct) / max(n, 1), "images": n}
+    loss_sum, correct = float(loss_sum), float(correct)
+    if distributed:
+        loss_sum, correct, n = sum_over_ranks(loss_sum, correct, n)
+    return {"loss": loss_sum / max(n, 1), "train_top1_mixed": 100.0 * correct / max(n, 1), "images": int(n)}
 
 
 def _rng_state() -> dict:
@@ -169,6 +204,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     optimiser flags. Returns the run's results (final and best accuracy, timings, history).
     """
     dev, E = common.device, cfg["epochs"]
+    rank, world = maker.rank, maker.world_size  # world 1 unless DDP under torchrun
     seed_everything(seed)
     student = build_model(stud_name, common.num_classes, common.input_size)
     student = student.to(dev).to(memory_format=torch.channels_last)
@@ -186,20 +222,24 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         _set_rng_state(st["rng"])
         start, history, train_time = int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
     evals = set(eval_epochs(E, cfg["eval_every"]))
-    fast_student = compile_model(student, cfg.get("compile", False), "student")  # same parameters as ``student``
     online = OnlineTeacher(common) if cfg["label_mode"] == "soft" else None
     bar = tqdm(range(start, E), desc=f"{stud_name} seed {seed}", leave=False,
                initial=start, total=E, dynamic_ncols=True)
+    net = wrap_ddp(student) if world > 1 else student
+    fast_student = compile_model(student, cfg.get("compile", False), "student")  # same parameters as ``student``
+    fast_net = compile_model(net, cfg.get("compile", False), "student") if world > 1 else fast_student
     for epoch in bar:
+        if world > 1:  # dropout & co: a function of (seed, epoch, rank), so resume is exact
+            torch.manual_seed(item_seed(seed, epoch, rank))
         if store is not None:
             plan, logits = store.load(epoch)
-            targets = StoredLogits(logits, plan, dev)
+            targets = StoredLogits(logits, plan, dev, maker)
         else:
             plan = make_epoch_plan(seed, epoch, common.data.sizes, cfg["batch_size"], common.aug)
             targets = online
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        stats = train_one_epoch(fast_student, maker, plan, targets, optimizer, scaler, cfg["temperature"],
+        stats = train_one_epoch(fast_net, maker, plan, targets, optimizer, scaler, cfg["temperature"],
                                 cfg["accum_steps"])
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
@@ -209,17 +249,21 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         rec = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "train_top1_mixed": stats["train_top1_mixed"],
                "epoch_time_s": dt, "images_per_s": stats["images"] / dt if dt > 0 else None}
         if epoch in evals:
-            res = evaluate(fast_student, val.batches(), dev, common.amp)
+            if world > 1:
+                broadcast_buffers(student)  # rank 0's BatchNorm statistics are validated and saved
+            res = evaluate(fast_student, val.batches(rank, world), dev, common.amp)
+            if world > 1:
+                res = reduce_metrics(res)  # each process validated every world-th image
             rec["val_top1"], rec["val_top5"] = res["top1"], res["top5"]
             bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
         history.append(rec)
         if epoch in evals or epoch == E - 1:
-            if state_path is not None:
+            if state_path is not None and rank == 0:
                 atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
                                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                    "rng": _rng_state(), "epoch": epoch + 1, "history": json.dumps(history),
                                    "train_time": train_time}, state_path)
-            if log_csv is not None:
+            if log_csv is not None and rank == 0:
                 write_history_csv(history, log_csv)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
@@ -231,7 +275,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     return {"student": stud_name, "seed": seed, "final_top1": final["val_top1"], "final_top5": final["val_top5"],
             "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": E,
             "train_time_s": train_time, "images_per_s": images / train_time if train_time > 0 else None,
-            "history": history, "_model": student}
+            "history": history, "_model": unwrap(net)}
 
 
 def recovery_teacher(syn_data_path) -> dict | None:
@@ -262,8 +306,29 @@ def _prepare_partial(partial: Path, fp: dict, no_resume: bool) -> None:
     atomic_write_json(fp_file, fp)
 
 
+def _wait_for(done: Path, poll_s: float = 2.0) -> dict:
+    """Rank 0 (``--seed-parallel ranks``): the results another process writes for its seed."""
+    while not done.is_file():
+        time.sleep(poll_s)
+    return json.loads(done.read_text())
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    launch = dist_info()
+    device = args.device
+    if launch.distributed and device == "auto" and args.gpu_device not in (None, "-1", ""):
+        device = "cuda"  # under torchrun each process takes the GPU of its local rank
+    ctx = init_distributed(device)
+    try:
+        if ctx.distributed:
+            args.device, args.gpu_device = str(ctx.device), "-1"
+        return run(args, ctx)
+    finally:
+        cleanup()
+
+
+def run(args: argparse.Namespace, ctx) -> dict:
     warn_ignored(args)
     if args.re_epochs < 1:
         raise UserError("--re-epochs must be at least 1")
@@ -297,19 +362,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
     output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
     partial = output.with_name(output.name + ".partial")
-    _prepare_partial(partial, _fingerprint(args), args.no_resume)
+    ddp = ctx.distributed and args.seed_parallel == "ddp"
+    fp = _fingerprint(args)
+    if ddp:
+        fp["world_size"] = ctx.world_size  # a DDP run is reproducible for its number of processes
+    if ctx.is_main:
+        _prepare_partial(partial, fp, args.no_resume)
+    barrier()  # the partial folder is ready for every process
 
     val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,
                  common.workers, pin_memory=common.device.type == "cuda")
     if args.compile and common.teacher is not None:
         common.teacher = compile_model(common.teacher, True, "teacher")
-    maker = BatchMaker(common)
+    maker = BatchMaker(common, ctx.rank, ctx.world_size) if ddp else BatchMaker(common)
     data = common.data
     print(f"distilled set {args.syn_data_path}: {len(data)} images, {common.num_classes} classes, IPC {data.ipc}; "
           f"val {len(val)} images; input {common.input_size}; labels: {args.label_mode}; device {common.device}"
           f" ({common.precision.name}); workers {common.workers}", flush=True)
+    if ctx.distributed:
+        print(f"torchrun: {ctx.world_size} processes ({ctx.backend}); "
+              + ("each seed trained by all of them (DDP); the batch below is the global batch, "
+                 f"1/{ctx.world_size} of it per process" if ddp else
+                 "each process trains whole seeds (--seed-parallel ranks)"), flush=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    per_student = {}
+    configs = {}
     for stud in students:
         lr, lr_source = (args.learning_rate, "flag (sgd)") if args.sgd else \
             ((args.adamw_lr, "flag") if args.adamw_lr > 0 else adamw_lr_for(stud))
@@ -328,19 +404,33 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
               f"{args.re_epochs} epochs, seeds {seeds}",
               flush=True)
+        configs[stud] = (bs, bs_source, lr, lr_source, cfg)
+
+    # this process's runs: all of them (one process, or DDP), or every world-th (--seed-parallel ranks)
+    pairs = [(stud, seed) for stud in students for seed in seeds]
+    for i, (stud, seed) in enumerate(pairs):
+        if ctx.distributed and not ddp and i % ctx.world_size != ctx.rank:
+            continue
+        tag = f"{stud}_seed{seed}"
+        done = partial / f"{tag}.json"
+        if done.is_file():
+            print(f"  {stud} seed {seed}: already done (resumed call)")
+            continue
+        log_csv = Path(args.log_dir) / f"{output.stem}_{tag}.csv" if args.log_dir else None
+        run = train_student(common, maker, val, stud, seed, configs[stud][4], partial / f"{tag}.pt", log_csv, store)
+        run.pop("_model")
+        if maker.rank == 0:  # the one writer of this run
+            atomic_write_json(done, run)
+            (partial / f"{tag}.pt").unlink(missing_ok=True)
+    if not ctx.is_main:
+        return {}
+
+    per_student = {}
+    for stud in students:
+        bs, bs_source, lr, lr_source, cfg = configs[stud]
         runs = []
         for seed in seeds:
-            tag = f"{stud}_seed{seed}"
-            done = partial / f"{tag}.json"
-            if done.is_file():
-                run = json.loads(done.read_text())
-                print(f"  seed {seed}: already done (resumed call)")
-            else:
-                log_csv = Path(args.log_dir) / f"{output.stem}_{tag}.csv" if args.log_dir else None
-                run = train_student(common, maker, val, stud, seed, cfg, partial / f"{tag}.pt", log_csv, store)
-                run.pop("_model")
-                atomic_write_json(done, run)
-                (partial / f"{tag}.pt").unlink(missing_ok=True)
+            run = _wait_for(partial / f"{stud}_seed{seed}.json")
             runs.append(run)
             print(f"  {stud} seed {seed}: FINAL top-1 {run['final_top1']:.2f} (top-5 {run['final_top5']:.2f}) | "
                   f"best top-1 during training {run['best_top1']:.2f} @ epoch {run['best_top1_epoch']} | "
@@ -367,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "protocol": {"epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
                      "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
                      "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp,
-                     "precision": common.precision.name},
+                     "precision": common.precision.name, "processes": ctx.world_size,
+                     "seed_parallel": args.seed_parallel if ctx.distributed else None},
         "headline": "final_top1 (accuracy after the last epoch); best_top1 is the best seen during training",
         "students": per_student,
         "manifest": build_manifest(STAGE, args, inputs={"teacher": args.teacher_path}, started=started,

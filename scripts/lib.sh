@@ -1,6 +1,8 @@
 # Shared by every generated script in scripts/<dataset>/: the four stages as bash
 # functions. A script sets its variables, sources this file and calls run_pipeline.
 # DRY_RUN=1 prints every command instead of running it; STAGES picks stages.
+# GPU=0,1,2,3 runs every stage under torchrun with one process per listed GPU; on a cluster set
+# NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT) on every node as torchrun expects them.
 
 # Print a command (shell-quoted, one line starting with "+ ") and run it unless DRY_RUN=1.
 run() {
@@ -10,10 +12,24 @@ run() {
 
 setup_device() {
     case "${GPU}" in
-        cpu|auto) DEVICE=${GPU}; NPROC=1 ;;
+        cpu|auto) DEVICE=${GPU}; NPROC=${NPROC:-1} ;;
         *) export CUDA_VISIBLE_DEVICES=${GPU}; DEVICE=cuda
            NPROC=$(awk -F, '{print NF}' <<< "${GPU}") ;;
     esac
+    NNODES=${NNODES:-1}
+    WORLD=$((NPROC * NNODES))
+}
+
+# `python -m MODULE`, or torchrun with one process per GPU (and the node flags on a cluster)
+launcher() {
+    if [ "${WORLD}" -le 1 ]; then
+        LAUNCH=(python -m "$1")
+    elif [ "${NNODES}" -le 1 ]; then
+        LAUNCH=(torchrun --nproc_per_node="${NPROC}" -m "$1")
+    else
+        LAUNCH=(torchrun --nproc_per_node="${NPROC}" --nnodes="${NNODES}" --node_rank="${NODE_RANK:?NODE_RANK}"
+                --master_addr="${MASTER_ADDR:?MASTER_ADDR}" --master_port="${MASTER_PORT:-29500}" -m "$1")
+    fi
 }
 
 stage_squeeze() {
@@ -22,9 +38,19 @@ stage_squeeze() {
             echo "note: ${TEACHER} must hold pretrained ${ARCH} weights (torchvision's ImageNet file, local path)" >&2
             [ "${DRY_RUN:-0}" = 1 ] || exit 2
         else
+            # --batch-size is per process under torchrun: keep the recipe's global batch
+            local per_process=()
+            if [ "${WORLD}" -gt 1 ] && [[ " ${TEACHER_FLAGS} " =~ \ --batch-size\ ([0-9]+)\  ]]; then
+                local global=${BASH_REMATCH[1]}
+                if [ $((global % WORLD)) != 0 ]; then
+                    echo "error: teacher batch ${global} is not divisible by ${WORLD} processes" >&2; exit 2
+                fi
+                per_process=(--batch-size $((global / WORLD)))
+            fi
+            launcher squeeze
             # shellcheck disable=SC2086
-            run python -m squeeze --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "${ARCH}" \
-                --input-size "${INPUT_SIZE}" --epochs "${TEACHER_EPOCHS}" ${TEACHER_FLAGS} \
+            run "${LAUNCH[@]}" --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "${ARCH}" \
+                --input-size "${INPUT_SIZE}" --epochs "${TEACHER_EPOCHS}" ${TEACHER_FLAGS} "${per_process[@]}" \
                 --device "${DEVICE}" --output "${TEACHER}"
         fi
     fi
@@ -34,20 +60,21 @@ stage_squeeze() {
 }
 
 stage_select() {
-    run python -m rank_select --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" \
+    launcher rank_select
+    run "${LAUNCH[@]}" --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" \
         --ranker-path "${TEACHER}" --ranker-arch "${ARCH}" --input-size "${INPUT_SIZE}" \
         --ranking-file "${RANKING_FILE}" --output-path "${INIT_PATH}" --ipc "${IPC}" \
         --selection-criteria "${CRITERION}" --device "${DEVICE}"
 }
 
 stage_synthesize() {
-    local launcher=(python -m recover) early_late=()
-    if [ "${NPROC}" -gt 1 ]; then launcher=(torchrun --nproc_per_node="${NPROC}" -m recover); fi
+    local early_late=()
+    launcher recover
     # EarlyLate needs rounds; IPC 1 uses none (DELT's scripts drop the flag there)
     if [ "${IPC}" -gt 1 ] && [ -n "${ROUND_ITR}" ]; then
         early_late=(--use-early-late --round-iterations "${ROUND_ITR}")
     fi
-    run "${launcher[@]}" --init-data-path "${INIT_PATH}" --syn-data-path "${SYN_PATH}" --exp-name "${EXP_NAME}" \
+    run "${LAUNCH[@]}" --init-data-path "${INIT_PATH}" --syn-data-path "${SYN_PATH}" --exp-name "${EXP_NAME}" \
         --arch-name "${ARCH}" --arch-path "${TEACHER}" --dataset "${DATASET}" --input-size "${INPUT_SIZE}" \
         --ipc "${IPC}" --iteration "${ITR}" "${early_late[@]}" --batch-size "${BATCH}" --lr "${LR}" \
         --r-bn "${R_BN}" --jitter "${JITTER}" --easy2hard-mode "${EASY2HARD}" --milestone "${MILESTONE}" \
@@ -56,8 +83,9 @@ stage_synthesize() {
 
 stage_validate() {
     local seed outputs=()
+    launcher relabel_eval  # several processes: each seed trained with DDP (the batch stays global)
     for seed in ${SEEDS}; do
-        run python -m relabel_eval --syn-data-path "${SYN_PATH}/${EXP_NAME}" --val-dir "${DATA_ROOT}/val" \
+        run "${LAUNCH[@]}" --syn-data-path "${SYN_PATH}/${EXP_NAME}" --val-dir "${DATA_ROOT}/val" \
             --teacher-path "${TEACHER}" --arch-name "${ARCH}" --stud-name "${STUDENT}" --dataset "${DATASET}" \
             --input-size "${INPUT_SIZE}" --ipc "${IPC}" --re-epochs "${RE_EPOCHS}" \
             --use-rand-augment --rand-augment-config "${RAND_AUG}" --min-scale-crops "${MIN_SCALE}" \

@@ -9,9 +9,20 @@ small inputs or RandomResizedCrop + flip, optional label smoothing, AMP on CUDA
 (bf16 where the GPU has it, else fp16 with a GradScaler), optional ``--compile``.
 Every epoch writes ``<output>.last.pth`` (model, optimiser, scheduler, epoch);
 ``--resume`` continues from it and gives the same weights as an uninterrupted run,
-because each epoch's shuffling and augmentation are seeded from (seed, epoch).
+because each epoch's shuffling is seeded from (seed, epoch) and each image's
+augmentation from (seed, epoch, image index).
 The final teacher (``"model"`` + ``"meta"`` with val_top1) goes to ``--output``
 and its metrics to ``<output>.json``.
+
+Under torchrun (``torchrun --nproc_per_node=N -m squeeze ...``) the model is wrapped in
+DistributedDataParallel and every process reads a disjoint share of each epoch's
+permutation (DistributedSampler): ``--batch-size`` is PER PROCESS, so the global batch
+is ``--batch-size x WORLD_SIZE`` and an epoch has ``len(train) // global batch`` steps.
+``--lr`` is used as given; scale it with the global batch as you see fit (e.g. linearly).
+With the same global batch and a model without batch statistics the N-process run
+equals the one-process run up to float rounding; BatchNorm layers normalise per process
+unless ``--sync-bn`` (CUDA). Rank 0 writes every file; ``--resume`` is exact for the
+same world size.
 """
 from __future__ import annotations
 
@@ -28,12 +39,22 @@ from tqdm import tqdm
 from common.accel import compile_model, default_workers, loader_kwargs, resolve_precision
 from common.atomic import atomic_write_json
 from common.datasets import check_class_count, get_dataset, resolve_input_size
-from common.device import add_device_arg, resolve_device
+from common.device import add_device_arg
+from common.distributed import (
+    broadcast_buffers,
+    cleanup,
+    init_distributed,
+    reduce_metrics,
+    shard,
+    sum_over_ranks,
+    unwrap,
+    wrap_ddp,
+)
 from common.errors import UserError
 from common.imagefolder import ImageFolder, check_train_val, infer_input_size
 from common.manifest import build_manifest
 from common.metrics import evaluate
-from common.seed import seed_everything, seed_worker
+from common.seed import SeededItems, seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
 from models.registry import canonical_arch
@@ -67,6 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "on CPU only with native bf16, else fp32 with a warning)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (falls back to eager with a warning if compiling fails)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: SyncBatchNorm (batch statistics over all processes; CUDA only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
@@ -124,6 +147,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, precisi
         correct += (logits.argmax(1) == y).sum().item()
         total += y.numel()
         bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{100 * correct / total:.1f}")
+    loss_sum, correct, total = sum_over_ranks(loss_sum, correct, total)  # all processes' images
     dt = time.perf_counter() - t0
     return {"train_loss": loss_sum / max(total, 1), "train_top1": 100.0 * correct / max(total, 1),
             "epoch_seconds": dt, "images_per_second": total / max(dt, 1e-9)}
@@ -131,8 +155,18 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, precisi
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    ctx = init_distributed(args.device)  # one process: just the device; under torchrun: DDP
+    try:
+        return train(args, ctx)
+    finally:
+        cleanup()
+
+
+def train(args: argparse.Namespace, ctx) -> dict:
     spec = get_dataset(args.dataset)
-    device = resolve_device(args.device)
+    device = ctx.device
+    if args.sync_bn and ctx.distributed and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); drop it on CPU")
     data = Path(args.data_path)
     if not data.exists():
         raise UserError(f"{data}: --data-path does not exist")
@@ -159,17 +193,24 @@ def main(argv=None) -> dict:
     train_ds = ImageFolder(data / "train", train_transform(size, mean, std, args.train_aug), classes=classes,
                            cache=cache, skip_corrupt=args.skip_corrupt)
     val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache)
-    if len(train_ds) < args.batch_size:
-        raise UserError(f"{data / 'train'}: {len(train_ds)} images, fewer than --batch-size {args.batch_size}")
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256, **loader_kwargs(device.type, workers))
-    steps_per_epoch = len(train_ds) // args.batch_size  # drop_last: every step has a full batch
+    global_batch = args.batch_size * ctx.world_size  # --batch-size is per process
+    if len(train_ds) < global_batch:
+        raise UserError(f"{data / 'train'}: {len(train_ds)} images, fewer than --batch-size {args.batch_size}"
+                        + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
+    # each process validates a disjoint share; the counts are summed over processes
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, shard(len(val_ds))), batch_size=256,
+                                             **loader_kwargs(device.type, workers))
+    # every image's augmentation is a function of (seed, epoch, index): the same in any process or worker
+    train_items = SeededItems(train_ds, args.seed)
+    sampler = torch.utils.data.DistributedSampler(train_items, num_replicas=ctx.world_size, rank=ctx.rank,
+                                                  shuffle=True, seed=args.seed * 100003, drop_last=True)
+    steps_per_epoch = len(train_ds) // global_batch  # drop_last: every step has a full batch
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = min(int(args.warmup_epochs * steps_per_epoch), max(0, total_steps - 1))
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=args.lr, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, total_steps, warmup_steps, args.warmup_start))
     scaler = precision.grad_scaler()
-    train_model = compile_model(model, args.compile, "teacher")  # shares its parameters with ``model``
 
     output = Path(args.output)
     state_file = last_path(output) if args.resume in (None, "auto") else Path(args.resume)
@@ -189,13 +230,20 @@ def main(argv=None) -> dict:
             if "scaler" in ck and precision.scaler:
                 scaler.load_state_dict(ck["scaler"])
             start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
+            if int(ck.get("world_size", 1)) != ctx.world_size:
+                print(f"note: {state_file} was written by {ck.get('world_size', 1)} process(es), this run has "
+                      f"{ctx.world_size}: the run continues, but is exact only for the same number", file=sys.stderr)
             print(f"resumed from {state_file} at epoch {start_epoch}", file=sys.stderr)
 
     meta_base = dict(arch=arch, num_classes=len(classes), input_size=size, classes=classes, dataset=spec.name,
                      mean=mean, std=std)
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run")}
+    net = wrap_ddp(model, args.sync_bn)  # DistributedDataParallel under torchrun, the model itself otherwise
+    model = unwrap(net)
+    train_model = compile_model(net, args.compile, "teacher")  # shares its parameters with ``model``
+    procs = f" x {ctx.world_size} processes ({ctx.backend}), global batch {global_batch}" if ctx.distributed else ""
     print(f"squeeze: {arch} on {data} ({len(classes)} classes, {len(train_ds)} train / {len(val_ds)} val, "
-          f"input {size}, device {device} ({precision.name}), {args.epochs} epochs)", file=sys.stderr)
+          f"input {size}, device {device} ({precision.name}){procs}, {args.epochs} epochs)", file=sys.stderr)
     t_start = time.perf_counter()
     epochs_run = 0
     for epoch in range(start_epoch, args.epochs):
@@ -203,23 +251,26 @@ def main(argv=None) -> dict:
             print(f"stopping after {epochs_run} epoch(s); continue with --resume", file=sys.stderr)
             return {"stopped_at_epoch": epoch, "history": history}
         # each epoch is a pure function of (weights, optimiser state, seed, epoch): resume is exact
-        seed_everything(args.seed * 100003 + epoch)
-        g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                             generator=g, worker_init_fn=seed_worker,
+        seed_everything(args.seed * 100003 + epoch + 7919 * ctx.rank)
+        sampler.set_epoch(epoch)
+        train_items.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(train_items, batch_size=args.batch_size, sampler=sampler,
+                                             drop_last=True, worker_init_fn=seed_worker,
                                              **loader_kwargs(device.type, workers, persistent=False))
         stats = train_one_epoch(train_model, loader, optimizer, scheduler, device, scaler, precision,
                                 args.label_smoothing, epoch, args.epochs)
-        val = evaluate(train_model, val_loader, device, amp=amp)
+        broadcast_buffers(model)  # rank 0's BatchNorm statistics are the ones validated and saved
+        val = reduce_metrics(evaluate(model, val_loader, device, amp=amp))  # each process: a share of val
         stats.update({"epoch": epoch + 1, "val_top1": val["top1"], "val_top5": val["top5"],
                       "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"]})
         history.append(stats)
         print(f"epoch {epoch + 1}/{args.epochs}: train loss {stats['train_loss']:.3f} "
               f"top-1 {stats['train_top1']:.1f}% | val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% | "
               f"{stats['epoch_seconds']:.1f}s ({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
-        save_checkpoint(state_file, model, make_meta(**meta_base, val_top1=val["top1"]), epoch=epoch,
-                        optimizer=optimizer.state_dict(), lr_scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict(), history=history, args=run_args)
+        if ctx.is_main:
+            save_checkpoint(state_file, model, make_meta(**meta_base, val_top1=val["top1"]), epoch=epoch,
+                            optimizer=optimizer.state_dict(), lr_scheduler=scheduler.state_dict(),
+                            scaler=scaler.state_dict(), history=history, args=run_args, world_size=ctx.world_size)
         epochs_run += 1
 
     final = history[-1] if history else {}
@@ -227,10 +278,12 @@ def main(argv=None) -> dict:
     meta = make_meta(**meta_base, val_top1=val_top1, val_top5=final.get("val_top5"), epochs=args.epochs,
                      recipe={k: run_args[k] for k in ("lr", "batch_size", "weight_decay", "momentum",
                                                       "warmup_epochs", "label_smoothing", "train_aug", "seed")})
+    if not ctx.is_main:
+        return {"val_top1": val_top1, "history": history}
     save_checkpoint(output, model, meta)
     report = build_manifest("squeeze", run_args, inputs={"teacher": output}, val_top1=val_top1,
                             val_top5=final.get("val_top5"), arch=arch, input_size=size, classes=classes,
-                            precision=precision.name,
+                            precision=precision.name, world_size=ctx.world_size, global_batch_size=global_batch,
                             train_seconds_this_run=time.perf_counter() - t_start,
                             train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
     atomic_write_json(output.with_suffix(".json") if output.suffix else Path(str(output) + ".json"), report)
