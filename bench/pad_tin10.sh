@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# PAD acceptance on tinyimagenet-10 at 32 px with a CPU budget (issue 14): difficulty -> curriculum experts
+# (PAD) and plain experts (DATM-equivalent) -> matching at IPC 1 and 10 -> PAD-protocol evaluation (3 seeds),
+# against random real images. Small settings for 2 shared CPU cores; every step resumes when re-run.
+#   bash bench/pad_tin10.sh            (DATA=../shared/data/tinyimagenet-10, OUT=runs/acc, PER_CLASS=100)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data/tinyimagenet-10}
+OUT=${OUT:-runs/acc}
+PER_CLASS=${PER_CLASS:-100}            # training images per class the experts see (CPU budget)
+EXPERTS=${EXPERTS:-2}
+EPOCHS=${EPOCHS:-20}
+RE_EPOCHS=${RE_EPOCHS:-300}
+SEEDS=${SEEDS:-"0 1 2"}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+N="nice -n 10"
+SUB=$OUT/tin10_$PER_CLASS
+
+# a seeded per-class subset of train/ (symlinks) and all of val/
+python - "$DATA" "$SUB" "$PER_CLASS" <<'PY'
+import os, random, sys
+from pathlib import Path
+src, dst, k = Path(sys.argv[1]).resolve(), Path(sys.argv[2]), int(sys.argv[3])
+for split, n in (("train", k), ("val", None)):
+    for c in sorted(os.listdir(src / split)):
+        files = sorted(f for f in os.listdir(src / split / c) if not f.startswith("."))
+        files = sorted(random.Random(0).sample(files, n)) if n else files
+        (dst / split / c).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if not (dst / split / c / f).exists():
+                os.symlink(src / split / c / f, dst / split / c / f)
+PY
+
+[ -f "$OUT/difficulty.order.json" ] || $N python -m rank_select.difficulty --data-path "$SUB/train" \
+    --input-size 32 --num-models 2 --epochs 3 --sort-by el2n --output "$OUT/difficulty.csv"
+for s in $(seq 0 $((EXPERTS - 1))); do
+    $N python -m squeeze.trajectories --data-path "$SUB" --input-size 32 --num-experts "$EXPERTS" --epochs "$EPOCHS" \
+        --difficulty "$OUT/difficulty.order.json" --output-dir "$OUT/experts_pad" --num-shards "$EXPERTS" \
+        --shard-index "$s" > "$OUT/experts_pad_$s.log" 2>&1 &
+    $N python -m squeeze.trajectories --data-path "$SUB" --input-size 32 --num-experts "$EXPERTS" --epochs "$EPOCHS" \
+        --output-dir "$OUT/experts_datm" --num-shards "$EXPERTS" --shard-index "$s" > "$OUT/experts_datm_$s.log" 2>&1 &
+done
+wait
+
+# matching: Tiny-ImageNet's released lr_img and lr_y, CIFAR's lr_lr 1e-5, depth_ratio 0.5; far fewer steps and
+# iterations than released (2 shared CPU cores)
+m() {  # name experts ratio ipc iterations extra...
+    local name=$1 experts=$2 ratio=$3 ipc=$4 its=$5; shift 5
+    [ -f "$OUT/$name.lr.pt" ] && return 0   # finished
+    $N python -m recover.trajectory_matching --experts "$OUT/$experts" --data-path "$SUB/train" --ipc "$ipc" \
+        --iterations "$its" --syn-steps 10 --expert-epochs 2 --min-start-epoch 0 --lr-lr 1e-5 --lr-y 10 \
+        --depth-ratio "$ratio" --checkpoint-every 10 --output-path "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+}
+m pad_ipc1 experts_pad 0.5 1 80 --max-start-epoch 5 --lr-img 10000 &
+m datm_ipc1 experts_datm 0.0 1 80 --max-start-epoch 5 --lr-img 10000 &
+m pad_ipc10 experts_pad 0.5 10 60 --max-start-epoch 10 --lr-img 100 --batch-syn 10 &
+m datm_ipc10 experts_datm 0.0 10 60 --max-start-epoch 10 --lr-img 100 --batch-syn 10 &
+wait
