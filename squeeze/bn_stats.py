@@ -74,10 +74,17 @@ def plot(results: dict[str, list[dict]], png: Path, title: str) -> None:
         x = [r["index"] for r in rows]
         axes[0].plot(x, [r["mean_spread"] for r in rows], marker="o", ms=3, label=name)
         axes[1].plot(x, [r["var_spread"] for r in rows], marker="o", ms=3, label=name)
+    longest = max(results.values(), key=len)
     for ax, what in zip(axes, ("running mean", "running variance")):
         ax.set_yscale("log")
         ax.set_xlabel("BatchNorm layer (network order)")
-        ax.set_ylabel(f"variance across channels of the {what}")
+        ax.set_ylabel(f"spread of the {what}")
+        ax.set_title(f"variance across channels of the {what}", fontsize=10)
+        if len(longest) <= 24:  # few layers: name them
+            ax.set_xticks([r["index"] for r in longest], [r["layer"] for r in longest], rotation=60, fontsize=7,
+                          ha="right")
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from common.accel import default_workers
 from common.atomic import atomic_write_json
 from common.datasets import get_dataset, resolve_input_size
 from common.errors import UserError
@@ -134,7 +135,7 @@ def train_probe(args) -> dict:
     std = tuple(bmeta.get("std") or spec.std)
     if args.linear_path:
         head = read_linear_classifier(args.linear_path)
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else 8)
+    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
 
     seed_everything(args.seed)
     model = build_model(arch, len(classes), int(size))

@@ -255,3 +255,32 @@ def test_bn_stats_spread_and_outputs(tmp_path, capsys):
     assert (tmp_path / "cmp.png").stat().st_size > 1000 and (tmp_path / "cmp.csv").read_text().count("\n") == 7
     assert "features.9" in capsys.readouterr().out
     assert run_cli(bn_stats.main, [str(tmp_path / "a.pth"), "--names", "x", "y"]) == 2
+
+
+@pytest.mark.parametrize("arch,dim", [("resnet18_modified", 512), ("resnet50", 2048), ("conv4", 128)])
+def test_backbone_is_the_model_minus_its_classifier(arch, dim):
+    backbone, d, head = build_backbone(arch, 16)
+    full = build_model(arch, 7, 16).state_dict()
+    assert d == dim and set(backbone.state_dict()) == {k for k in full if not k.startswith(head + ".")}
+
+
+def test_moco_step_queue_and_momentum_update():
+    from squeeze.moco import MoCo, train_step
+
+    torch.manual_seed(0)
+    backbone, dim, head = build_backbone("conv3", 16)
+    model = MoCo(backbone, dim, hidden_dim=16, out_dim=8, queue_size=8)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    key_before = {k: v.clone() for k, v in model.backbone_momentum.state_dict().items()}
+    x = torch.rand(4, 3, 16, 16)
+    loss = train_step(model, x, x.flip(-1), opt, 0.5)
+    assert torch.isfinite(loss) and int(model.criterion.memory_bank.bank_ptr) == 4   # keys enqueued
+    assert all(not p.requires_grad for p in model.backbone_momentum.parameters())
+    # the key encoder moved halfway towards the (initially identical) query encoder: unchanged at step 1
+    moved = model.backbone_momentum.state_dict()
+    w = next(k for k in key_before if k.endswith("weight") and key_before[k].ndim == 4)
+    assert torch.equal(moved[w], key_before[w])
+    q1 = model.backbone.state_dict()[w].clone()   # the query weights after the first SGD step
+    train_step(model, x, x, opt, 0.5)             # EMA first (m 0.5), then the second SGD step
+    assert torch.allclose(model.backbone_momentum.state_dict()[w], 0.5 * key_before[w] + 0.5 * q1, atol=1e-6)
+    assert not torch.equal(q1, key_before[w])
