@@ -3,8 +3,10 @@
 The shape of torchvision's classification reference (``init_distributed_mode``):
 
 - the launch is read from ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (torchrun, also with
-  ``--nnodes``), else from ``SLURM_PROCID`` / ``SLURM_NTASKS`` / ``SLURM_LOCALID`` (``srun``;
-  ``MASTER_ADDR`` and ``MASTER_PORT`` must then be exported by the job script);
+  ``--nnodes``), else from ``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS`` / ``SLURM_LOCALID``
+  (the tasks of an ``srun`` step; ``MASTER_ADDR`` and ``MASTER_PORT`` must then be exported
+  by the job script). A plain ``python`` in an sbatch script is one process, whatever
+  ``--ntasks`` the allocation has;
 - the backend is NCCL when the processes use CUDA, gloo on CPU;
 - each process takes the GPU of its local rank (``cuda:LOCAL_RANK``) unless ``--device cuda:N``
   names one;
@@ -57,10 +59,11 @@ def dist_info(environ=None) -> DistInfo:
         rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
         local = _env_int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else rank
         launcher = "torchrun"
-    elif "SLURM_PROCID" in env and ("SLURM_STEP_NUM_TASKS" in env or "SLURM_NTASKS" in env):
+    elif "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
         rank = _env_int(env, "SLURM_PROCID")
-        # the tasks of this srun step (a plain `python` in an sbatch script is one task)
-        world = _env_int(env, "SLURM_STEP_NUM_TASKS" if "SLURM_STEP_NUM_TASKS" in env else "SLURM_NTASKS")
+        # the tasks of this srun step, not the allocation's SLURM_NTASKS: a plain `python` in an
+        # sbatch script (no srun) must not wait for peers that never start
+        world = _env_int(env, "SLURM_STEP_NUM_TASKS")
         local = _env_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
         launcher = "slurm"
     else:

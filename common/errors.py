@@ -7,13 +7,26 @@ status 2, never with a traceback from deep inside torch.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line without a traceback."""
+
+
+@contextlib.contextmanager
+def bar_vanishes_on_error(bar) -> Iterator:
+    """A progress bar that an error interrupts is cleared instead of left on screen, so the
+    ``error:`` line is the only line the failure leaves: ``with tqdm(...) as bar, bar_vanishes_on_error(bar):``."""
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
 
 
 def one_line(exc: BaseException) -> str:
@@ -26,13 +39,30 @@ def one_line(exc: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
+@contextlib.contextmanager
+def one_line_argparse() -> Iterator[None]:
+    """Argument errors raise :class:`UserError` (one line) instead of printing usage and exiting."""
+    original = argparse.ArgumentParser.error
+
+    def error(self: argparse.ArgumentParser, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+    argparse.ArgumentParser.error = error  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
+
+
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; turn :class:`UserError` into one line on stderr and exit code 2.
 
-    Set ``DD_TRACEBACK=1`` to see the full traceback when debugging.
+    Argument errors (a flag out of its declared range, a missing required flag) are
+    reported the same way. Set ``DD_TRACEBACK=1`` to see the full traceback when debugging.
     """
     try:
-        main(argv)
+        with one_line_argparse():
+            main(argv)
     except UserError as exc:
         if os.environ.get("DD_TRACEBACK"):
             raise

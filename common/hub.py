@@ -42,10 +42,12 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from common.argtypes import nonneg_int, positive_float
 from common.atomic import atomic_dir, atomic_path, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.errors import UserError, run_cli
 from common.manifest import build_manifest, sha256_file, write_manifest
+from common.paths import check_output_dir, check_output_file
 
 # common.imagefolder is imported inside the functions that need it: it imports torch (2 s), which
 # `list` and the download itself do not need.
@@ -68,7 +70,10 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 20G, 512M, 1000000)")
-    return int(float(m[1]) * (1 << (10 * " KMGT".index(m[2].upper() or " "))))
+    size = int(float(m[1]) * (1 << (10 * " KMGT".index(m[2].upper() or " "))))
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"must be a size > 0, got {text!r}")
+    return size
 
 
 def human(n: float | None) -> str:
@@ -824,8 +829,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", default=None, help=f"extra registry JSON (also ${REGISTRY_ENV})")
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive beside --out")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
-    p.add_argument("--retries", type=int, default=3, help="resume attempts after a broken connection")
-    p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+    p.add_argument("--retries", type=nonneg_int, default=3, help="resume attempts after a broken connection")
+    p.add_argument("--timeout", type=positive_float, default=60.0, help="network timeout in seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("pack", help="pack a distilled set with its manifest into a deterministic .tar.gz")
@@ -837,6 +842,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
+    if args.command == "fetch":
+        check_output_dir(args.out, "--out")
+    elif args.command == "pack":
+        check_output_file(args.out, "--out")
     if args.command == "list":
         print(format_registry(load_registry(args.registry)))
     elif args.command == "fetch":

@@ -3,8 +3,9 @@
 Rules (torchvision's, plus what real data needs):
 - class index = position of the folder name in sorted order; files sorted by name;
 - non-image files (``.DS_Store``, ``*_boxes.txt``, hidden files) are skipped;
-- every image is converted to RGB (grayscale, palette, RGBA and CMYK occur in
-  Tiny-ImageNet and ImageNet);
+- every image is decoded to 8-bit RGB by :func:`to_rgb` (grayscale, palette, RGBA
+  and CMYK occur in Tiny-ImageNet and ImageNet; 16-bit PNGs and float TIFFs in
+  scientific data), after applying its EXIF orientation;
 - a corrupt or truncated file raises a :class:`UserError` naming the file, or is
   skipped and listed in ``dataset.skipped`` with ``skip_corrupt=True``.
 """
@@ -19,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.errors import UserError
 
@@ -87,23 +88,66 @@ def make_samples(root: str | os.PathLike, classes: Sequence[str] | None = None,
     return list(classes), samples
 
 
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def _gray_to_rgb(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L").convert("RGB")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow image -> 8-bit RGB, as the user sees it.
+
+    - EXIF orientation is applied first (a phone photo stored sideways comes out upright);
+    - ``RGB`` is kept; ``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ``HSV`` go through Pillow's
+      own conversion (``1`` -> 0/255; CMYK naively, as Pillow does);
+    - transparency (``RGBA``, ``LA``, ``PA``, ``La``, ``RGBa``, and ``P``/``L``/``RGB`` with a
+      ``transparency`` entry) is composited over white;
+    - 16-bit integer modes (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``) and 32-bit integer ``I``
+      (how Pillow may present 16-bit data) are read as 16-bit intensities: the 8-bit value is
+      ``round(v / 257)`` with ``v`` clipped to [0, 65535] (so 65535 -> 255, and v = 257 k -> k exactly);
+    - 32-bit float ``F``: values in [0, 1] are intensities (``round(255 v)``); an image whose
+      maximum is above 1 is read as already on the 0-255 scale (``round(v)``); both clipped to
+      [0, 255]; NaN or infinite pixels are an error;
+    - ``LAB`` goes through Pillow's ImageCms (CIELab D50 -> sRGB).
+    """
+    try:
+        im = ImageOps.exif_transpose(im) or im
+    except Exception:  # a broken EXIF block: the pixels are still good, keep them as stored
+        pass
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im.copy()
+    if mode.startswith("I;16") or mode == "I":
+        return _gray_to_rgb(np.clip(np.asarray(im).astype(np.float64), 0, 65535) / 257.0)
+    if mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("float image with NaN or infinite pixels")
+        return _gray_to_rgb(a * 255.0 if a.size and a.max() <= 1.0 else a)
+    if mode in ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "LAB":
+        from PIL import ImageCms
+
+        lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+        return ImageCms.applyTransform(im, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))
+    return im.convert("RGB")
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image fully and convert it to RGB; a corrupt or truncated file names itself."""
+    """Open an image fully and decode it to 8-bit RGB (:func:`to_rgb`); a bad file names itself."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 im.load()
-                if im.mode == "RGB":
-                    return im.copy()
-                if im.mode in ("P", "LA", "PA") or (im.mode == "RGBA"):
-                    im = im.convert("RGBA")
-                    background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    return Image.alpha_composite(background, im).convert("RGB")
-                return im.convert("RGB")
+                return to_rgb(im)
     except FileNotFoundError:
         raise UserError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path}: corrupt or unreadable image ({exc}); remove or replace the file "
                         f"(squeeze: --skip-corrupt skips such files)") from None
 
@@ -112,14 +156,20 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return load_rgb(path).size
 
 
-def infer_input_size(root: str | os.PathLike) -> int:
-    """The shorter side of the first image found: the natural input size of a custom dataset."""
+def infer_input_size(root: str | os.PathLike, skip_corrupt: bool = False) -> int:
+    """The shorter side of the first image found: the natural input size of a custom dataset.
+
+    With ``skip_corrupt`` an unreadable file is passed over (it is skipped later too).
+    """
     classes = find_classes(root)
     for cls in classes:
-        files = list_class_files(Path(root) / cls)
-        if files:
-            return min(image_size(Path(root) / cls / files[0]))
-    raise UserError(f"{root}: no images found")
+        for name in list_class_files(Path(root) / cls):
+            try:
+                return min(image_size(Path(root) / cls / name))
+            except UserError:
+                if not skip_corrupt:
+                    raise
+    raise UserError(f"{root}: no readable images found")
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -153,6 +203,11 @@ class ImageFolder(torch.utils.data.Dataset):
                 kept.append((path, label))
                 if cache:
                     arrays.append(np.asarray(img, dtype=np.uint8))
+            left = {label for _, label in kept}
+            empty = [c for i, c in enumerate(self.classes) if i not in left]
+            if empty and not allow_empty:
+                raise UserError(f"{self.root / empty[0]}: no readable image left in this class after skipping "
+                                f"{len(self.skipped)} corrupt file(s)")
             if self.skipped:
                 print(f"warning: skipped {len(self.skipped)} corrupt image(s) under {root}: "
                       f"{', '.join(self.skipped[:3])}{' ...' if len(self.skipped) > 3 else ''}", file=sys.stderr)

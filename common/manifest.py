@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write_json
+from common.errors import UserError
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -97,8 +98,15 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
         path = path / "manifest.json"
     if not path.is_file():
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable manifest ({type(exc).__name__}: {str(exc)[:80]}); "
+                        f"move it away if it is not this toolkit's") from None
+    if not isinstance(m, dict):
+        raise UserError(f"{path}: not a manifest of this toolkit (a JSON object is expected); move it away")
+    return m
 
 
 class Timer:

@@ -25,11 +25,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from common.argtypes import positive_int, seed_int
 from common.atomic import atomic_dir
 from common.datasets import get_dataset
 from common.errors import UserError
 from common.imagefolder import is_image_file, list_class_files
 from common.manifest import build_manifest, write_manifest
+from common.paths import check_output_dir
 
 SUBSETS = ("imagenet-nette", "imagenet-woof", "imagenet-10", "imagenet-100")
 
@@ -165,9 +167,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="dataset", required=True)
     s = sub.add_parser("shapes", help="built-in generated dataset (offline, seconds)")
-    s.add_argument("--train-per-class", type=int, default=500)
-    s.add_argument("--val-per-class", type=int, default=100)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--train-per-class", type=positive_int, default=500)
+    s.add_argument("--val-per-class", type=positive_int, default=100)
+    s.add_argument("--seed", type=seed_int, default=0)
     for name in ("cifar10", "cifar100"):
         s = sub.add_parser(name, help=f"{name} via torchvision's downloader")
         s.add_argument("--download-root", default=str(Path.home() / ".cache" / "torchvision"))
@@ -185,7 +187,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     name = "tinyimagenet" if args.dataset == "tiny-imagenet" else args.dataset
     if name == "shapes":
         prepare_shapes(out, args.train_per_class, args.val_per_class, args.seed, args.force)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from common.argtypes import positive_int
 from common.atomic import atomic_save_image
 from common.imagefolder import find_classes, list_class_files, load_rgb
 
@@ -62,9 +63,9 @@ def get_args_parser():
     p.add_argument("roots", nargs="+", help="ImageFolder roots (one block of rows each)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--names", nargs="+", default=None, help="a label per root")
-    p.add_argument("--per-class", type=int, default=10)
-    p.add_argument("--max-classes", type=int, default=10)
-    p.add_argument("--cell", type=int, default=32, help="pixels per image in the grid")
+    p.add_argument("--per-class", type=positive_int, default=10)
+    p.add_argument("--max-classes", type=positive_int, default=10)
+    p.add_argument("--cell", type=positive_int, default=32, help="pixels per image in the grid")
     return p
 
 

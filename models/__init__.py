@@ -5,6 +5,7 @@ from models.registry import (
     build_backbone,
     build_model,
     canonical_arch,
+    check_arch,
     classifier_layer,
     classifier_name,
     has_batchnorm,
@@ -13,6 +14,6 @@ from models.registry import (
     strip_classifier,
 )
 
-__all__ = ["ConvNet", "build_backbone", "build_model", "canonical_arch", "classifier_layer", "classifier_name",
-           "has_batchnorm", "list_archs", "load_model", "make_meta", "penultimate_features", "read_checkpoint",
-           "save_checkpoint", "strip_classifier", "strip_prefixes"]
+__all__ = ["ConvNet", "build_backbone", "build_model", "canonical_arch", "check_arch", "classifier_layer",
+           "classifier_name", "has_batchnorm", "list_archs", "load_model", "make_meta", "penultimate_features",
+           "read_checkpoint", "save_checkpoint", "strip_classifier", "strip_prefixes"]

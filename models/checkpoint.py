@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,11 +65,21 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: keep errors one line
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        glob = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
-        if glob:  # a pickled object that is not plain tensors/containers: never executed
-            raise UserError(f"{path}: refuses to load: not a weights-only checkpoint ({glob[0][:160]})") from None
+        text = str(exc)
+        detail = [ln.strip() for ln in text.splitlines()
+                  if "global" in ln.lower() or "unsupported" in ln.lower() or "WeightsUnpickler error" in ln]
+        with open(path, "rb") as f:
+            head = f.read(2)
+        raw_pickle = len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # a pickle, not a torch zip file
+        if "global" in text.lower() or raw_pickle:  # pickled objects, not plain tensors: never executed
+            why = (detail or ["unsupported content"])[-1][:120]
+            raise UserError(f"{path}: refused as unsafe: not a weights-only checkpoint, it holds pickled Python "
+                            f"objects that could run code when loaded ({why}); nothing from it was run; load only "
+                            f"checkpoints of plain tensors (torch.save of a state_dict)") from None
         raise UserError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a torch.save file)") from None
     except Exception as exc:  # zip errors, truncated files, random bytes
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "

@@ -50,26 +50,36 @@ def _modify_resnet_stem(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_model(arch: str, num_classes: int, input_size: int = 32) -> nn.Module:
-    """A fresh (randomly initialised) model; unknown names give a one-line error."""
+def check_arch(arch: str, flag: str = "--arch-name") -> str:
+    """The canonical name of a buildable architecture, or a one-line error naming ``flag``."""
     name = canonical_arch(arch)
+    if _CONV.match(name):
+        return name
+    if name.endswith("_modified"):
+        if name[: -len("_modified")] in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+            return name
+        raise UserError(f"{flag} {arch}: only ResNets have a _modified variant")
+    if name in torchvision_classifiers():
+        return name
+    raise UserError(f"{flag} {arch}: unknown architecture; use conv3..conv6, conv3_in..conv6_in, "
+                    f"resnet18_modified/resnet50_modified/resnet101_modified or a torchvision model name "
+                    f"(e.g. resnet18, mobilenet_v2)")
+
+
+def build_model(arch: str, num_classes: int, input_size: int = 32, flag: str = "--arch-name") -> nn.Module:
+    """A fresh (randomly initialised) model; unknown names give a one-line error naming ``flag``."""
+    name = check_arch(arch, flag)
     m = _CONV.match(name)
     if m:
         return ConvNet(num_classes, depth=int(m.group(1)), norm="instance" if name.endswith("_in") else "batch",
                        input_size=input_size)
     if name.endswith("_modified"):
         base = name[: -len("_modified")]
-        if base not in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
-            raise UserError(f"--arch {arch}: only ResNets have a _modified variant")
         return _modify_resnet_stem(torchvision.models.get_model(base, weights=None, num_classes=num_classes))
-    if name in torchvision_classifiers():
-        kwargs = {}
-        if name.startswith("vit_") and input_size != 224:
-            kwargs["image_size"] = input_size  # ViTs fix their patch grid at construction
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-    raise UserError(f"--arch {arch}: unknown architecture; use conv3..conv6, conv3_in..conv6_in, "
-                    f"resnet18_modified/resnet50_modified/resnet101_modified or a torchvision model name "
-                    f"(e.g. resnet18, mobilenet_v2)")
+    kwargs = {}
+    if name.startswith("vit_") and input_size != 224:
+        kwargs["image_size"] = input_size  # ViTs fix their patch grid at construction
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
 
 
 def classifier_layer(model: nn.Module) -> nn.Linear:

@@ -34,12 +34,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
+from common.argtypes import nonneg_int, positive_int, seed_int
 from common.atomic import atomic_save_image, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.device import add_device_arg
-from common.errors import UserError
+from common.errors import UserError, bar_vanishes_on_error
 from common.imagefolder import find_classes, load_rgb, make_samples
 from common.manifest import build_manifest, sha256_file, write_manifest
+from common.paths import check_output_dir
 from common.seed import seed_everything
 from common.transforms import normalize
 from rank_select.rank import check_output_path, default_workers, resolve_device_args
@@ -62,15 +64,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-path", dest="observer_path", help=argparse.SUPPRESS)
     p.add_argument("--output-path", "--syn-data-path", dest="output_path", required=True,
                    help="output ImageFolder of the stitched images")
-    p.add_argument("--ipc", type=int, default=10, help="images per class")
-    p.add_argument("--mipc", type=int, default=300, help="real images per class in the candidate pool")
-    p.add_argument("--num-crop", type=int, default=5, help="random crops scored per pool image")
-    p.add_argument("--factor", type=int, default=1,
+    p.add_argument("--ipc", type=positive_int, default=10, help="images per class")
+    p.add_argument("--mipc", type=positive_int, default=300, help="real images per class in the candidate pool")
+    p.add_argument("--num-crop", type=positive_int, default=5, help="random crops scored per pool image")
+    p.add_argument("--factor", type=positive_int, default=1,
                    help="stitch factor x factor patches per image (2 for ImageNet-scale data, 1 for CIFAR/Tiny)")
-    p.add_argument("--input-size", type=int, default=None, help="default: the observer checkpoint's input size")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=500, help="crops per observer forward pass")
-    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers (default: %(default)s)")
+    p.add_argument("--input-size", type=positive_int, default=None,
+                   help="default: the observer checkpoint's input size")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=500,
+                   help="crops per observer forward pass")
+    p.add_argument("--workers", type=nonneg_int, default=default_workers(),
+                   help="DataLoader workers (default: %(default)s)")
     p.add_argument("--save-format", choices=["png", "jpg"], default="png",
                    help="png (lossless, default) or jpg (quality 75, as the released sets)")
     p.add_argument("--allow-fewer", action="store_true",
@@ -276,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     seed_everything(args.seed)
     spec = get_dataset(args.dataset)
     data_root, out = Path(args.data_path), Path(args.output_path)
+    check_output_dir(out, "--output-path")
     classes = find_classes(data_root)
     check_class_count(spec, len(classes), data_root)
     check_output_path(out, data_root, (STAGE,))
@@ -314,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     open_pools: dict[int, ClassPool] = {}
     t0 = time.perf_counter()
     n_crops = 0
-    with tqdm(total=len(samples) * args.num_crop, desc="scoring crops", unit="crop", dynamic_ncols=True) as bar:
+    with tqdm(total=len(samples) * args.num_crop, desc="scoring crops", unit="crop", dynamic_ncols=True) as bar, \
+            bar_vanishes_on_error(bar):
         for crops, boxes, labels, index in loader:
             m = crops.shape[1]
             flat = crops.flatten(0, 1)

@@ -39,13 +39,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from common.argtypes import nonneg_float, nonneg_int, positive_int, seed_int
 from common.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.device import add_device_arg, resolve_device
 from common.distributed import all_gather_object, cleanup, dist_info, init_distributed
-from common.errors import UserError
+from common.errors import UserError, bar_vanishes_on_error
 from common.imagefolder import ImageFolder, make_samples
 from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
+from common.paths import check_output_dir, check_output_file
 from common.seed import seed_everything
 from common.transforms import val_transform
 from rank_select.ranker import Ranker, add_model_args, forward_logits, load_ranker, model_path_from_args
@@ -66,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="custom", help="registry name (tinyimagenet, cifar10, imagenet-1k, ...)")
     p.add_argument("--data-path", required=True, help="training ImageFolder tree to select from")
     add_model_args(p, "ranker")
-    p.add_argument("--input-size", type=int, default=None, help="default: the ranker checkpoint's input size")
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the ranker checkpoint's input size")
     p.add_argument("--ranking-file", default=None,
                    help="ranking CSV: written when missing (or with --rerank), reused otherwise "
                         "(default: OUT/ranking.csv, always re-scored)")
@@ -74,14 +76,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--store-rank-file", action="store_true",
                    help="accepted for the released scripts; the ranking file is always stored")
     p.add_argument("--output-path", required=True, help="output ImageFolder of the selected images")
-    p.add_argument("--ipc", type=int, default=50, help="images per class")
+    p.add_argument("--ipc", type=positive_int, default=50, help="images per class")
     p.add_argument("--selection-criteria", choices=CRITERIA, default="medium",
                    help="medium (DELT default), top, min, or random (seeded baseline)")
     p.add_argument("--allow-fewer", action="store_true", help="take all images of a class smaller than --ipc")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=default_workers(), help="DataLoader workers (default: %(default)s)")
-    p.add_argument("--save-every", type=float, default=120.0,
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random criterion")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--workers", type=nonneg_int, default=default_workers(),
+                   help="DataLoader workers (default: %(default)s)")
+    p.add_argument("--save-every", type=nonneg_float, default=120.0,
                    help="seconds between saves of scoring progress (resume after interruption)")
     add_device_arg(p)
     p.add_argument("--gpu-device", default=None, help=argparse.SUPPRESS)  # released flag: cuda index, -1 = none
@@ -145,7 +148,8 @@ def score_dataset(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers
         state = {k: torch.cat(v) for k, v in done.items()}
         atomic_torch_save({"fingerprint": fingerprint, "done": count, **state}, partial_path)
 
-    with tqdm(total=n, initial=start, desc="ranking", unit="img", dynamic_ncols=True) as bar:
+    with tqdm(total=n, initial=start, desc="ranking", unit="img", dynamic_ncols=True) as bar, \
+            bar_vanishes_on_error(bar):
         for batch_idx, (x, y) in enumerate(loader):
             metrics = score_logits(forward_logits(ranker, x), y.to(ranker.device))
             for k in METRICS:
@@ -199,6 +203,13 @@ def read_ranking(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in ("path", "class", "score") if c not in df.columns]
     if missing:
         raise UserError(f"{path}: ranking CSV lacks column(s) {', '.join(missing)}; pass --rerank to re-score")
+    score = pd.to_numeric(df["score"], errors="coerce")
+    bad = ~np.isfinite(score.to_numpy(dtype=np.float64))
+    if bad.any():
+        raise UserError(f"{path}: {int(bad.sum())} row(s) have a missing or non-finite score (e.g. "
+                        f"{df['path'].iloc[int(np.argmax(bad))]}: {df['score'].iloc[int(np.argmax(bad))]}); "
+                        f"a selection from it would be arbitrary; pass --rerank to re-score")
+    df["score"] = score
     return df
 
 
@@ -228,6 +239,30 @@ def check_ranking_matches(df: pd.DataFrame, csv_path: str | os.PathLike, data_ro
         expected = df["class"].map({c: i for i, c in enumerate(classes)})
         if (df["label"] != expected).any():
             raise UserError(f"{csv_path}: labels do not follow the sorted class folders of {data_root}; {hint}")
+
+
+def data_fingerprint(data_root: str | os.PathLike, rel_paths: Sequence[str]) -> str:
+    """sha256 of every file's relative path, size and modification time: binds a ranking to the
+    data's content, not only to its file names (a file replaced under the same name changes it)."""
+    h = hashlib.sha256()
+    root = Path(data_root)
+    for p in rel_paths:
+        st = os.stat(root / p)
+        h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def check_ranking_content(csv_path: Path, data_root: Path, rel_paths: Sequence[str]) -> None:
+    """A ranking scored here records the data fingerprint beside it; the files must still be those."""
+    side = read_manifest(sidecar_path(csv_path)) if sidecar_path(csv_path).is_file() else None
+    recorded = (side or {}).get("data_fingerprint")
+    if recorded is None:
+        print(f"warning: {csv_path} has no record of the files it scored (no {sidecar_path(csv_path).name}); "
+              f"reusing it on matching file names only (pass --rerank to score {data_root})", file=sys.stderr)
+        return
+    if recorded != data_fingerprint(data_root, rel_paths):
+        raise UserError(f"{csv_path}: the images under {data_root} changed since this ranking was scored (same "
+                        f"names, other sizes or modification times); pass --rerank to score them again")
 
 
 def ranker_note(csv_path: Path, ranker_path: str | None) -> None:
@@ -338,18 +373,21 @@ def score_sharded(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers
 
 
 def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
-    if args.ipc < 1:
-        raise UserError(f"--ipc {args.ipc}: must be at least 1")
-    if args.batch_size < 1 or args.workers < 0:
-        raise UserError("--batch-size must be >= 1 and --workers >= 0")
-    seed_everything(args.seed)
+    seed_everything(args.seed)  # flag ranges were checked by the parser (common.argtypes)
     spec = get_dataset(args.dataset)
     data_root, out = Path(args.data_path), Path(args.output_path)
+    check_output_dir(out, "--output-path")
+    if args.ranking_file:
+        check_output_file(args.ranking_file, "--ranking-file")
+        check_output_file(sidecar_path(args.ranking_file), "--ranking-file")
     classes, samples = make_samples(data_root)
     check_class_count(spec, len(classes), data_root)
     check_output_path(out, data_root, (STAGE,))
     rel_paths = relative_paths(data_root, samples)
     labels = [y for _, y in samples]
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    for y, cls in enumerate(classes):  # before scoring: a too-small class is known from the file list
+        check_class_size(cls, int(counts[y]), args.ipc, args.allow_fewer)
     ranker_path = model_path_from_args(args, "ranker")
     csv_path = Path(args.ranking_file) if args.ranking_file else None
     timing: dict[str, float] = {}
@@ -358,6 +396,7 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
     if csv_path is not None and csv_path.is_file() and not args.rerank:
         df = read_ranking(csv_path)
         check_ranking_matches(df, csv_path, data_root, classes, rel_paths)
+        check_ranking_content(csv_path, data_root, rel_paths)
         if rank != 0:  # nothing to score: rank 0 alone writes the selection
             return {}
         ranker_note(csv_path, ranker_path)
@@ -390,6 +429,7 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
             write_ranking(df, csv_path)
             atomic_write_json(sidecar_path(csv_path), build_manifest(
                 f"{STAGE}.ranking", args, inputs={"ranker": ranker_path}, data_root=str(data_root.resolve()),
+                data_fingerprint=data_fingerprint(data_root, rel_paths),
                 ranker={"arch": ranker.arch, "input_size": ranker.input_size, "mean": ranker.mean,
                         "std": ranker.std}, train_top1=acc, **timing))
         scored = True

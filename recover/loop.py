@@ -46,9 +46,12 @@ class LoopConfig:
 
 
 class NonFiniteLoss(Exception):
-    def __init__(self, iteration: int):
-        super().__init__(f"non-finite loss at iteration {iteration}")
+    """``cause``: ``"r_bn"`` when the weighted BN-statistic term is non-finite, else ``"ce"``."""
+
+    def __init__(self, iteration: int, cause: str = "ce"):
+        super().__init__(f"non-finite loss at iteration {iteration} ({cause})")
         self.iteration = iteration
+        self.cause = cause
 
 
 @dataclass
@@ -85,6 +88,7 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
     optimizer = torch.optim.Adam([x], lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
     total = schedule.total_iterations
     losses = torch.empty(total, device=device)
+    bn_terms = torch.zeros(total, device=device)  # r_bn * BN loss per iteration: names the flag on divergence
     active_idx = [torch.tensor(r, device=device, dtype=torch.long) for r in schedule.rounds]
     everyone = [len(r) == schedule.size for r in schedule.rounds]
     bn = BNStatLoss(teacher, cfg.first_bn_multiplier) if cfg.r_bn > 0 else None
@@ -104,7 +108,8 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
                 logits = teacher(xa.contiguous(memory_format=memory_format))
                 loss = F.cross_entropy(logits.float(), ya)
                 if bn is not None:
-                    loss = loss + cfg.r_bn * bn.loss()
+                    bn_term = cfg.r_bn * bn.loss()
+                    loss = loss + bn_term
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()
@@ -116,10 +121,13 @@ def recover_batch(teacher: nn.Module, init: torch.Tensor, labels: torch.Tensor, 
             with torch.no_grad():
                 x.clamp_(lo, hi)
                 losses[it] = loss.detach()
+                if bn is not None:
+                    bn_terms[it] = bn_term.detach().float()
             if (it + 1) % check_every == 0 or it + 1 == total:
                 bad = (~torch.isfinite(losses[checked:it + 1])).nonzero()
                 if len(bad):
-                    raise NonFiniteLoss(checked + int(bad[0]))
+                    first = checked + int(bad[0])
+                    raise NonFiniteLoss(first, "r_bn" if not torch.isfinite(bn_terms[first]) else "ce")
                 checked = it + 1
             if on_iteration is not None:
                 on_iteration(it, len(schedule.rounds[r]))

@@ -115,6 +115,9 @@ class OutputDir:
                 "num_classes": len(classes),
                 "image_iterations": sum(sum(r["iterations"]) for r in done),
                 "wall_time_s": round(sum(r["wall_time_s"] for r in done), 3),
+                "clipped_fraction": round(sum(r.get("clipped_fraction", 0.0) for r in done) / len(done), 6)
+                if done else None,
+                "saturated_classes": [c for c, r in per_class.items() if r.get("saturated")],
                 "per_class": per_class,
             })
             write_manifest(self.root, manifest)

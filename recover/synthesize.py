@@ -30,13 +30,15 @@ import torch
 from tqdm import tqdm
 
 from common.accel import resolve_precision
+from common.argtypes import int_range, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
 from common.atomic import atomic_dir, atomic_save_image
 from common.datasets import check_class_count, get_dataset
 from common.device import add_device_arg
 from common.distributed import dist_info, init_distributed
-from common.errors import UserError
+from common.errors import UserError, bar_vanishes_on_error
 from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
 from common.manifest import build_manifest, sha256_file
+from common.paths import check_output_dir
 from common.transforms import pil_to_normalized, pixel_bounds, to_pil
 from models import canonical_arch, has_batchnorm, load_model, read_checkpoint
 from recover.augment import EASY2HARD_MODES
@@ -73,8 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="real: from --init-data-path (DELT); noise: N(0,1) in normalised space (SRe2L, CDA); "
                         "default real when --init-data-path is given")
     g.add_argument("--dataset", default="custom", help="dataset registry name (warnings, default input size)")
-    g.add_argument("--num-classes", type=int, default=None, help="accepted for compatibility; checked if given")
-    g.add_argument("--ipc", type=int, default=50, help="images per class (default: %(default)s)")
+    g.add_argument("--num-classes", type=positive_int, default=None,
+                   help="accepted for compatibility; checked if given")
+    g.add_argument("--ipc", type=positive_int, default=50, help="images per class (default: %(default)s)")
     g.add_argument("--save-format", choices=("png", "jpg"), default="png",
                    help="png (lossless, default) or jpg (quality 75, as the released code)")
     g.add_argument("--store-best-images", action="store_true",
@@ -82,36 +85,39 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("teacher")
     g.add_argument("--arch-name", default=None, help="teacher architecture (default: from the checkpoint)")
     g.add_argument("--arch-path", default=None, help="teacher checkpoint (required)")
-    g.add_argument("--input-size", type=int, default=None, help="default: the teacher's input size")
+    g.add_argument("--input-size", type=positive_int, default=None, help="default: the teacher's input size")
     g = p.add_argument_group("EarlyLate")
     g.add_argument("--use-early-late", action="store_true", help="DELT's EarlyLate rounds (needs --round-iterations)")
-    g.add_argument("--round-iterations", type=int, default=0, help="RI: iterations per round (0: no rounds)")
-    g.add_argument("--min-iterations", type=int, default=-1,
+    g.add_argument("--round-iterations", type=nonneg_int, default=0, help="RI: iterations per round (0: no rounds)")
+    g.add_argument("--min-iterations", type=int_range(-1), default=-1,
                    help="with RI: draw each class's rounds from [MIN//RI, ITR//RI] (seeded); -1: all ITR//RI")
     g.add_argument("--round-lr-reset", action="store_true", help="restart the lr cosine every round")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--iteration", type=int, default=1000, help="ITR: iterations (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=100,
+    g.add_argument("--iteration", type=positive_int, default=1000, help="ITR: iterations (default: %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=100,
                    help="images optimised together; whole classes per batch (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=0.1, help="Adam lr, cosine to 0 (default: %(default)s)")
-    g.add_argument("--r-bn", type=float, default=0.05, help="BN statistic loss weight (default: %(default)s)")
-    g.add_argument("--first-bn-multiplier", type=float, default=10.0, help="weight of the first BN (default: 10)")
-    g.add_argument("--jitter", type=int, default=32, help="max roll offset in pixels (default: %(default)s)")
+    g.add_argument("--lr", type=positive_float, default=0.1, help="Adam lr, cosine to 0 (default: %(default)s)")
+    g.add_argument("--r-bn", type=nonneg_float, default=0.05,
+                   help="BN statistic loss weight (default: %(default)s)")
+    g.add_argument("--first-bn-multiplier", type=nonneg_float, default=10.0,
+                   help="weight of the first BN (default: 10)")
+    g.add_argument("--jitter", type=nonneg_int, default=32, help="max roll offset in pixels (default: %(default)s)")
     g.add_argument("--easy2hard-mode", choices=EASY2HARD_MODES, default="cosine", help="CDA crop curriculum")
-    g.add_argument("--milestone", type=float, default=0.0,
+    g.add_argument("--milestone", type=unit_float, default=0.0,
                    help="fraction of the iterations the curriculum lasts; 0 = off (default: %(default)s)")
     g.add_argument("--per-image-augment", action="store_true",
                    help="a crop/flip/roll per image (default: one per batch, as released)")
-    g.add_argument("--seed", type=int, default=0, help="seed; each batch derives its own from it (default: 0)")
+    g.add_argument("--seed", type=seed_int, default=0, help="seed; each batch derives its own from it (default: 0)")
     g = p.add_argument_group("execution")
     add_device_arg(g)
     g.add_argument("--gpu-device", default="-1", help="accepted for compatibility: GPU index when --device auto")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision for the teacher: bf16 (fp16 + GradScaler on GPUs without bf16); on a CPU "
                         "without native bf16 (AVX512-BF16/AMX) it warns and runs fp32")
-    g.add_argument("--num-shards", type=int, default=None, help="split classes over N processes (default: WORLD_SIZE)")
-    g.add_argument("--shard-index", type=int, default=None, help="this process's shard (default: RANK)")
-    g.add_argument("-j", "--workers", type=int, default=0, help="accepted for compatibility (unused)")
+    g.add_argument("--num-shards", type=positive_int, default=None,
+                   help="split classes over N processes (default: WORLD_SIZE)")
+    g.add_argument("--shard-index", type=nonneg_int, default=None, help="this process's shard (default: RANK)")
+    g.add_argument("-j", "--workers", type=nonneg_int, default=0, help="accepted for compatibility (unused)")
     return p
 
 
@@ -207,6 +213,17 @@ def load_teacher(args: argparse.Namespace, classes: Sequence[str], device: torch
     return model, meta
 
 
+# A class whose images have more than this fraction of pixel values at the ends of the valid
+# range (clipped by the loop's clamp) is flagged as saturated in the manifest and warned about.
+SATURATION_WARN = 0.5
+
+
+def clipped_fraction(images: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Per image, the fraction of values (pixels x channels) at the lower or upper pixel bound."""
+    lo, hi = bounds[0].to(images.device), bounds[1].to(images.device)
+    return ((images <= lo) | (images >= hi)).flatten(1).float().mean(1)
+
+
 def output_names(init_files: Sequence[str] | None, ipc: int, label: int, ext: str) -> list[str]:
     """Output file names in init order: the init file's stem with the new extension
     (``class{label:03d}_id{i:03d}`` for noise, as released), prefixed by the index only
@@ -242,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.init is None:
         args.init = "real" if args.init_data_path else "noise"
     plan = check_args(args)
+    check_output_dir(output_dir(args), "--syn-data-path" + ("/--exp-name" if args.exp_name else ""))
     device = pick_device(args)
     if device.type == "cpu":
         keep_freed_memory()
@@ -308,10 +326,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     t_start = time.perf_counter()
     done_its = 0
     try:
-        for g in todo:
-            done_its += run_group(g, args, classes, init_files, names, teacher, cfg, size, mean, std, device,
-                                  schedule_of, out, bar)
-            out.update_manifest(base, classes)
+        with bar_vanishes_on_error(bar):
+            for g in todo:
+                done_its += run_group(g, args, classes, init_files, names, teacher, cfg, size, mean, std, device,
+                                      schedule_of, out, bar)
+                out.update_manifest(base, classes)
     finally:
         bar.close()
     elapsed = time.perf_counter() - t_start
@@ -336,6 +355,7 @@ def run_group(group: Group, args, classes, init_files, names, teacher, cfg: Loop
     """Optimise one group's batches and swap its class folders in; returns image-iterations."""
     t0 = time.perf_counter()
     iterations = {c: [0] * args.ipc for c in group.classes}
+    clipped = {c: [0.0] * args.ipc for c in group.classes}
     losses = []
     init_root = Path(args.init_data_path) if init_files is not None else None
     bounds = pixel_bounds(mean, std)
@@ -356,20 +376,34 @@ def run_group(group: Group, args, classes, init_files, names, teacher, cfg: Loop
                                        check_every=1 if device.type == "cpu" else 50)
             except NonFiniteLoss as exc:
                 names_ = ", ".join(classes[c] for c in sorted({c for c, _ in batch})[:5])
+                hint = (f"lower --r-bn (now {args.r_bn:g}) or --first-bn-multiplier (now {args.first_bn_multiplier:g})"
+                        if exc.cause == "r_bn" else f"lower --lr (now {args.lr:g})")
                 raise UserError(f"non-finite loss at iteration {exc.iteration} of the batch holding class(es) "
-                                f"{names_}; finished classes are kept in {out.root}; try a lower --lr") from None
+                                f"{names_}: the optimisation diverged; {hint}; finished classes are kept in "
+                                f"{out.root}") from None
             images = result.images.cpu()
+            fractions = clipped_fraction(images, bounds).tolist()
             for pos, (c, i) in enumerate(batch):
+                clipped[c][i] = fractions[pos]
                 atomic_save_image(to_pil(images[pos], mean, std), tmp[c] / names[c][i], **save_kwargs)
                 iterations[c][i] = schedule.iterations[pos]
             losses.append([float(result.losses[0]), float(result.losses[-1])])
     wall = time.perf_counter() - t0
+    saturated = {classes[c]: sum(v) / len(v) for c, v in clipped.items() if sum(v) / len(v) > SATURATION_WARN}
+    if saturated:
+        worst = max(saturated.values())
+        tqdm.write(f"warning: recover: {len(saturated)} class(es) ({', '.join(list(saturated)[:3])}"
+              f"{' ...' if len(saturated) > 3 else ''}) have saturated images: up to {100 * worst:.0f}% of pixel "
+              f"values clipped at the valid range; --lr {args.lr:g} may be too high (see clipped_fraction in "
+              f"{out.root / 'manifest.json'})", file=sys.stderr)  # above the progress bar
     group_its = sum(sum(v) for v in iterations.values())
     for c in group.classes:
         share = sum(iterations[c]) / group_its if group_its else 1.0 / len(group.classes)
         out.write_record(classes[c], {
             "label": c, "files": names[c], "init_files": init_files and init_files[classes[c]],
             "iterations": iterations[c], "wall_time_s": round(wall * share, 3),
+            "clipped_fraction": round(sum(clipped[c]) / len(clipped[c]), 6),
+            "saturated": sum(clipped[c]) / len(clipped[c]) > SATURATION_WARN,
             "group": group.index, "group_classes": len(group.classes), "group_wall_time_s": round(wall, 3),
             "loss_first_last": losses, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return group_its

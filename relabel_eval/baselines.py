@@ -22,10 +22,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from common.argtypes import positive_int, seed_int, unit_float
 from common.atomic import atomic_dir, atomic_write_json
 from common.errors import UserError
-from common.imagefolder import find_classes, list_class_files, select_per_class
+from common.imagefolder import find_classes, list_class_files, load_rgb, select_per_class
 from common.manifest import build_manifest, read_manifest, write_manifest
+from common.paths import check_output_dir, check_output_file
 from relabel_eval.results import headline_accuracy
 
 STAGE = "relabel_eval.baselines"
@@ -37,8 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("random", help="seeded random real subset at an IPC, optionally evaluated")
     r.add_argument("--train-dir", required=True, help="real training ImageFolder")
-    r.add_argument("--ipc", type=int, required=True, help="images per class")
-    r.add_argument("--seed", type=int, default=0, help="selection seed (class k uses seed + k)")
+    r.add_argument("--ipc", type=positive_int, required=True, help="images per class")
+    r.add_argument("--seed", type=seed_int, default=0, help="selection seed (class k uses seed + k)")
     r.add_argument("--output-dir", required=True, help="where the subset ImageFolder is written")
     r.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
     f = sub.add_parser("full", help="full-data hard-label reference (evaluates TRAIN itself)")
@@ -51,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--full-hard", required=True, help="results of the full data with hard labels")
     d.add_argument("--student", default=None, help="student to read (needed when a file has several)")
     d.add_argument("--metric", choices=("final_top1", "best_top1"), default="final_top1")
-    d.add_argument("--weight", type=float, default=0.5, help="w in alpha = w IOR - (1 - w) HLR")
+    d.add_argument("--weight", type=unit_float, default=0.5, help="w in alpha = w IOR - (1 - w) HLR")
     d.add_argument("--output", default=None, help="write the scores as JSON")
     return p
 
@@ -82,6 +84,9 @@ def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | 
     if old and old.get("stage") == STAGE and old.get("selection") == picks:
         print(f"{out}: random subset already there (seed {seed}, IPC {ipc})")
         return out
+    for cls, names in picks.items():  # a corrupt pick stops here, before anything is written
+        for name in names:
+            load_rgb(train_dir / cls / name)
     with atomic_dir(out) as tmp:
         for cls, names in picks.items():
             (tmp / cls).mkdir()
@@ -104,6 +109,7 @@ def _evaluate(eval_args: list[str], syn_path: Path, extra: list[str]) -> dict:
 def main(argv: Sequence[str] | None = None):
     args = get_args_parser().parse_args(argv)
     if args.command == "random":
+        check_output_dir(args.output_dir, "--output-dir")
         out = random_subset(args.train_dir, args.ipc, args.seed, args.output_dir)
         if args.eval_args:
             extra = [] if "--ipc" in args.eval_args else ["--ipc", str(args.ipc)]
@@ -115,6 +121,8 @@ def main(argv: Sequence[str] | None = None):
         if "--label-mode" in args.eval_args:
             raise UserError("full: the reference always uses --label-mode hard; do not pass it")
         return _evaluate(args.eval_args, Path(args.train_dir), ["--label-mode", "hard"])
+    if args.output:
+        check_output_file(args.output, "--output")
     accs = {k: headline_accuracy(getattr(args, k), args.student, args.metric) / 100.0
             for k in ("syn_soft", "random_soft", "syn_hard", "full_hard")}
     scores = dd_ranking(accs["syn_soft"], accs["random_soft"], accs["syn_hard"], accs["full_hard"], args.weight)

@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from common.argtypes import positive_int
 from common.atomic import atomic_path, atomic_write_json
 from common.device import add_device_arg, resolve_device
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
+from common.paths import check_output_file
 from common.transforms import pil_to_normalized
 from models import classifier_layer, classifier_name, load_model, penultimate_features
 from relabel_eval.data import load_distilled
@@ -37,8 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-path", required=True, help="feature model checkpoint (default model: the teacher)")
     p.add_argument("--model-path", default=None, help="another checkpoint to take features from")
     p.add_argument("--arch-name", default=None, help="architecture of the feature model (checked)")
-    p.add_argument("--ipc", type=int, default=None, help="first IPC images (sorted) per class (default: all)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--ipc", type=positive_int, default=None, help="first IPC images (sorted) per class (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--output", required=True, help="JSON results")
     p.add_argument("--plot", default=None, help="PNG plot (default: the JSON path with .png)")
     add_device_arg(p)
@@ -126,6 +128,9 @@ def plot_diversity(sets: dict, out_png: str | Path, model_desc: str) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    check_output_file(args.output, "--output")
+    out_png = check_output_file(args.plot or Path(args.output).with_suffix(".png"),
+                                "--plot" if args.plot else "--output")
     paths = [Path(p) for p in args.syn_data_path]
     names = args.names or [p.name for p in paths]
     if len(names) != len(paths):
@@ -161,7 +166,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
                       "inter_class_centroid_cosine": inter}
         print(f"{name}: intra-class cosine {sets[name]['intra_class_mean']:.4f} +- {sets[name]['intra_class_std']:.4f}"
               f" (lower = more diverse), inter-class centroid cosine {inter:.4f}")
-    out_png = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
     plot_diversity(sets, out_png, f"{meta['arch']} penultimate")
     result = {"stage": STAGE, "model": model_info, "sets": sets, "plot": str(out_png),
               "manifest": build_manifest(STAGE, args, inputs={"model": model_path})}

@@ -21,10 +21,13 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from common.argtypes import nonneg_int, positive_int
 from common.atomic import atomic_torch_save
 from common.errors import UserError
 from common.imagefolder import check_same_classes
 from common.manifest import build_manifest, read_manifest, write_manifest
+from common.paths import check_output_dir
+from models import check_arch
 from relabel_eval.data import DistilledSet
 from relabel_eval.mix import topk_to_logits
 from relabel_eval.plan import EpochPlan, make_epoch_plan
@@ -36,10 +39,10 @@ STAGE = "relabel_eval.relabel"
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("python -m relabel_eval.relabel", description=__doc__.split("\n\n")[0])
     add_common_args(p)
-    p.add_argument("--epochs", "--re-epochs", dest="epochs", type=int, required=True,
+    p.add_argument("--epochs", "--re-epochs", dest="epochs", type=positive_int, required=True,
                    help="number of epochs of soft labels to store")
     p.add_argument("--output-dir", required=True, help="folder for the epoch files and manifest.json")
-    p.add_argument("--topk", type=int, default=0, help="store only the K largest logits per image (0: all)")
+    p.add_argument("--topk", type=nonneg_int, default=0, help="store only the K largest logits per image (0: all)")
     p.add_argument("--stud-name", default=None, help="student the labels are for (only picks the batch size)")
     p.add_argument("--no-resume", action="store_true", help="discard an interrupted run's epoch files")
     return p
@@ -58,14 +61,15 @@ def fingerprint(args: argparse.Namespace, common, batch_size: int) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     warn_ignored(args)
-    if args.epochs < 1:
-        raise UserError("--epochs must be at least 1")
+    out = check_output_dir(args.output_dir, "--output-dir")
+    check_output_dir(out.with_name(out.name + ".partial"), "--output-dir")
+    if args.stud_name:
+        args.stud_name = check_arch(args.stud_name, "--stud-name")
     common = resolve_common(args, need_teacher=True)
     C = common.num_classes
     if args.topk < 0 or args.topk > C:
         raise UserError(f"--topk {args.topk}: must be between 0 and the class count {C}")
     batch_size, bs_source = batch_size_for(args, common, args.stud_name or common.teacher_meta["arch"])
-    out = Path(args.output_dir)
     partial = out.with_name(out.name + ".partial")
     fp = fingerprint(args, common, batch_size)
     done = read_manifest(out) if out.is_dir() else None

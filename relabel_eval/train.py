@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from common.accel import compile_model
+from common.argtypes import momentum_float, nonneg_float, positive_float, positive_int, seed_int, str2bool
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.device import autocast
 from common.distributed import (
@@ -47,6 +48,7 @@ from common.distributed import (
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
 from common.metrics import evaluate
+from common.paths import check_output_dir, check_output_file
 from common.seed import item_seed, seed_everything
 from models import build_model
 from relabel_eval.data import ValSet
@@ -69,7 +71,6 @@ from relabel_eval.setup import (
     batch_size_for,
     default_output,
     resolve_common,
-    str2bool,
     student_archs,
     teacher_logits,
     warn_ignored,
@@ -91,24 +92,26 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="soft: online teacher (default); hard: CE on class labels; fkd: stored soft labels")
     t.add_argument("--soft-label-dir", default=None, help="output of relabel_eval.relabel (--label-mode fkd)")
     t.add_argument("--val-dir", required=True, help="validation ImageFolder (same class folders)")
-    t.add_argument("--val-ipc", type=int, default=None, help="validation images per class (default: all)")
-    t.add_argument("--re-epochs", type=int, default=300, help="training epochs (default: %(default)s)")
-    t.add_argument("--re-accum-steps", type=int, default=1, help="gradient accumulation steps")
-    t.add_argument("--temperature", "-T", type=float, default=None, help="KD temperature (default: 20 CutMix, 4 Mixup)")
-    t.add_argument("--seeds", type=int, nargs="+", default=None, help="several seeds in one call (overrides --seed)")
-    t.add_argument("--eval-every", type=int, default=10, help="validate every N epochs and at the end")
+    t.add_argument("--val-ipc", type=positive_int, default=None, help="validation images per class (default: all)")
+    t.add_argument("--re-epochs", type=positive_int, default=300, help="training epochs (default: %(default)s)")
+    t.add_argument("--re-accum-steps", type=positive_int, default=1, help="gradient accumulation steps")
+    t.add_argument("--temperature", "-T", type=positive_float, default=None,
+                   help="KD temperature (default: 20 CutMix, 4 Mixup)")
+    t.add_argument("--seeds", type=seed_int, nargs="+", default=None,
+                   help="several seeds in one call (overrides --seed)")
+    t.add_argument("--eval-every", type=positive_int, default=10, help="validate every N epochs and at the end")
     t.add_argument("--seed-parallel", choices=("ddp", "ranks"), default="ddp",
                    help="under torchrun: ddp = each seed trained by all processes (DistributedDataParallel); "
                         "ranks = each process trains whole seeds on its own (default: %(default)s)")
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the student and the teacher (falls back to eager with a warning)")
     o = p.add_argument_group("optimiser (AdamW unless --sgd)")
-    o.add_argument("--adamw-lr", type=float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
-    o.add_argument("--adamw-weight-decay", type=float, default=0.01)
+    o.add_argument("--adamw-lr", type=nonneg_float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
+    o.add_argument("--adamw-weight-decay", type=nonneg_float, default=0.01)
     o.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
-    o.add_argument("--learning-rate", "-lr", type=float, default=0.1, help="SGD lr")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    o.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    o.add_argument("--learning-rate", "-lr", type=positive_float, default=0.1, help="SGD lr")
+    o.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum")
+    o.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="SGD weight decay")
     o.add_argument("--cos", type=str2bool, nargs="?", const=True, default=True,
                    help="half-cosine lr schedule (default); --cos false: linear decay")
     r = p.add_argument_group("outputs")
@@ -149,6 +152,8 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     Train accuracy comes from the training forward on the mixed batch (no extra forward).
     Under DDP (``maker.world_size > 1``) each process's loss is weighted so that the averaged
     gradient is the whole batch's; loss and accuracy are summed over processes.
+    A non-finite loss is recorded (first batch, and whether the teacher's logits were to blame)
+    without a per-batch device sync; the caller stops the run on it.
     """
     common = maker.common
     distributed = maker.world_size > 1
@@ -157,6 +162,8 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     n, last = 0, plan.num_batches - 1
+    first_bad = torch.full((), -1, device=dev, dtype=torch.long)
+    teacher_bad = torch.zeros((), device=dev, dtype=torch.bool)
     optimizer.zero_grad(set_to_none=True)
     for b, xm, y, mix in maker.batches(plan):
         with autocast(dev, common.amp):
@@ -164,7 +171,10 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
         if targets is None:
             loss = mixed_ce(out, y, mix, target_lambda(mix, S, S))
         else:
-            loss = kd_loss(out, targets(b, xm), temperature)
+            t = targets(b, xm)
+            teacher_bad |= ~torch.isfinite(t).all()
+            loss = kd_loss(out, t, temperature)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
         weight = maker.own_rows(plan, b)[1] if distributed else 1.0
         scaler.scale(loss * (weight / accum_steps) if distributed else loss / accum_steps).backward()
         if (b + 1) % accum_steps == 0 or b == last:
@@ -177,9 +187,27 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
         correct += (out.detach().argmax(1) == y).sum()
         n += len(y)
     loss_sum, correct = float(loss_sum), float(correct)
-    if distributed:
-        loss_sum, correct, n = sum_over_ranks(loss_sum, correct, n)
-    return {"loss": loss_sum / max(n, 1), "train_top1_mixed": 100.0 * correct / max(n, 1), "images": int(n)}
+    bad, teacher_nonfinite = int(first_bad), bool(teacher_bad)
+    if distributed:  # a process that saw a non-finite loss stops them all
+        loss_sum, correct, n, any_bad, any_teacher = sum_over_ranks(loss_sum, correct, n, float(bad >= 0),
+                                                                    float(teacher_nonfinite))
+        bad = bad if bad >= 0 else (0 if any_bad else -1)
+        teacher_nonfinite = any_teacher > 0
+    return {"loss": loss_sum / max(n, 1), "train_top1_mixed": 100.0 * correct / max(n, 1), "images": int(n),
+            "nonfinite_batch": None if bad < 0 else bad, "teacher_nonfinite": teacher_nonfinite}
+
+
+def diverged_error(stud_name: str, seed: int, epoch: int, stats: dict, label_mode: str, sgd: bool,
+                   lr: float) -> UserError:
+    """The one line for a non-finite loss: where, and which flag to look at."""
+    if stats["teacher_nonfinite"]:
+        cause = ("the stored soft labels hold non-finite logits (check --soft-label-dir)" if label_mode == "fkd"
+                 else "the teacher gives non-finite logits (check --teacher-path)")
+    else:
+        flag = "--learning-rate (with --sgd)" if sgd else "--adamw-lr"
+        cause = f"the training diverged; lower {flag} (now {lr:g})"
+    return UserError(f"student {stud_name} seed {seed}: non-finite training loss at epoch {epoch + 1}, "
+                     f"batch {stats['nonfinite_batch'] + 1}: {cause}; no result was written")
 
 
 def _rng_state() -> dict:
@@ -243,6 +271,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
                                 cfg["accum_steps"])
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
+        if stats["nonfinite_batch"] is not None:
+            raise diverged_error(stud_name, seed, epoch, stats, cfg["label_mode"], cfg["sgd"], cfg["lr"])
         dt = time.perf_counter() - t0
         train_time += dt
         scheduler.step()
@@ -315,6 +345,12 @@ def _wait_for(done: Path, poll_s: float = 2.0) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    # the output locations, before any work (not after hours of training)
+    output = check_output_file(args.output or default_output(args.syn_data_path, args.label_mode), "--output")
+    check_output_file(args.results_csv or output.parent / "results.csv", "--results-csv")
+    check_output_dir(output.with_name(output.name + ".partial"), "--output")
+    if args.log_dir:
+        check_output_dir(args.log_dir, "--log-dir")
     launch = dist_info()
     device = args.device
     if launch.distributed and device == "auto" and args.gpu_device not in (None, "-1", ""):
@@ -361,7 +397,7 @@ def run(args: argparse.Namespace, ctx) -> dict:
     temperature = None if args.label_mode == "hard" else args.temperature or default_temperature(common.aug.mix_type)
     output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
-    partial = output.with_name(output.name + ".partial")
+    partial = output.with_name(output.name + ".partial")  # checked in main(), before any work
     ddp = ctx.distributed and args.seed_parallel == "ddp"
     fp = _fingerprint(args)
     if ddp:

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
+from common.argtypes import nonneg_int, positive_int
 from common.atomic import atomic_write_json
 from common.datasets import get_dataset
 from common.device import add_device_arg, resolve_device
 from common.imagefolder import ImageFolder, find_classes
 from common.metrics import evaluate
+from common.paths import check_output_file
 from common.transforms import val_transform
 from models import load_model
 
@@ -37,9 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", required=True, help="data root with val/ (or a val folder itself)")
     p.add_argument("--arch-name", default=None, help="architecture, when the checkpoint does not record it")
     p.add_argument("--dataset", default="custom")
-    p.add_argument("--input-size", type=int, default=None, help="default: the checkpoint's")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--workers", type=nonneg_int, default=2)
     p.add_argument("--output", default=None, help="write the result as JSON here")
     add_device_arg(p)
     return p
@@ -47,6 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.output:
+        check_output_file(args.output, "--output")
     get_dataset(args.dataset)
     device = resolve_device(args.device)
     root = val_root(args.data_path)

@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.argtypes import momentum_float, nonneg_float, nonneg_int, positive_float, positive_int, seed_int
 from common.errors import run_cli
+from common.paths import check_output_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -38,19 +40,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "DINO/SwAV linear.*)")
     p.add_argument("--dataset", default="custom", help="registry name (normalisation, default input size)")
     p.add_argument("--data-path", required=True, help="root with train/ and val/ ImageFolder trees")
-    p.add_argument("--input-size", type=int, default=None, help="default: the backbone's, else the dataset's")
-    p.add_argument("--epochs", type=int, default=90, help="default: %(default)s (MoCo v3 linear probe)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.1, help="SGD lr, cosine to 0 (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the backbone's, else the dataset's")
+    p.add_argument("--epochs", type=nonneg_int, default=90, help="default: %(default)s (MoCo v3 linear probe)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=0.1, help="SGD lr, cosine to 0 (default: %(default)s)")
+    p.add_argument("--momentum", type=momentum_float, default=0.9)
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
     p.add_argument("--train-aug", choices=["none", "auto", "crop", "rrc"], default="auto",
                    help="none: frozen features computed once (fast); auto: crop up to 32 px, else rrc")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=nonneg_int, default=None,
                    help="DataLoader workers (default: 0 on CPU; on CUDA all cores but one, up to 16)")
     p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                    help="decode the training images once into memory (auto: up to 60k images)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (.pth)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     return p
@@ -58,11 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     parser = get_args_parser()
-    args = parser.parse_args(argv)
-    if args.epochs < 0 or args.batch_size < 1:
-        parser.error("--epochs must be >= 0 and --batch-size >= 1")
-    if args.lr <= 0:
-        parser.error("--lr must be > 0")
+    args = parser.parse_args(argv)  # every numeric flag's range is checked here (common.argtypes)
+    check_output_file(args.output, "--output")
     from squeeze.probe import train_probe
 
     return train_probe(args)

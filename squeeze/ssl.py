@@ -23,7 +23,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.argtypes import (
+    float_range,
+    momentum_float,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    unit_float,
+)
 from common.errors import run_cli
+from common.paths import check_output_file
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -32,49 +43,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="custom", help="registry name (normalisation, default input size)")
     p.add_argument("--data-path", required=True, help="root with train/ (labels unused) and val/ (kNN check)")
     p.add_argument("--arch-name", default="resnet18_modified", help="conv3..conv6, resnet18_modified, resnet50, ...")
-    p.add_argument("--input-size", type=int, default=None, help="default: the dataset's size for this arch")
-    p.add_argument("--epochs", type=int, default=200, help="MoCo v2: 200 (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=256, help="default: %(default)s")
-    p.add_argument("--lr", type=float, default=0.03, help="SGD lr, cosine to 0 (MoCo v2: 0.03 at batch 256)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--moco-momentum", type=float, default=0.999,
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for this arch")
+    p.add_argument("--epochs", type=positive_int, default=200, help="MoCo v2: 200 (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="default: %(default)s")
+    p.add_argument("--lr", type=positive_float, default=0.03, help="SGD lr, cosine to 0 (MoCo v2: 0.03 at batch 256)")
+    p.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    p.add_argument("--moco-momentum", type=momentum_float, default=0.999,
                    help="key-encoder EMA (MoCo v2: 0.999, for ~10^5+ steps; ~0.99 suits runs of a few thousand)")
-    p.add_argument("--temperature", type=float, default=0.2, help="InfoNCE temperature (MoCo v2: 0.2)")
-    p.add_argument("--queue-size", type=int, default=65536,
+    p.add_argument("--temperature", type=positive_float, default=0.2, help="InfoNCE temperature (MoCo v2: 0.2)")
+    p.add_argument("--queue-size", type=positive_int, default=65536,
                    help="negatives in the queue (MoCo: 65536); capped at the number of training images")
-    p.add_argument("--proj-hidden-dim", type=int, default=2048, help="projection MLP hidden width")
-    p.add_argument("--proj-dim", type=int, default=128, help="projection output (MoCo: 128)")
-    p.add_argument("--min-scale", type=float, default=0.2, help="RandomResizedCrop min scale (MoCo v2: 0.2)")
-    p.add_argument("--blur-prob", type=float, default=0.5, help="Gaussian blur probability (MoCo v2: 0.5)")
-    p.add_argument("--knn-every", type=int, default=5, help="kNN accuracy on val/ every N epochs (0: at the end)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--proj-hidden-dim", type=positive_int, default=2048, help="projection MLP hidden width")
+    p.add_argument("--proj-dim", type=positive_int, default=128, help="projection output (MoCo: 128)")
+    p.add_argument("--min-scale", type=float_range(0, 1, lo_open=True), default=0.2,
+                   help="RandomResizedCrop min scale (MoCo v2: 0.2)")
+    p.add_argument("--blur-prob", type=unit_float, default=0.5, help="Gaussian blur probability (MoCo v2: 0.5)")
+    p.add_argument("--knn-every", type=nonneg_int, default=5,
+                   help="kNN accuracy on val/ every N epochs (0: at the end)")
+    p.add_argument("--workers", type=nonneg_int, default=None,
                    help="DataLoader workers (default: 0 on CPU; on CUDA all cores but one, up to 16)")
     p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                    help="decode the training images once into memory (auto: up to 60k images)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="backbone checkpoint to write (e.g. runs/ssl_conv3.pth)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from <output>.last.pth (or the given training checkpoint)")
-    p.add_argument("--max-epochs-this-run", type=int, default=None,
+    p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
                    help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     return p
 
 
 def main(argv=None) -> dict:
-    args = get_args_parser().parse_args(argv)
-    for flag, v, lo in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 2),
-                        ("--queue-size", args.queue_size, 1), ("--proj-dim", args.proj_dim, 1),
-                        ("--proj-hidden-dim", args.proj_hidden_dim, 1)):
-        if v < lo:
-            get_args_parser().error(f"{flag} must be >= {lo}")
-    if not 0.0 <= args.moco_momentum < 1.0:
-        get_args_parser().error("--moco-momentum must be in [0, 1)")
-    if args.temperature <= 0 or args.lr <= 0:
-        get_args_parser().error("--temperature and --lr must be > 0")
-    if not 0.0 < args.min_scale <= 1.0 or not 0.0 <= args.blur_prob <= 1.0:
-        get_args_parser().error("--min-scale must be in (0, 1] and --blur-prob in [0, 1]")
+    args = get_args_parser().parse_args(argv)  # every numeric flag's range is checked here (common.argtypes)
+    if args.batch_size < 2:
+        get_args_parser().error("argument --batch-size: must be >= 2 (MoCo contrasts the images of a batch)")
+    check_output_file(args.output, "--output")
     from squeeze.ssl_train import pretrain
 
     return pretrain(args)

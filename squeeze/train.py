@@ -37,6 +37,15 @@ from torch import nn
 from tqdm import tqdm
 
 from common.accel import compile_model, default_workers, loader_kwargs, resolve_precision
+from common.argtypes import (
+    float_range,
+    momentum_float,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from common.atomic import atomic_write_json
 from common.datasets import check_class_count, get_dataset, resolve_input_size
 from common.device import add_device_arg
@@ -54,10 +63,11 @@ from common.errors import UserError
 from common.imagefolder import ImageFolder, check_train_val, infer_input_size
 from common.manifest import build_manifest
 from common.metrics import evaluate
+from common.paths import check_output_file
 from common.seed import SeededItems, seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
-from models.registry import canonical_arch
+from models.registry import check_arch
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,23 +76,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="custom", help="registry name (cifar10, tinyimagenet, imagenet-nette, ...)")
     p.add_argument("--data-path", required=True, help="root with train/ and val/ ImageFolder trees")
     p.add_argument("--arch-name", default="conv3", help="conv3..conv6, resnet18_modified, any torchvision name")
-    p.add_argument("--input-size", type=int, default=None, help="default: the dataset's size for this arch")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--warmup-epochs", type=float, default=2, help="linear warm-up length (epochs)")
-    p.add_argument("--warmup-start", type=float, default=0.01, help="warm-up starts at lr * this")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for this arch")
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=0.05)
+    p.add_argument("--momentum", type=momentum_float, default=0.9)
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-4)
+    p.add_argument("--warmup-epochs", type=nonneg_float, default=2, help="linear warm-up length (epochs)")
+    p.add_argument("--warmup-start", type=float_range(0, 1, lo_open=True), default=0.01,
+                   help="warm-up starts at lr * this")
+    p.add_argument("--label-smoothing", type=float_range(0, 1, hi_open=True), default=0.0)
     p.add_argument("--train-aug", choices=["auto", "crop", "rrc"], default="auto",
                    help="crop: RandomCrop(pad)+flip; rrc: RandomResizedCrop+flip; auto: crop up to 32px")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=nonneg_int, default=None,
                    help="DataLoader workers (default: 0 on CPU; on CUDA all cores but one, up to 16)")
     p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                    help="decode the training images once into memory (auto: up to 60k images)")
     p.add_argument("--skip-corrupt", action="store_true",
-                   help="check every image first and skip (and list) corrupt ones instead of stopping")
+                   help="check every image (train and val) first and skip (and list) corrupt ones instead of stopping")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA: bf16, or fp16 + GradScaler on GPUs without bf16; "
                         "on CPU only with native bf16, else fp32 with a warning)")
@@ -90,11 +101,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="torch.compile the model (falls back to eager with a warning if compiling fails)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: SyncBatchNorm (batch statistics over all processes; CUDA only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from <output>.last.pth (or the given training checkpoint)")
-    p.add_argument("--max-epochs-this-run", type=int, default=None,
+    p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
                    help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
     add_device_arg(p)
     return p
@@ -123,6 +134,12 @@ def last_path(output: str | Path) -> Path:
         output.with_name(output.stem + ".last.pth")
 
 
+def report_path(output: str | Path) -> Path:
+    """The JSON report beside the teacher: ``teacher.json`` for ``teacher.pth``."""
+    output = Path(output)
+    return output.with_suffix(".json") if output.suffix else Path(str(output) + ".json")
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, precision, label_smoothing,
                     epoch: int, epochs: int) -> dict[str, float]:
     """One epoch; ``precision`` is a :class:`common.accel.Precision` (autocast dtype, GradScaler or not)."""
@@ -130,19 +147,22 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, precisi
     loss_sum = correct = total = 0
     t0 = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=1.0)
-    for x, y in bar:
+    for it, (x, y) in enumerate(bar):
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         with precision.autocast():
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):  # before the step: the weights of the last good step are kept
+            base_lr = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+            amp_hint = " or run without --amp" if precision.enabled else ""
+            raise UserError(f"non-finite training loss at epoch {epoch + 1}, iteration {it + 1}: the training "
+                            f"diverged; lower --lr (now {base_lr:g}){amp_hint}; the teacher was not written")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
-        if not torch.isfinite(loss):
-            raise UserError(f"non-finite training loss at epoch {epoch + 1}; lower --lr")
         loss_sum += loss.item() * y.numel()
         correct += (logits.argmax(1) == y).sum().item()
         total += y.numel()
@@ -155,6 +175,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, precisi
 
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
+    output = check_output_file(args.output, "--output")  # before any work: not after hours of training
+    check_output_file(report_path(output), "--output")
+    if args.resume in (None, "auto"):
+        check_output_file(last_path(output), "--output")
     ctx = init_distributed(args.device)  # one process: just the device; under torchrun: DDP
     try:
         return train(args, ctx)
@@ -167,6 +191,7 @@ def train(args: argparse.Namespace, ctx) -> dict:
     device = ctx.device
     if args.sync_bn and ctx.distributed and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); drop it on CPU")
+    output = Path(args.output)  # checked in main(), before any work
     data = Path(args.data_path)
     if not data.exists():
         raise UserError(f"{data}: --data-path does not exist")
@@ -175,10 +200,10 @@ def train(args: argparse.Namespace, ctx) -> dict:
                         f"(python -m common.prepare writes them)")
     classes = check_train_val(data / "train", data / "val")
     check_class_count(spec, len(classes), data / "train")
-    arch = canonical_arch(args.arch_name)
+    arch = check_arch(args.arch_name, "--arch-name")
     fallback = None
     if args.input_size is None and spec.num_classes is None:
-        fallback = infer_input_size(data / "train")  # custom data: the images' own size
+        fallback = infer_input_size(data / "train", skip_corrupt=args.skip_corrupt)  # custom data: the images' own size
     size = resolve_input_size(spec, arch, args.input_size, fallback=fallback)
     seed_everything(args.seed)  # the initial weights are a function of --seed
     model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
@@ -192,7 +217,8 @@ def train(args: argparse.Namespace, ctx) -> dict:
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
     train_ds = ImageFolder(data / "train", train_transform(size, mean, std, args.train_aug), classes=classes,
                            cache=cache, skip_corrupt=args.skip_corrupt)
-    val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache)
+    val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache,
+                         skip_corrupt=args.skip_corrupt)
     global_batch = args.batch_size * ctx.world_size  # --batch-size is per process
     if len(train_ds) < global_batch:
         raise UserError(f"{data / 'train'}: {len(train_ds)} images, fewer than --batch-size {args.batch_size}"
@@ -212,7 +238,6 @@ def train(args: argparse.Namespace, ctx) -> dict:
         optimizer, lambda s: lr_at(s, total_steps, warmup_steps, args.warmup_start))
     scaler = precision.grad_scaler()
 
-    output = Path(args.output)
     state_file = last_path(output) if args.resume in (None, "auto") else Path(args.resume)
     start_epoch, history = 0, []
     if args.resume is not None:
@@ -286,7 +311,7 @@ def train(args: argparse.Namespace, ctx) -> dict:
                             precision=precision.name, world_size=ctx.world_size, global_batch_size=global_batch,
                             train_seconds_this_run=time.perf_counter() - t_start,
                             train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
-    atomic_write_json(output.with_suffix(".json") if output.suffix else Path(str(output) + ".json"), report)
+    atomic_write_json(report_path(output), report)
     print(f"teacher written to {output}: val top-1 {val_top1:.2f}%", file=sys.stderr)
     return report
 

@@ -17,9 +17,10 @@ def test_dist_info_torchrun_slurm_single():
     assert D.dist_info({}) == D.DistInfo(0, 1, 0, "single")
     assert D.dist_info({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == D.DistInfo(3, 4, 1, "torchrun")
     assert D.dist_info({"RANK": "0", "WORLD_SIZE": "1"}) == D.DistInfo(0, 1, 0, "single")
-    # srun: the step's task count wins over the allocation's (a plain python in sbatch is one task)
-    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}
+    # srun: the step's task count, not the allocation's (a plain python in sbatch is one process)
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1"}
     assert D.dist_info(slurm) == D.DistInfo(5, 8, 1, "slurm")
+    assert D.dist_info({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0"}).distributed is False
     assert D.dist_info({**slurm, "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1"}).distributed is False
     # torchrun's variables take precedence inside a SLURM job
     assert D.dist_info({**slurm, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).launcher == "torchrun"
@@ -49,7 +50,7 @@ def test_single_process_is_untouched():
     with pytest.raises(UserError, match="MASTER_ADDR"):
         D.init_distributed("cpu", environ={"RANK": "0", "WORLD_SIZE": "2"})
     with pytest.raises(UserError, match="srun"):
-        D.init_distributed("cpu", environ={"SLURM_PROCID": "0", "SLURM_NTASKS": "2"})
+        D.init_distributed("cpu", environ={"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"})
 
 
 WORKER = textwrap.dedent("""
