@@ -61,5 +61,5 @@ run python scripts/results_table.py --out "$TABLE" "${rows[@]}" \
     --title "tinyimagenet-10 at 32x32, IPC $IPC: recovery from noise (ITR $ITR, lr $LR, r_bn $R_BN, jitter $JITTER, \
 batch 100) with the supervised conv3 teacher (SRe2L) or the MoCo v2 conv3 + linear-probe teacher (SC-DD, \
 $SSL_EPOCHS SSL epochs); every set evaluated with soft labels from the SUPERVISED teacher (conv3 student, \
-relabel_eval $RE_EPOCHS epochs, CutMix + KD T=20), final top-1 mean +- std over seeds $SEEDS. $(nproc) shared CPU \
+relabel_eval $RE_EPOCHS epochs, CutMix + KD T=20), final top-1 mean +- std over seeds $SEEDS. $(nproc --all) shared CPU \
 cores. Produced by bench/scdd_tin10.sh."

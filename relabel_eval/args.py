@@ -35,6 +35,7 @@ from common.argtypes import (
 )
 from common.cli import require_paths
 from common.device import add_device_arg
+from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_name
 
 # torch-free: ``python -m relabel_eval --help`` and input errors answer before torch is imported;
 # ``add_common_args`` is shared with ``python -m relabel_eval.relabel``.
@@ -62,7 +63,14 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--input-size", type=positive_int, default=None,
                    help="student input size (default: the teacher's, else the dataset's)")
     g.add_argument("--nclass", type=positive_int, default=None, help="expected class count (checked against the data)")
-    a = p.add_argument_group("augmentation (per image, then per batch)")
+    a = p.add_argument_group("evaluation protocol and augmentation (per image, then per batch)")
+    a.add_argument("--protocol", type=protocol_name, default=None,
+                   help=f"released evaluation to follow: {', '.join(PROTOCOLS)} (default: {DEFAULT_PROTOCOL}, or the "
+                        f"one the stored soft labels were made under); "
+                        f"rded adds ShufflePatches(--factor) and crop scale (1/--factor, max)")
+    a.add_argument("--factor", type=positive_int, default=None,
+                   help="RDED's factor (--protocol rded: ShufflePatches strips and crop scale 1/factor; "
+                        "ignored by delt)")
     a.add_argument("--re-batch-size", type=nonneg_int, default=0, help="batch size; 0 = DELT's table (default)")
     a.add_argument("--mix-type", type=mix_type, default="cutmix", help="cutmix (default), mixup or none")
     a.add_argument("--cutmix", type=positive_float, default=1.0, help="CutMix Beta alpha (default: %(default)s)")
@@ -70,8 +78,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--use-rand-augment", action="store_true", help="timm RandAugment on each image")
     a.add_argument("--rand-augment-config", default="rand-m6-n2-mstd1.0", help="timm RandAugment string")
     a.add_argument("--random-erasing-p", type=unit_float, default=0.0, help="RandomErasing probability (default 0)")
-    a.add_argument("--min-scale-crops", type=float_range(0, 1, lo_open=True), default=0.08,
-                   help="RandomResizedCrop min scale")
+    a.add_argument("--min-scale-crops", type=float_range(0, 1, lo_open=True), default=None,
+                   help="RandomResizedCrop min scale (default 0.08; --protocol rded: 1/--factor)")
     a.add_argument("--max-scale-crops", type=float_range(0, 1, lo_open=True), default=1.0,
                    help="RandomResizedCrop max scale")
     a.add_argument("--seed", type=seed_int, default=42, help="seed (default: %(default)s)")
@@ -86,7 +94,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     x = p.add_argument_group("accepted for the released scripts and ignored")
     x.add_argument("--wandb-api-key", default=None, help=argparse.SUPPRESS)
     x.add_argument("--wandb-project", default=None, help=argparse.SUPPRESS)
-    x.add_argument("--factor", type=int, default=None, help="RDED stitching factor (ignored here)")
     x.add_argument("--mipc", type=int, default=None, help="RDED pool size (ignored here)")
     x.add_argument("--num-crop", type=int, default=None, help="RDED crops per image (ignored here)")
     x.add_argument("--train-dir", default=None, help="RDED train folder (ignored here)")
@@ -103,6 +110,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="soft: online teacher (default); hard: CE on class labels; fkd: stored soft labels")
     t.add_argument("--soft-label-dir", default=None, help="output of relabel_eval.relabel (--label-mode fkd)")
     t.add_argument("--val-dir", required=True, help="validation ImageFolder (same class folders)")
+    t.add_argument("--zca", default=None,
+                   help="--protocol pad: the experts' zca.pt; the set and val/ are whitened as the experts saw them")
     t.add_argument("--val-ipc", type=positive_int, default=None, help="validation images per class (default: all)")
     t.add_argument("--re-epochs", type=positive_int, default=300, help="training epochs (default: %(default)s)")
     t.add_argument("--re-accum-steps", type=positive_int, default=1, help="gradient accumulation steps")
@@ -111,6 +120,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=seed_int, nargs="+", default=None,
                    help="several seeds in one call (overrides --seed)")
     t.add_argument("--eval-every", type=positive_int, default=10, help="validate every N epochs and at the end")
+    t.add_argument("--bn-double-update", action=argparse.BooleanOptionalAction, default=None,
+                   help="student BN momentum 1-(1-m)^2 (0.19), the effect of the released loop's extra train-mode "
+                        "forward per batch (default: on, as the protocol's release; --no-bn-double-update: "
+                        "PyTorch's 0.1)")
     t.add_argument("--seed-parallel", choices=("ddp", "ranks"), default="ddp",
                    help="under torchrun: ddp = each seed trained by all processes (DistributedDataParallel); "
                         "ranks = each process trains whole seeds on its own (default: %(default)s)")
@@ -138,4 +151,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_paths(args: argparse.Namespace) -> None:
     """The distilled set, the validation folder, the teacher and the soft labels, when given, must exist."""
     require_paths(args, [("syn_data_path", "--syn-data-path"), ("val_dir", "--val-dir"),
-                         ("teacher_path", "--teacher-path"), ("soft_label_dir", "--soft-label-dir")])
+                         ("teacher_path", "--teacher-path"), ("soft_label_dir", "--soft-label-dir"), ("zca", "--zca")])

@@ -2,7 +2,8 @@
 
 Order as the released DELT evaluation: optional RandAugment (timm) on the PIL
 image -> ToTensor -> optional RandomErasing -> RandomResizedCrop(size, scale) ->
-horizontal flip; normalisation is done per batch on the device. Every random
+horizontal flip; normalisation is done per batch on the device. RDED's evaluation
+(``--protocol rded``) adds ShufflePatches after ToTensor. Every random
 choice is drawn up front (:mod:`relabel_eval.plan`) as a crop box, a flip bit and
 a per-image seed for RandAugment / erasing, so an epoch can be stored (FKD soft
 labels) and replayed exactly, and DataLoader workers need no seeding.
@@ -127,16 +128,69 @@ def erase_box(rng: np.random.Generator, H: int, W: int, scale=(0.02, 0.33), rati
     return None
 
 
+def strip_bounds(length: int, factor: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the ``factor`` strips released ShufflePatches cuts a side of ``length`` into.
+
+    As released (RDED ``validation/utils.py``): strip k starts at ``k * (length // factor)``
+    and is ``length // factor`` wide, except that a strip whose start equals
+    ``factor - 1`` runs to the end (with factor 1: the whole side). So a remainder of
+    ``length % factor`` pixels is dropped for factor >= 2 and the image shrinks.
+    """
+    tw = length // factor
+    out = []
+    for k in range(factor):
+        start = k * tw
+        out.append((start, length) if start == factor - 1 else (start, start + tw))
+    return out
+
+
+def shuffled_side(length: int, factor: int) -> int:
+    """Side of an image after ShufflePatches (see :func:`strip_bounds`)."""
+    return sum(b - a for a, b in strip_bounds(length, factor))
+
+
+def shuffled_sizes(sizes: np.ndarray, factor: int) -> np.ndarray:
+    """``(N, 2)`` H, W after ShufflePatches with ``factor`` (unchanged for factor 1)."""
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    if factor <= 1:
+        return sizes
+    return np.array([[shuffled_side(int(h), factor), shuffled_side(int(w), factor)] for h, w in sizes],
+                    dtype=np.int64).reshape(-1, 2)
+
+
+def shuffle_patches(x: torch.Tensor, factor: int, perm_w, perm_h) -> torch.Tensor:
+    """RDED's ShufflePatches on a CHW tensor with explicit permutations.
+
+    The width is cut into strips (:func:`strip_bounds`) put in the order ``perm_w``
+    (output strip i = input strip ``perm_w[i]``), then the height the same way with
+    ``perm_h``; the release draws both orders with ``random.shuffle``.
+    """
+    def one_axis(t: torch.Tensor, perm) -> torch.Tensor:
+        pieces = [t[..., a:b] for a, b in strip_bounds(t.shape[-1], factor)]
+        return torch.cat([pieces[int(i)] for i in perm], -1)
+
+    x = one_axis(x, perm_w)
+    return one_axis(x.transpose(1, 2), perm_h).transpose(1, 2).contiguous()
+
+
+def patch_orders(seed: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two ShufflePatches orders of an image, drawn from its plan seed."""
+    rng = np.random.default_rng([int(seed), 2])
+    return rng.permutation(factor), rng.permutation(factor)
+
+
 class SampleTransform:
     """``(uint8 HxWx3 array, record) -> float CHW tensor in [0, 1]`` (not normalised).
 
     ``record`` is ``(index, top, left, height, width, flip, seed)`` from the epoch plan.
     """
 
-    def __init__(self, input_size: int, rand_augment: str | None = None, erasing_p: float = 0.0):
+    def __init__(self, input_size: int, rand_augment: str | None = None, erasing_p: float = 0.0,
+                 shuffle_factor: int = 1):
         self.input_size = int(input_size)
         self.rand_augment = rand_augment or None
         self.erasing_p = float(erasing_p)
+        self.shuffle_factor = int(shuffle_factor)
         self._ra: dict[int, object] = {}
 
     def _ra_for(self, side: int):
@@ -159,6 +213,8 @@ class SampleTransform:
                 if box is not None:
                     t, l, eh, ew = box
                     x[:, t:t + eh, l:l + ew] = 0.0
+        if self.shuffle_factor > 1:
+            x = shuffle_patches(x, self.shuffle_factor, *patch_orders(seed, self.shuffle_factor))
         x = TF.resized_crop(x, int(top), int(left), int(h), int(w), [self.input_size, self.input_size],
                             interpolation=InterpolationMode.BILINEAR, antialias=True)
         if flip:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from relabel_eval.augment import sample_crops
+from relabel_eval.augment import sample_crops, shuffled_sizes
 from relabel_eval.mix import MixParams, draw_mix
 from relabel_eval.protocol import MIX_ALPHA
 
@@ -26,6 +26,7 @@ class AugConfig:
     erasing_p: float = 0.0
     mix_type: str = "cutmix"
     mix_alpha: float | None = None  # None: 1.0 for CutMix, 0.8 for Mixup
+    shuffle_factor: int = 1  # RDED's ShufflePatches factor (--protocol rded); 1: none
 
     def alpha(self) -> float | None:
         if self.mix_type == "none":
@@ -101,7 +102,8 @@ def make_epoch_plan(seed: int, epoch: int, sizes: np.ndarray, batch_size: int, c
     sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
     n = len(sizes)
     order = rng.permutation(n) if shuffle else np.arange(n)
-    crops = sample_crops(rng, sizes[order], (cfg.min_scale, cfg.max_scale))
+    # crop boxes are drawn on the image as RandomResizedCrop sees it: after ShufflePatches
+    crops = sample_crops(rng, shuffled_sizes(sizes, cfg.shuffle_factor)[order], (cfg.min_scale, cfg.max_scale))
     flips = rng.random(n) < 0.5
     seeds = rng.integers(0, 2 ** 31 - 1, size=n, dtype=np.int64)
     nb = (n + batch_size - 1) // batch_size

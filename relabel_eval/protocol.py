@@ -133,6 +133,27 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_epochs: int, cos: boo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, total_epochs, cos))
 
 
+def apply_bn_double_update(model: nn.Module) -> dict[str, float]:
+    """Give every BatchNorm layer that tracks running statistics the momentum of two updates.
+
+    The released DELT/RDED loop runs an extra no-grad forward in train mode on each
+    (in-place mixed) batch right before the training forward, with the same weights,
+    so both forwards see the same batch statistics and the running statistics move
+    twice: ``r <- (1 - m)^2 r + (1 - (1 - m)^2) s``. One update with momentum
+    ``1 - (1 - m)^2`` (0.19 for PyTorch's 0.1) gives the same running mean and
+    variance without the forward. Layers with ``momentum=None`` (cumulative average)
+    are left alone. Returns ``{layer name: new momentum}``.
+    """
+    from relabel_eval.eval_protocols import double_update_momentum
+
+    changed = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is not None:
+            m.momentum = double_update_momentum(m.momentum)
+            changed[name] = m.momentum
+    return changed
+
+
 def eval_epochs(total_epochs: int, every: int) -> list[int]:
     """0-based epochs after which the student is validated: every ``every`` epochs and the last."""
     every = max(1, int(every))

@@ -88,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         STAGE, args, inputs={"teacher": args.teacher_path}, fingerprint=fp, complete=False,
         classes=common.data.classes, files=common.data.files, num_images=len(common.data), num_classes=C,
         ipc=common.data.ipc, epochs=args.epochs, batch_size=batch_size, batch_size_source=bs_source,
-        seed=args.seed, aug=common.aug.to_dict(), input_size=common.input_size, mean=list(common.mean),
-        std=list(common.std), teacher_arch=common.teacher_meta["arch"], topk=args.topk,
+        seed=args.seed, protocol=args.protocol, aug=common.aug.to_dict(), input_size=common.input_size,
+        mean=list(common.mean), std=list(common.std), teacher_arch=common.teacher_meta["arch"], topk=args.topk,
         logits_dtype="float16")
     write_manifest(partial, manifest)
 

@@ -21,11 +21,12 @@ from models import check_arch, load_model
 from relabel_eval.args import add_common_args, mix_type  # noqa: F401  (torch-free; re-exported)
 from relabel_eval.augment import SampleTransform
 from relabel_eval.data import DistilledSet, load_distilled, make_train_loader
+from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, get_protocol, resolve_aug
 from relabel_eval.mix import MixParams, apply_mix
 from relabel_eval.plan import AugConfig, EpochPlan
 from relabel_eval.protocol import auto_batch_size, released_special_case
 
-IGNORED_FLAGS = ("wandb_api_key", "wandb_project", "factor", "mipc", "num_crop", "train_dir", "classes")
+IGNORED_FLAGS = ("wandb_api_key", "wandb_project", "mipc", "num_crop", "train_dir", "classes")
 
 
 @dataclass
@@ -78,6 +79,10 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
             teacher = teacher.to(memory_format=torch.channels_last)
         else:
             teacher = None
+    made_under = stored.get("protocol", DEFAULT_PROTOCOL) if stored is not None else None
+    if stored is not None and args.protocol and args.protocol != made_under:
+        raise UserError(f"--protocol {args.protocol} but the soft labels were made under --protocol {made_under}")
+    args.protocol = args.protocol or made_under or DEFAULT_PROTOCOL
     if stored is not None:
         input_size, mean, std = stored["input_size"], stored["mean"], stored["std"]
         aug = AugConfig.from_dict(stored["aug"])
@@ -89,13 +94,17 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
             input_size = int(min(data.sizes.min(0)))
         mean = tuple(meta.get("mean") or spec.mean)
         std = tuple(meta.get("std") or spec.std)
-        if not 0 < args.min_scale_crops <= args.max_scale_crops <= 1:
-            raise UserError(f"--min-scale-crops {args.min_scale_crops} / --max-scale-crops {args.max_scale_crops}: "
-                            f"need 0 < min <= max <= 1")
+        try:
+            scale = resolve_aug(get_protocol(args.protocol), args.factor, args.min_scale_crops, args.max_scale_crops)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         alpha = args.cutmix if args.mix_type == "cutmix" else args.mixup if args.mix_type == "mixup" else None
-        aug = AugConfig(int(input_size), args.min_scale_crops, args.max_scale_crops,
+        aug = AugConfig(int(input_size), scale.min_scale, scale.max_scale,
                         args.rand_augment_config if args.use_rand_augment else None,
-                        args.random_erasing_p, args.mix_type, alpha)
+                        args.random_erasing_p, args.mix_type, alpha, scale.shuffle_factor)
+    if aug.shuffle_factor > int(data.sizes.min()):
+        raise UserError(f"--factor {aug.shuffle_factor}: larger than the smallest image side "
+                        f"{int(data.sizes.min())} of {args.syn_data_path}")
     if aug.rand_augment:
         SampleTransform(aug.input_size, aug.rand_augment)._ra_for(32)  # a bad config string fails here, not in a worker
     workers = default_workers(device.type) if args.workers is None else args.workers
@@ -123,7 +132,8 @@ class BatchMaker:
 
     def __init__(self, common: Common, rank: int = 0, world_size: int = 1):
         self.common, self.rank, self.world_size = common, rank, world_size
-        self.transform = SampleTransform(common.aug.input_size, common.aug.rand_augment, common.aug.erasing_p)
+        self.transform = SampleTransform(common.aug.input_size, common.aug.rand_augment, common.aug.erasing_p,
+                                         common.aug.shuffle_factor)
         self.loader, self.sampler = make_train_loader(common.data, self.transform, common.workers,
                                                       device_type=common.device.type)
         dev = common.device
@@ -183,7 +193,8 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor, device: torch.device, am
 
 
 def warn_ignored(args: argparse.Namespace) -> None:
-    used = [f"--{k.replace('_', '-')}" for k in IGNORED_FLAGS if getattr(args, k, None) not in (None, "")]
+    ignored = IGNORED_FLAGS + (() if get_protocol(getattr(args, "protocol", None)).needs_factor else ("factor",))
+    used = [f"--{k.replace('_', '-')}" for k in ignored if getattr(args, k, None) not in (None, "")]
     if used:
         print(f"note: {', '.join(used)} accepted for the released scripts and ignored", flush=True)
 

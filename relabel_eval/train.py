@@ -33,10 +33,12 @@ from common.seed import item_seed, seed_everything
 from models import build_model
 from relabel_eval.args import get_args_parser  # the torch-free parser (python -m relabel_eval parses with it first)
 from relabel_eval.data import ValSet
+from relabel_eval.eval_protocols import get_protocol
 from relabel_eval.mix import kd_loss, mixed_ce, target_lambda
 from relabel_eval.plan import make_epoch_plan
 from relabel_eval.protocol import (
     adamw_lr_for,
+    apply_bn_double_update,
     default_temperature,
     eval_epochs,
     make_optimizer,
@@ -173,6 +175,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     rank, world = maker.rank, maker.world_size  # world 1 unless DDP under torchrun
     seed_everything(seed)
     student = build_model(stud_name, common.num_classes, common.input_size)
+    if cfg.get("bn_double_update"):
+        apply_bn_double_update(student)
     student = student.to(dev).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(student, cfg["sgd"], cfg["lr"], cfg["adamw_weight_decay"], cfg["lr"],
                                cfg["momentum"], cfg["weight_decay"])
@@ -283,6 +287,10 @@ def _wait_for(done: Path, poll_s: float = 2.0) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.protocol == "pad":  # PAD's own loop: learned labels and lr, DSA, no teacher
+        from relabel_eval.pad_protocol import run as run_pad
+
+        return run_pad(args)
     # the output locations, before any work (not after hours of training)
     output = check_output_file(args.output or default_output(args.syn_data_path, args.label_mode), "--output")
     check_output_file(args.results_csv or output.parent / "results.csv", "--results-csv")
@@ -333,6 +341,8 @@ def run(args: argparse.Namespace, ctx) -> dict:
     if len(set(seeds)) != len(seeds):
         raise UserError("--seeds has duplicates")
     temperature = None if args.label_mode == "hard" else args.temperature or default_temperature(common.aug.mix_type)
+    protocol = get_protocol(args.protocol)
+    bn_double = protocol.bn_double_update if args.bn_double_update is None else bool(args.bn_double_update)
     output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
     partial = output.with_name(output.name + ".partial")  # checked in main(), before any work
@@ -373,10 +383,12 @@ def run(args: argparse.Namespace, ctx) -> dict:
         cfg = {"epochs": args.re_epochs, "batch_size": bs, "lr": lr, "temperature": temperature,
                "label_mode": args.label_mode, "eval_every": args.eval_every, "accum_steps": args.re_accum_steps,
                "sgd": args.sgd, "adamw_weight_decay": args.adamw_weight_decay, "momentum": args.momentum,
-               "weight_decay": args.weight_decay, "cos": args.cos, "compile": args.compile}
+               "weight_decay": args.weight_decay, "cos": args.cos, "compile": args.compile,
+               "bn_double_update": bn_double}
         print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
               f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
-              f"{args.re_epochs} epochs, seeds {seeds}",
+              f"{args.re_epochs} epochs, seeds {seeds}; protocol {protocol.name}, BN momentum "
+              f"{'0.19 (double update, as released)' if bn_double else '0.1 (--no-bn-double-update)'}",
               flush=True)
         configs[stud] = (bs, bs_source, lr, lr_source, cfg)
 
@@ -428,7 +440,10 @@ def run(args: argparse.Namespace, ctx) -> dict:
         "num_images": len(data), "num_classes": common.num_classes, "ipc": data.ipc, "val_images": len(val),
         "input_size": common.input_size, "mean": list(common.mean), "std": list(common.std),
         "teacher": teacher_info, "seeds": seeds,
-        "protocol": {"epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
+        "protocol": {"name": protocol.name, "source": protocol.source, "factor": args.factor
+                     if protocol.needs_factor else None, "bn_double_update": bn_double,
+                     "bn_momentum": "1-(1-m)^2 (0.19 for 0.1)" if bn_double else "model default (0.1)",
+                     "epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
                      "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
                      "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp,
                      "precision": common.precision.name, "processes": ctx.world_size,

@@ -81,17 +81,31 @@ stage_synthesize() {
         --device "${DEVICE}"
 }
 
+# RDED: real patches scored by the teacher, stitched factor x factor (no optimisation)
+stage_patches() {
+    run python -m rank_select.patches --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" \
+        --observer-path "${TEACHER}" --output-path "${SYN_PATH}" --ipc "${IPC}" --mipc "${MIPC}" \
+        --num-crop "${NUM_CROP}" --factor "${FACTOR}" --input-size "${INPUT_SIZE}" --device "${DEVICE}"
+}
+
 stage_validate() {
-    local seed outputs=()
+    local seed outputs=() syn="${SYN_PATH}/${EXP_NAME:-}" aug
+    # each method's released evaluation protocol
+    if [ "${METHOD:-delt}" = rded ]; then
+        syn="${SYN_PATH}"
+        aug=(--protocol rded --factor "${FACTOR}" --max-scale-crops 1.0)
+    else
+        aug=(--protocol delt --use-rand-augment --rand-augment-config "${RAND_AUG}" --min-scale-crops "${MIN_SCALE}"
+             --max-scale-crops 1.0)
+    fi
+    syn="${syn%/}"
     launcher relabel_eval  # several processes: each seed trained with DDP (the batch stays global)
     for seed in ${SEEDS}; do
-        run "${LAUNCH[@]}" --syn-data-path "${SYN_PATH}/${EXP_NAME}" --val-dir "${DATA_ROOT}/val" \
+        run "${LAUNCH[@]}" --syn-data-path "${syn}" --val-dir "${DATA_ROOT}/val" \
             --teacher-path "${TEACHER}" --arch-name "${ARCH}" --stud-name "${STUDENT}" --dataset "${DATASET}" \
-            --input-size "${INPUT_SIZE}" --ipc "${IPC}" --re-epochs "${RE_EPOCHS}" \
-            --use-rand-augment --rand-augment-config "${RAND_AUG}" --min-scale-crops "${MIN_SCALE}" \
-            --max-scale-crops 1.0 --seed "${seed}" --device "${DEVICE}" \
-            --output "${SYN_PATH}/${EXP_NAME}/eval_${STUDENT}_seed${seed}.json"
-        outputs+=("${SYN_PATH}/${EXP_NAME}/eval_${STUDENT}_seed${seed}.json")
+            --input-size "${INPUT_SIZE}" --ipc "${IPC}" --re-epochs "${RE_EPOCHS}" "${aug[@]}" \
+            --seed "${seed}" --device "${DEVICE}" --output "${syn}/eval_${STUDENT}_seed${seed}.json"
+        outputs+=("${syn}/eval_${STUDENT}_seed${seed}.json")
     done
     run python scripts/summarize.py --published "${PUBLISHED}" "${outputs[@]}"
 }
@@ -105,8 +119,9 @@ run_pipeline() {
             squeeze) stage_squeeze ;;
             select) stage_select ;;
             synthesize) stage_synthesize ;;
+            patches) stage_patches ;;
             validate) stage_validate ;;
-            *) echo "error: STAGES: unknown stage '${s}' (squeeze select synthesize validate)" >&2; exit 2 ;;
+            *) echo "error: STAGES: unknown stage '${s}' (squeeze select synthesize patches validate)" >&2; exit 2 ;;
         esac
     done
 }

@@ -65,19 +65,30 @@ def test_scripts_match_settings_table():
 def test_every_printed_command_parses(script):
     cmds = dry_run(script, GPU="cpu")
     modules = [c[2] if c[1] == "-m" else c[1] for c in cmds]
-    needed = {"squeeze.evaluate", "recover", "relabel_eval"}
-    if "scdd_" not in script.name:  # SC-DD recovers from noise: no selection
-        needed.add("rank_select")
+    rded = script.name.startswith("rded_")
+    needed = {"squeeze.evaluate", "relabel_eval"}
+    if rded:
+        needed.add("rank_select.patches")
+    else:
+        needed.add("recover")
+        if "scdd_" not in script.name:  # SC-DD recovers from noise: no selection
+            needed.add("rank_select")
     assert needed <= set(modules)
+    evals = []
     for cmd in cmds:
         parser, args = parser_for(cmd)
-        parser.parse_args(args)  # SystemExit (test failure) on any flag the parser does not define
+        parsed = parser.parse_args(args)  # SystemExit (test failure) on any flag the parser does not define
+        if cmd[:3] == ["python", "-m", "relabel_eval"]:
+            evals.append(parsed)
     text = script.read_text()
-    for var in ("DATA_ROOT", "TEACHER", "SYN_PATH", "INIT_PATH", "IPC", "ITR", "ROUND_ITR", "EXP_NAME", "GPU",
-                "SEEDS"):
+    own = ("FACTOR",) if rded else ("INIT_PATH", "ITR", "ROUND_ITR", "EXP_NAME")
+    for var in ("DATA_ROOT", "TEACHER", "SYN_PATH", "IPC", "GPU", "SEEDS", *own):
         assert re.search(rf"^{var}=", text, re.M), f"{script}: {var} not at the top"
-    seeds = [c for c in cmds if c[:3] == ["python", "-m", "relabel_eval"]]
-    assert [c[c.index("--seed") + 1] for c in seeds] == ["3407", "4663", "2897"]
+    assert [a.seed for a in evals] == [3407, 4663, 2897]
+    # each method is evaluated under its own released protocol
+    assert {a.protocol or "delt" for a in evals} == {"rded" if rded else "delt"}
+    if rded:
+        assert all(a.factor is not None and not a.use_rand_augment for a in evals)
 
 
 def test_multi_gpu_uses_torchrun_and_ipc1_has_no_rounds():
@@ -96,6 +107,9 @@ def test_reproduce_dispatches_and_rejects_unknown():
     bad = subprocess.run(["bash", "scripts/reproduce.sh", "tinyimagenet", "conv4", "7"], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no published setting" in bad.stderr
+    res = subprocess.run(["bash", "scripts/reproduce.sh", "tinyimagenet", "conv4", "10", "rded"], cwd=ROOT,
+                         env={**os.environ, "DRY_RUN": "1", "GPU": "cpu"}, capture_output=True, text=True)
+    assert res.returncode == 0 and "rank_select.patches" in res.stdout and "--protocol rded" in res.stdout
 
 
 @pytest.mark.parametrize("script", [ROOT / "scripts" / "quickstart.sh", ROOT / "bench" / "cpu_table.sh",
