@@ -144,6 +144,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                        "the JSON)")
     r.add_argument("--log-dir", default=None, help="per-run CSV logs of every epoch")
     r.add_argument("--exp-name", default=None, help="name of this evaluation in the results table")
+    r.add_argument("--force", action="store_true", help="replace an existing --output this command did not write")
     r.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted call")
     return p
 

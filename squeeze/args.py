@@ -78,6 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="under torchrun: SyncBatchNorm (batch statistics over all processes; CUDA only)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
+    p.add_argument("--force", action="store_true", help="replace an existing --output this command did not write")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from <output>.last.pth (or the given training checkpoint)")
     p.add_argument("--max-epochs-this-run", type=positive_int, default=None,

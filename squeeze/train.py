@@ -29,6 +29,7 @@ from common.imagefolder import ImageFolder, check_train_val, infer_input_size
 from common.manifest import build_manifest
 from common.metrics import evaluate
 from common.paths import check_output_file
+from common.runstate import check_output
 from common.seed import SeededItems, seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
@@ -102,6 +103,7 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     output = check_output_file(args.output, "--output")  # before any work: not after hours of training
     check_output_file(report_path(output), "--output")
+    check_output(output, "squeeze", args.force, kind="file", manifest_file=report_path(output), flag="--output")
     if args.resume in (None, "auto"):
         check_output_file(last_path(output), "--output")
     ctx = init_distributed(args.device)  # one process: just the device; under torchrun: DDP
