@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from common.argtypes import momentum_float, nonneg_int, positive_float, positive_int, seed_int
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rank_select.difficulty", description=__doc__,
@@ -33,16 +35,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", required=True, help="training ImageFolder tree to score")
     p.add_argument("--dataset", default="custom", help="registry name (normalisation, input size)")
     p.add_argument("--arch", default="conv3_in", help="model trained briefly for the scores (default: %(default)s)")
-    p.add_argument("--input-size", type=int, default=None, help="default: the dataset's size for the arch")
-    p.add_argument("--num-models", type=int, default=4, help="k models whose scores are averaged")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs of each model before scoring")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for the arch")
+    p.add_argument("--num-models", type=positive_int, default=4, help="k models whose scores are averaged")
+    p.add_argument("--epochs", type=nonneg_int, default=10, help="training epochs of each model before scoring")
+    p.add_argument("--lr", type=positive_float, default=0.01)
+    p.add_argument("--momentum", type=momentum_float, default=0.9)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--no-dsa", action="store_true", help="train without differentiable augmentation")
     p.add_argument("--sort-by", choices=["el2n", "grand"], default="grand",
                    help="metric that orders each class (default: grand, the released PAD experts' order)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="difficulty CSV to write")
     p.add_argument("--order-file", default=None, help="per-class easy-to-hard order (default: <output>.order.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -35,6 +35,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from common.argtypes import momentum_float, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m recover.trajectory_matching", description=__doc__,
@@ -42,36 +44,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", required=True, help="directory written by squeeze.trajectories")
     p.add_argument("--data-path", required=True, help="training ImageFolder (real images for initialisation)")
     p.add_argument("--output-path", required=True, help="output ImageFolder of the distilled images")
-    p.add_argument("--ipc", type=int, default=10)
-    p.add_argument("--iterations", type=int, default=5000)
-    p.add_argument("--syn-steps", type=int, default=80)
-    p.add_argument("--expert-epochs", type=int, default=2)
-    p.add_argument("--min-start-epoch", type=int, default=0)
-    p.add_argument("--current-max-start-epoch", type=int, default=None,
+    p.add_argument("--ipc", type=positive_int, default=10)
+    p.add_argument("--iterations", type=positive_int, default=5000)
+    p.add_argument("--syn-steps", type=positive_int, default=80)
+    p.add_argument("--expert-epochs", type=positive_int, default=2)
+    p.add_argument("--min-start-epoch", type=nonneg_int, default=0)
+    p.add_argument("--current-max-start-epoch", type=nonneg_int, default=None,
                    help="initial upper end of the start-epoch window (default: --max-start-epoch, no growth)")
-    p.add_argument("--max-start-epoch", type=int, default=20)
-    p.add_argument("--expansion-end-epoch", type=int, default=3000,
+    p.add_argument("--max-start-epoch", type=nonneg_int, default=20)
+    p.add_argument("--expansion-end-epoch", type=nonneg_int, default=3000,
                    help="iteration at which the window reaches --max-start-epoch")
-    p.add_argument("--batch-syn", type=int, default=None, help="student batch (default: all synthetic images)")
-    p.add_argument("--lr-img", type=float, default=1000.0)
-    p.add_argument("--lr-lr", type=float, default=1e-5)
-    p.add_argument("--lr-y", type=float, default=2.0)
-    p.add_argument("--momentum-y", type=float, default=0.9)
-    p.add_argument("--lr-teacher", type=float, default=0.01, help="initial student lr")
+    p.add_argument("--batch-syn", type=positive_int, default=None, help="student batch (default: all synthetic images)")
+    p.add_argument("--lr-img", type=positive_float, default=1000.0)
+    p.add_argument("--lr-lr", type=nonneg_float, default=1e-5)
+    p.add_argument("--lr-y", type=nonneg_float, default=2.0)
+    p.add_argument("--momentum-y", type=momentum_float, default=0.9)
+    p.add_argument("--lr-teacher", type=positive_float, default=0.01, help="initial student lr")
     p.add_argument("--mask", choices=["depth", "loss"], default="depth")
-    p.add_argument("--depth-ratio", type=float, default=0.5, help="fraction of shallowest parameters dropped")
-    p.add_argument("--loss-ratio", type=float, default=0.5, help="fraction of smallest-error entries dropped")
-    p.add_argument("--threshold", type=float, default=1.0, help="skip the update when the loss exceeds this")
+    p.add_argument("--depth-ratio", type=unit_float, default=0.5, help="fraction of shallowest parameters dropped")
+    p.add_argument("--loss-ratio", type=unit_float, default=0.5, help="fraction of smallest-error entries dropped")
+    p.add_argument("--threshold", type=positive_float, default=1.0, help="skip the update when the loss exceeds this")
     p.add_argument("--pix-init", choices=["correct", "real", "noise"], default="correct",
                    help="correct: real images the experts classify correctly (PAD); real: random real; noise")
     p.add_argument("--label-init", choices=["experts", "onehot"], default="experts",
                    help="experts: mean logits of the experts that are right (PAD/DATM); onehot: fixed hard labels")
     p.add_argument("--no-learn-labels", action="store_true", help="keep the initial labels fixed (MTT)")
     p.add_argument("--dsa-strategy", default="color_crop_cutout_flip_scale_rotate")
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--max-iterations-this-run", type=int, default=None,
+    p.add_argument("--checkpoint-every", type=positive_int, default=100)
+    p.add_argument("--max-iterations-this-run", type=positive_int, default=None,
                    help="stop after this many iterations (the run resumes); for time-boxed jobs and tests")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p
 

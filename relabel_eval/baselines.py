@@ -28,6 +28,7 @@ from common.errors import UserError
 from common.imagefolder import find_classes, list_class_files, load_rgb, select_per_class
 from common.manifest import build_manifest, read_manifest, write_manifest
 from common.paths import check_output_dir, check_output_file
+from common.runstate import check_output
 from relabel_eval.results import headline_accuracy
 
 STAGE = "relabel_eval.baselines"
@@ -42,6 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--ipc", type=positive_int, required=True, help="images per class")
     r.add_argument("--seed", type=seed_int, default=0, help="selection seed (class k uses seed + k)")
     r.add_argument("--output-dir", required=True, help="where the subset ImageFolder is written")
+    r.add_argument("--force", action="store_true", help="replace an existing --output-dir this command did not write")
     r.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
     f = sub.add_parser("full", help="full-data hard-label reference (evaluates TRAIN itself)")
     f.add_argument("--train-dir", required=True, help="real training ImageFolder")
@@ -110,6 +112,7 @@ def main(argv: Sequence[str] | None = None):
     args = get_args_parser().parse_args(argv)
     if args.command == "random":
         check_output_dir(args.output_dir, "--output-dir")
+        check_output(args.output_dir, STAGE, args.force, flag="--output-dir")
         out = random_subset(args.train_dir, args.ipc, args.seed, args.output_dir)
         if args.eval_args:
             extra = [] if "--ipc" in args.eval_args else ["--ipc", str(args.ipc)]

@@ -25,6 +25,7 @@ from common.device import add_device_arg, resolve_device
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
 from common.paths import check_output_file
+from common.runstate import check_output
 from common.transforms import pil_to_normalized
 from models import classifier_layer, classifier_name, load_model, penultimate_features
 from relabel_eval.data import load_distilled
@@ -43,6 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--output", required=True, help="JSON results")
     p.add_argument("--plot", default=None, help="PNG plot (default: the JSON path with .png)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --output/--plot this command did not write")
     add_device_arg(p)
     return p
 
@@ -131,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_output_file(args.output, "--output")
     out_png = check_output_file(args.plot or Path(args.output).with_suffix(".png"),
                                 "--plot" if args.plot else "--output")
+    check_output(args.output, STAGE, args.force, kind="file", flag="--output")
+    check_output(out_png, STAGE, args.force, kind="file", manifest_file=args.output,  # ours when the JSON is
+                 flag="--plot" if args.plot else "--output")
     paths = [Path(p) for p in args.syn_data_path]
     names = args.names or [p.name for p in paths]
     if len(names) != len(paths):

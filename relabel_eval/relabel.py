@@ -27,6 +27,7 @@ from common.errors import UserError
 from common.imagefolder import check_same_classes
 from common.manifest import build_manifest, read_manifest, write_manifest
 from common.paths import check_output_dir
+from common.runstate import check_output
 from models import check_arch
 from relabel_eval.data import DistilledSet
 from relabel_eval.mix import topk_to_logits
@@ -44,6 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, help="folder for the epoch files and manifest.json")
     p.add_argument("--topk", type=nonneg_int, default=0, help="store only the K largest logits per image (0: all)")
     p.add_argument("--stud-name", default=None, help="student the labels are for (only picks the batch size)")
+    p.add_argument("--force", action="store_true", help="replace an existing --output-dir this command did not write")
     p.add_argument("--no-resume", action="store_true", help="discard an interrupted run's epoch files")
     return p
 
@@ -62,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     warn_ignored(args)
     out = check_output_dir(args.output_dir, "--output-dir")
+    check_output(out, STAGE, args.force, flag="--output-dir")
     check_output_dir(out.with_name(out.name + ".partial"), "--output-dir")
     if args.stud_name:
         args.stud_name = check_arch(args.stud_name, "--stud-name")

@@ -49,6 +49,7 @@ from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
 from common.metrics import evaluate
 from common.paths import check_output_dir, check_output_file
+from common.runstate import check_output
 from common.seed import item_seed, seed_everything
 from models import build_model
 from relabel_eval.data import ValSet
@@ -81,7 +82,7 @@ from relabel_eval.setup import (
 STAGE = "relabel_eval"
 # Arguments that do not change a run's result (left out of the resume fingerprint).
 _NOT_RESULT = {"output", "results_csv", "log_dir", "workers", "device", "gpu_device", "seeds", "seed", "stud_name",
-               "no_resume", "wandb_api_key", "wandb_project", "exp_name", "amp", "compile", "seed_parallel"}
+               "no_resume", "force", "wandb_api_key", "wandb_project", "exp_name", "amp", "compile", "seed_parallel"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -128,6 +129,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                        "the JSON)")
     r.add_argument("--log-dir", default=None, help="per-run CSV logs of every epoch")
     r.add_argument("--exp-name", default=None, help="name of this evaluation in the results table")
+    r.add_argument("--force", action="store_true", help="replace an existing --output this command did not write")
     r.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted call")
     return p
 
@@ -361,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return run_pad(args)
     # the output locations, before any work (not after hours of training)
     output = check_output_file(args.output or default_output(args.syn_data_path, args.label_mode), "--output")
+    check_output(output, STAGE, args.force, kind="file", flag="--output")
     check_output_file(args.results_csv or output.parent / "results.csv", "--results-csv")
     check_output_dir(output.with_name(output.name + ".partial"), "--output")
     if args.log_dir:

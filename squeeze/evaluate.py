@@ -22,8 +22,11 @@ from common.device import add_device_arg, resolve_device
 from common.imagefolder import ImageFolder, find_classes
 from common.metrics import evaluate
 from common.paths import check_output_file
+from common.runstate import check_output
 from common.transforms import val_transform
 from models import load_model
+
+STAGE = "squeeze.evaluate"
 
 
 def val_root(data_path: str | Path) -> Path:
@@ -43,6 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--workers", type=nonneg_int, default=2)
     p.add_argument("--output", default=None, help="write the result as JSON here")
+    p.add_argument("--force", action="store_true", help="replace an existing --output this command did not write")
     add_device_arg(p)
     return p
 
@@ -51,6 +55,7 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.output:
         check_output_file(args.output, "--output")
+        check_output(args.output, STAGE, args.force, kind="file", flag="--output")
     get_dataset(args.dataset)
     device = resolve_device(args.device)
     root = val_root(args.data_path)
@@ -62,7 +67,7 @@ def main(argv=None) -> dict:
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers)
     t0 = time.perf_counter()
     res = evaluate(model, loader, device, progress=True)
-    res.update({"checkpoint": str(args.arch_path), "arch": meta["arch"], "input_size": size,
+    res.update({"stage": STAGE, "checkpoint": str(args.arch_path), "arch": meta["arch"], "input_size": size,
                 "data": str(root), "seconds": time.perf_counter() - t0,
                 "recorded_val_top1": meta.get("val_top1")})
     print(f"{args.arch_path}: {meta['arch']} on {root}: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "

@@ -64,6 +64,7 @@ from common.imagefolder import ImageFolder, check_train_val, infer_input_size
 from common.manifest import build_manifest
 from common.metrics import evaluate
 from common.paths import check_output_file
+from common.runstate import check_output
 from common.seed import SeededItems, seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
@@ -103,6 +104,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="under torchrun: SyncBatchNorm (batch statistics over all processes; CUDA only)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
+    p.add_argument("--force", action="store_true", help="replace an existing --output this command did not write")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from <output>.last.pth (or the given training checkpoint)")
     p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
@@ -177,6 +179,7 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     output = check_output_file(args.output, "--output")  # before any work: not after hours of training
     check_output_file(report_path(output), "--output")
+    check_output(output, "squeeze", args.force, kind="file", manifest_file=report_path(output), flag="--output")
     if args.resume in (None, "auto"):
         check_output_file(last_path(output), "--output")
     ctx = init_distributed(args.device)  # one process: just the device; under torchrun: DDP

@@ -34,6 +34,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from common.argtypes import (
+    float_range,
+    momentum_float,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    unit_float,
+)
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m squeeze.trajectories", description=__doc__,
@@ -41,28 +52,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-path", required=True, help="root with train/ and val/ ImageFolder trees")
     p.add_argument("--dataset", default="custom", help="registry name (normalisation, input size)")
     p.add_argument("--arch", default="conv3_in", help="expert architecture (conv3_in; conv4_in for 64 px)")
-    p.add_argument("--input-size", type=int, default=None, help="default: the dataset's size for the arch")
-    p.add_argument("--num-experts", type=int, default=100, help="(released README: 100)")
-    p.add_argument("--epochs", type=int, default=100, help="training epochs per expert (released README: 100)")
-    p.add_argument("--lr-teacher", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-train", type=int, default=256)
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for the arch")
+    p.add_argument("--num-experts", type=positive_int, default=100, help="(released README: 100)")
+    p.add_argument("--epochs", type=positive_int, default=100, help="training epochs per expert (released README: 100)")
+    p.add_argument("--lr-teacher", type=positive_float, default=0.01)
+    p.add_argument("--momentum", type=momentum_float, default=0.0)
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    p.add_argument("--batch-train", type=positive_int, default=256)
     p.add_argument("--zca", action="store_true", help="train on ZCA-whitened images (fit saved as zca.pt)")
     p.add_argument("--dsa-strategy", default="color_crop_cutout_flip_scale_rotate",
                    help="DSA ops ('none' disables augmentation)")
     p.add_argument("--difficulty", default=None,
                    help="per-class easy-to-hard order file (rank_select.difficulty); enables the curriculum")
-    p.add_argument("--init-ratio", type=float, default=0.75)
-    p.add_argument("--add-end-epoch", type=int, default=20)
-    p.add_argument("--rm-epoch-first", type=int, default=40)
-    p.add_argument("--rm-epoch-second", type=int, default=60)
-    p.add_argument("--rm-easy-ratio-first", type=float, default=0.1)
-    p.add_argument("--rm-easy-ratio-second", type=float, default=0.2)
-    p.add_argument("--num-shards", type=int, default=None, help="split experts across this many processes")
-    p.add_argument("--shard-index", type=int, default=None, help="this process's shard (0-based)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-epochs-this-run", type=int, default=None,
+    p.add_argument("--init-ratio", type=float_range(0, 1, lo_open=True), default=0.75)
+    p.add_argument("--add-end-epoch", type=nonneg_int, default=20)
+    p.add_argument("--rm-epoch-first", type=nonneg_int, default=40)
+    p.add_argument("--rm-epoch-second", type=nonneg_int, default=60)
+    p.add_argument("--rm-easy-ratio-first", type=unit_float, default=0.1)
+    p.add_argument("--rm-easy-ratio-second", type=unit_float, default=0.2)
+    p.add_argument("--num-shards", type=positive_int, default=None, help="split experts across this many processes")
+    p.add_argument("--shard-index", type=nonneg_int, default=None, help="this process's shard (0-based)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
                    help="stop each expert after this many epochs in this run (resume later); for time-boxed jobs")
     p.add_argument("--output-dir", required=True, help="directory of expert_XXX.pt files and manifest.json")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

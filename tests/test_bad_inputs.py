@@ -37,6 +37,9 @@ COMMANDS = {
     "hub": "hub" if importlib.util.find_spec("hub") is not None else "common.hub",
     "squeeze.ssl": "squeeze.ssl",
     "squeeze.linear_probe": "squeeze.linear_probe",
+    "squeeze.trajectories": "squeeze.trajectories",
+    "rank_select.difficulty": "rank_select.difficulty",
+    "recover.trajectory_matching": "recover.trajectory_matching",
 }
 
 
@@ -144,6 +147,12 @@ RANGE_CASES = [
     ("squeeze.ssl", ["--data-path", "D", "--output", "o.pth", "--batch-size", "1"], "--batch-size"),
     ("squeeze.linear_probe", ["--data-path", "D", "--output", "o.pth", "--epochs", "-1"], "--epochs"),
     ("squeeze.linear_probe", ["--data-path", "D", "--output", "o.pth", "--lr", "0"], "--lr"),
+    ("squeeze.trajectories", ["--data-path", "D", "--output-dir", "o", "--num-experts", "0"], "--num-experts"),
+    ("rank_select.difficulty", ["--data-path", "D", "--output", "o.csv", "--num-models", "0"], "--num-models"),
+    ("recover.trajectory_matching", ["--experts", "E", "--data-path", "D", "--output-path", "o", "--ipc", "0"],
+     "--ipc"),
+    ("recover.trajectory_matching", ["--experts", "E", "--data-path", "D", "--output-path", "o",
+                                     "--depth-ratio", "1.5"], "--depth-ratio"),
 ]
 
 
@@ -598,9 +607,7 @@ CASES = [Case(cmd, kind, lambda ws, sh, f=fn, c=cmd: f(ws, sh, c), EXPECTED_MATC
 # before finishing any unit leaves nothing behind; the hub package). Strict: once it lands and a
 # case passes, the marker must go.
 PENDING_RUNSTATE = {
-    *[(c, "output exists and is not ours") for c in ("squeeze", "squeeze.evaluate", "relabel_eval",
-                                                      "relabel_eval.relabel", "relabel_eval.baselines",
-                                                      "relabel_eval.diversity", "hub pack")],
+    ("hub pack", "output exists and is not ours"),
     *[(c, k) for c in ("rank_select.patches", "recover")
       for k in ("corrupt image", "zero-byte image", "float image with NaN pixels")],
     ("recover", "diverged settings"), ("relabel_eval", "diverged settings"),
@@ -781,3 +788,19 @@ def test_every_image_mode_and_junk_are_read(shared, tmp_path, capsys, monkeypatc
     import json
 
     assert json.loads((ws / "out" / "eval.json").read_text())["images"] == 3 * (2 + 8)
+
+
+def test_force_replaces_a_foreign_output_and_a_rerun_replaces_our_own(shared, tmp_path, capsys, monkeypatch):
+    ws = _ws(shared, tmp_path)
+    monkeypatch.chdir(ws)
+    for command in ("squeeze.evaluate", "relabel_eval.baselines"):
+        main, argv = command_main(command), build_argv(command, {}, shared["ck"])
+        assert run_one_line(main, argv, capsys)[0] == 0
+        assert run_one_line(main, argv, capsys)[0] == 0  # our own output: replaced
+    (ws / "out" / "eval.json").write_text("the user's notes")
+    main, argv = command_main("squeeze.evaluate"), build_argv("squeeze.evaluate", {}, shared["ck"])
+    code, err = run_one_line(main, argv, capsys)
+    assert_one_line_error(code, err, "pass --force to replace it")
+    assert (ws / "out" / "eval.json").read_text() == "the user's notes"
+    assert run_one_line(main, argv + ["--force"], capsys)[0] == 0
+    assert '"stage": "squeeze.evaluate"' in (ws / "out" / "eval.json").read_text()
