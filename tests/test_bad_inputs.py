@@ -603,21 +603,16 @@ EXPECTED_MATCH = {
 
 CASES = [Case(cmd, kind, lambda ws, sh, f=fn, c=cmd: f(ws, sh, c), EXPECTED_MATCH.get((cmd, kind), match))
          for kind, fn, commands, match in KINDS for cmd in commands]
-# Cases that wait for the shared run-state mechanism (output ownership and --force; a run that fails
-# before finishing any unit leaves nothing behind; the hub package). Strict: once it lands and a
-# case passes, the marker must go.
+# Cases that wait for the hub package of issue 10 (hub pack's ownership of --out; fetch prints its
+# "sha256 ... not verified" line before an archive is refused). Strict: once one passes, its marker goes.
 PENDING_RUNSTATE = {
     ("hub pack", "output exists and is not ours"),
-    *[(c, k) for c in ("rank_select.patches", "recover")
-      for k in ("corrupt image", "zero-byte image", "float image with NaN pixels")],
-    ("recover", "diverged settings"), ("relabel_eval", "diverged settings"),
-    ("relabel_eval", "diverged settings, hard labels"),
     ("hub", "class count mismatch"), ("hub", "malicious archive"),
 }
 
 
 def _param(case: Case):
-    marks = [pytest.mark.xfail(strict=True, reason="needs the shared run-state mechanism (issue 10)")] \
+    marks = [pytest.mark.xfail(strict=True, reason="needs the hub package of issue 10")] \
         if (case.command, case.kind) in PENDING_RUNSTATE else []
     return pytest.param(case, id=case.id, marks=marks)
 SUITE_COMMANDS = sorted({c.command for c in CASES})
