@@ -799,3 +799,21 @@ def test_force_replaces_a_foreign_output_and_a_rerun_replaces_our_own(shared, tm
     assert (ws / "out" / "eval.json").read_text() == "the user's notes"
     assert run_one_line(main, argv + ["--force"], capsys)[0] == 0
     assert '"stage": "squeeze.evaluate"' in (ws / "out" / "eval.json").read_text()
+
+
+def test_failed_validation_leaves_nothing_that_blocks_the_corrected_rerun(shared, tmp_path, capsys, monkeypatch):
+    """relabel_eval with a val folder of other classes fails after its resume folder was made; fixing
+    --val-dir and rerunning must work (it used to be refused as 'an interrupted evaluation with other
+    arguments')."""
+    import shutil
+
+    ws = _ws(shared, tmp_path)
+    monkeypatch.chdir(ws)
+    shutil.copytree(ws / "data" / "val", ws / "val_other")
+    (ws / "val_other" / "00_circle").rename(ws / "val_other" / "00_disc")
+    main = command_main("relabel_eval")
+    code, err = run_one_line(main, build_argv("relabel_eval", {"--val-dir": "val_other"}, shared["ck"]), capsys)
+    assert_one_line_error(code, err)
+    assert not (ws / "out").exists()
+    code, err = run_one_line(main, build_argv("relabel_eval", {}, shared["ck"]), capsys)
+    assert code == 0, err
