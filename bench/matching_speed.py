@@ -107,10 +107,13 @@ def main() -> None:
         "reference": lambda: reference_iteration(ref_net, start, target, images, labels, lr, args.syn_steps, batch,
                                                  2, args.depth_ratio),
     }, args.repeats)
+    import resource
+
     res = {"config": vars(args), "threads": torch.get_num_threads(), "loss_ours": a.item(),
            "loss_reference": b.item(), "ours_it_per_s": 1 / times["ours"],
            "reference_it_per_s": 1 / times["reference"], "median_s_ours": times["ours"],
-           "median_s_reference": times["reference"], "speedup_ours_over_reference": times["reference"] / times["ours"]}
+           "median_s_reference": times["reference"], "speedup_ours_over_reference": times["reference"] / times["ours"],
+           "peak_rss_mb_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     print(json.dumps(res, indent=2))
 
 

@@ -139,7 +139,7 @@ def plot_loss(history: list[dict], png: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(it, loss, lw=0.6, alpha=0.5, label="loss")
     k = max(1, len(loss) // 20)
-    if len(loss) >= k:
+    if k > 1:
         import numpy as np
 
         sm = np.convolve(loss, np.ones(k) / k, mode="valid")
@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    "final_loss_mean_last_10pct": float(sum(h["loss"] for h in history[-max(1, len(history) // 10):])
                                                        / max(1, len(history[-max(1, len(history) // 10):])))}
         write_manifest(tmp / "manifest.json", build_manifest(
-            "recover.trajectory_matching", args, settings=settings, classes=classes, files=names,
+            "recover.trajectory_matching", args, settings=settings, arch=man["arch"], classes=classes, files=names,
             init_paths=state.get("init_paths"), experts_manifest=str(experts_dir / "manifest.json"),
             zca=man.get("zca"), summary=summary))
     atomic_torch_save({"labels": label_syn.detach().cpu(), "paths": names, "classes": classes,

@@ -12,6 +12,10 @@ step, a field here and the code that reads it).
   (the image cut into ``--factor`` vertical strips that are shuffled, then into
   ``--factor`` horizontal strips that are shuffled) before RandomResizedCrop, whose
   scale is ``(1 / factor, --max-scale-crops)``; no RandAugment in the release.
+- ``pad``: the MTT/DATM/PAD evaluation (``evaluate_synset`` of NUS-HPC-AI-Lab/PAD), a loop of
+  its own in ``relabel_eval.pad_protocol``: the set's learned soft labels (``<set>.labels.pt``)
+  and lr (``<set>.lr.pt``), SGD momentum 0.9, weight decay 5e-4, lr / 10 after half the
+  epochs, DSA, hard-label val top-1; no teacher.
 
 Both released loops run an extra no-grad student forward in train mode on every
 batch (to log train accuracy). Their CutMix mixes in place, so that forward sees the
@@ -46,6 +50,8 @@ class EvalProtocol:
 PROTOCOLS: dict[str, EvalProtocol] = {
     "delt": EvalProtocol("delt", "VILA-Lab/DELT evaluation/validation/main.py"),
     "rded": EvalProtocol("rded", "LINs-lab/RDED validation/main.py", shuffle_patches=True, scale_from_factor=True),
+    # its own loop (relabel_eval.pad_protocol): learned soft labels and lr, DSA, no teacher
+    "pad": EvalProtocol("pad", "NUS-HPC-AI-Lab/PAD utils/utils_baseline.py evaluate_synset", bn_double_update=False),
 }
 DEFAULT_PROTOCOL = "delt"
 

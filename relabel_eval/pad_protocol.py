@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"{lr_source}: lr {lr} must be positive")
     batch = args.re_batch_size or PAD_BATCH
     seeds = args.seeds or [args.seed]
-    studs = args.stud_name or [meta.get("args", {}).get("arch") or "conv3_in"]
+    studs = args.stud_name or [meta.get("arch") or "conv3_in"]  # default: the experts' architecture
     studs = [s for part in studs for s in part.split(",") if s]
     output = Path(args.output) if args.output else Path("runs/relabel_eval") / f"{syn.name}_pad_{mode}.json"
     partial = output.with_name(output.name + ".partial")

@@ -95,6 +95,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="soft: online teacher (default); hard: CE on class labels; fkd: stored soft labels")
     t.add_argument("--soft-label-dir", default=None, help="output of relabel_eval.relabel (--label-mode fkd)")
     t.add_argument("--val-dir", required=True, help="validation ImageFolder (same class folders)")
+    t.add_argument("--zca", default=None,
+                   help="--protocol pad: the experts' zca.pt; the set and val/ are whitened as the experts saw them")
     t.add_argument("--val-ipc", type=positive_int, default=None, help="validation images per class (default: all)")
     t.add_argument("--re-epochs", type=positive_int, default=300, help="training epochs (default: %(default)s)")
     t.add_argument("--re-accum-steps", type=positive_int, default=1, help="gradient accumulation steps")
@@ -355,6 +357,10 @@ def _wait_for(done: Path, poll_s: float = 2.0) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if args.protocol == "pad":  # PAD's own loop: learned labels and lr, DSA, no teacher
+        from relabel_eval.pad_protocol import run as run_pad
+
+        return run_pad(args)
     # the output locations, before any work (not after hours of training)
     output = check_output_file(args.output or default_output(args.syn_data_path, args.label_mode), "--output")
     check_output(output, STAGE, args.force, kind="file", flag="--output")

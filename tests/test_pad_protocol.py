@@ -75,3 +75,16 @@ def test_run_uses_learned_lr_and_labels_beside_the_set(tiny_data, tmp_path):
     assert summ["n"] == 2 and 0 <= summ["final_top1_mean"] <= 100
     assert json.loads((tmp_path / "res.json").read_text())["protocol"]["name"] == "pad"
     assert (tmp_path / "results.csv").is_file()
+
+
+def test_relabel_eval_protocol_pad_dispatches_to_the_pad_loop(tiny_data, tmp_path):
+    import json
+
+    from relabel_eval.train import main
+
+    res = main(["--protocol", "pad", "--syn-data-path", str(tiny_data / "val"), "--val-dir", str(tiny_data / "val"),
+                "--re-epochs", "1", "--seeds", "0", "--stud-name", "conv3_in", "--input-size", "16",
+                "--learning-rate", "0.02", "--device", "cpu", "--output", str(tmp_path / "r.json")])
+    # a set without labels.pt / lr.pt (e.g. DELT's) trains on hard labels with --learning-rate
+    assert res["protocol"]["name"] == "pad" and res["label_mode"] == "hard" and res["protocol"]["lr"] == 0.02
+    assert json.loads((tmp_path / "r.json").read_text())["students"]["conv3_in"]["summary"]["n"] == 1
