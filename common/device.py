@@ -1,11 +1,17 @@
-"""``--device auto|cpu|cuda|cuda:N``: the device is a flag, never hard-coded."""
+"""``--device auto|cpu|cuda|cuda:N``: the device is a flag, never hard-coded.
+
+torch is imported inside the functions: parsers import :func:`add_device_arg` and must
+answer ``--help`` and argument errors without importing torch.
+"""
 from __future__ import annotations
 
 import argparse
-
-import torch
+from typing import TYPE_CHECKING
 
 from common.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> None:
@@ -15,6 +21,8 @@ def add_device_arg(parser: argparse.ArgumentParser, default: str = "auto") -> No
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """Turn a ``--device`` value into a :class:`torch.device`, with a clear error."""
+    import torch
+
     if isinstance(spec, torch.device):
         return spec
     spec = (spec or "auto").strip().lower()
@@ -39,6 +47,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 def autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
     """AMP context for the device; a no-op when disabled. Default dtype: what ``--amp`` means there
     (:func:`common.accel.amp_dtype`: bf16 on GPUs that have it, else fp16; bf16 on CPU)."""
+    import torch
+
     if not enabled:
         return torch.autocast(device_type=device.type, enabled=False)
     if dtype is None:

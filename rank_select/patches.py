@@ -44,8 +44,9 @@ from common.manifest import build_manifest, sha256_file, write_manifest
 from common.paths import check_output_dir, first_missing
 from common.seed import seed_everything
 from common.transforms import normalize
-from rank_select.rank import check_output_path, default_workers, resolve_device_args
-from rank_select.ranker import Ranker, add_model_args, forward_logits, load_ranker, model_path_from_args
+from rank_select.args import add_model_args, default_workers
+from rank_select.rank import check_output_path, resolve_device_args
+from rank_select.ranker import Ranker, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import rank_width
 
 STAGE = "rank_select.patches"

@@ -13,8 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from common.errors import UserError
-
-CRITERIA = ("top", "min", "medium", "random")
+from rank_select.args import CRITERIA
 
 
 def _as_array(scores: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -26,8 +26,10 @@ def parser_for(command: list[str]):
     if command[1] == "-m":
         module, args = command[2], command[3:]
         pkg_main = ROOT / module.replace(".", "/") / "__main__.py"
-        if pkg_main.is_file():  # a stage package: its __main__ names the module with main()
-            module = re.search(r"from (\S+) import main", pkg_main.read_text()).group(1)
+        if pkg_main.is_file():  # a stage package: its __main__ names the parser module (or the module with main())
+            text = pkg_main.read_text()
+            m = re.search(r"run_stage\(\s*\"([\w.]+)\"", text) or re.search(r"from (\S+) import main", text)
+            module = m.group(1)
         return importlib.import_module(module).get_args_parser(), args
     path = ROOT / command[1]
     spec = importlib.util.spec_from_file_location(path.stem, path)
