@@ -99,8 +99,15 @@ def train_pad_student(model, x, targets, lr: float, epochs: int, batch: int, see
 
 
 def run(args: argparse.Namespace) -> dict:
-    """``python -m relabel_eval --protocol pad ...``: evaluate every seed, write the results JSON/CSV."""
+    """``python -m relabel_eval --protocol pad ...``: evaluate every seed, write the results JSON/CSV.
+
+    One process does the work (the sets are small); under torchrun the other ranks return at once.
+    """
+    from common.distributed import dist_info
     from common.errors import UserError
+
+    if dist_info().rank != 0:
+        return {}
 
     syn = Path(args.syn_data_path)
     if not syn.is_dir():
