@@ -41,7 +41,7 @@ from common.device import add_device_arg
 from common.errors import UserError, bar_vanishes_on_error
 from common.imagefolder import find_classes, load_rgb, make_samples
 from common.manifest import build_manifest, sha256_file, write_manifest
-from common.paths import check_output_dir
+from common.paths import check_output_dir, first_missing
 from common.seed import seed_everything
 from common.transforms import normalize
 from rank_select.args import add_model_args, default_workers
@@ -303,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
               "classes": classes, **{k: getattr(args, k) for k in
                                      ("ipc", "mipc", "num_crop", "factor", "seed", "save_format")},
               "input_size": ranker.input_size, "mean": list(ranker.mean), "std": list(ranker.std)}
+    created = first_missing(staging_dir(out))  # what a failed first run would leave behind
     stage, done = open_staging(out, config)
     todo = [y for y, c in enumerate(classes) if c not in done]
     if len(todo) < len(classes):
@@ -321,23 +322,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
     open_pools: dict[int, ClassPool] = {}
     t0 = time.perf_counter()
     n_crops = 0
-    with tqdm(total=len(samples) * args.num_crop, desc="scoring crops", unit="crop", dynamic_ncols=True) as bar, \
-            bar_vanishes_on_error(bar):
-        for crops, boxes, labels, index in loader:
-            m = crops.shape[1]
-            flat = crops.flatten(0, 1)
-            losses = crop_losses(ranker, flat, labels.repeat_interleave(m), len(flat)).view(-1, m)
-            best, best_loss = best_crop_per_image(losses)
-            for b in range(len(labels)):
-                y = int(labels[b])
-                pool = open_pools.setdefault(y, ClassPool(y, len(pools[y])))
-                pool.add(positions[int(index[b])], crops[b, best[b]].clone(), boxes[b, best[b]], float(best_loss[b]))
-                if pool.complete:
-                    done[classes[y]] = write_class(stage, y, classes[y], pool, pools[y], args, ranker.input_size,
-                                                   width, ext)
-                    del open_pools[y]
-            n_crops += len(flat)
-            bar.update(len(flat))
+    try:
+        with tqdm(total=len(samples) * args.num_crop, desc="scoring crops", unit="crop", dynamic_ncols=True) as bar, \
+                bar_vanishes_on_error(bar):
+            for crops, boxes, labels, index in loader:
+                m = crops.shape[1]
+                flat = crops.flatten(0, 1)
+                losses = crop_losses(ranker, flat, labels.repeat_interleave(m), len(flat)).view(-1, m)
+                best, best_loss = best_crop_per_image(losses)
+                for b in range(len(labels)):
+                    y = int(labels[b])
+                    pool = open_pools.setdefault(y, ClassPool(y, len(pools[y])))
+                    pool.add(positions[int(index[b])], crops[b, best[b]].clone(), boxes[b, best[b]],
+                             float(best_loss[b]))
+                    if pool.complete:
+                        done[classes[y]] = write_class(stage, y, classes[y], pool, pools[y], args, ranker.input_size,
+                                                       width, ext)
+                        del open_pools[y]
+                n_crops += len(flat)
+                bar.update(len(flat))
+    except BaseException:
+        if created is not None and not done:  # no class finished: leave nothing behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     elapsed = time.perf_counter() - t0
     rate = n_crops / max(elapsed, 1e-9)
     print(f"scored {n_crops} crops in {elapsed:.1f}s ({rate:.0f} patches/s)", file=sys.stderr)

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from common.distributed import dist_info, init_distributed
 from common.errors import UserError, bar_vanishes_on_error
 from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
 from common.manifest import build_manifest, sha256_file
-from common.paths import check_output_dir
+from common.paths import check_output_dir, first_missing
 from common.transforms import pil_to_normalized, pixel_bounds, to_pil
 from models import canonical_arch, has_batchnorm, load_model, read_checkpoint
 from recover.args import get_args_parser  # noqa: F401  (the parser lives in the torch-free recover.args)
@@ -249,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         device=str(device), num_shards=plan.num_shards)
 
     mine = shard_groups(groups, plan.num_shards, plan.shard_index)
+    created = first_missing(out.root) if plan.num_shards == 1 else None  # left behind by a failed first run
     out.clean_stale([classes[c] for g in mine for c in g.classes])
     todo = [g for g in mine if not all(out.is_done(classes[c]) for c in g.classes)]
     skipped = len(mine) - len(todo)
@@ -270,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 done_its += run_group(g, args, classes, init_files, names, teacher, cfg, size, mean, std, device,
                                       schedule_of, out, bar)
                 out.update_manifest(base, classes)
+    except BaseException:
+        if created is not None and not any(out.is_done(c) for c in classes):  # no work saved: leave nothing
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         bar.close()
     elapsed = time.perf_counter() - t_start

@@ -26,7 +26,7 @@ from common.atomic import atomic_torch_save
 from common.errors import UserError
 from common.imagefolder import check_same_classes
 from common.manifest import build_manifest, read_manifest, write_manifest
-from common.paths import check_output_dir
+from common.paths import check_output_dir, first_missing
 from common.runstate import check_output
 from models import check_arch
 from relabel_eval.data import DistilledSet
@@ -65,7 +65,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     warn_ignored(args)
     out = check_output_dir(args.output_dir, "--output-dir")
     check_output(out, STAGE, args.force, flag="--output-dir")
-    check_output_dir(out.with_name(out.name + ".partial"), "--output-dir")
+    partial = check_output_dir(out.with_name(out.name + ".partial"), "--output-dir")
+    created = first_missing(partial)  # what a failed first call would leave behind
+    try:
+        return _run(args, out)
+    except BaseException:
+        if created is not None and not list(partial.glob("epoch_*.pt")):  # nothing finished: leave nothing
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _run(args: argparse.Namespace, out: Path) -> dict:
     if args.stud_name:
         args.stud_name = check_arch(args.stud_name, "--stud-name")
     common = resolve_common(args, need_teacher=True)

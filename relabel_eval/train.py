@@ -28,7 +28,7 @@ from common.distributed import (
 from common.errors import UserError
 from common.manifest import build_manifest, sha256_file
 from common.metrics import evaluate
-from common.paths import check_output_dir, check_output_file
+from common.paths import check_output_dir, check_output_file, first_missing
 from common.runstate import check_output
 from common.seed import item_seed, seed_everything
 from models import build_model
@@ -296,9 +296,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     output = check_output_file(args.output or default_output(args.syn_data_path, args.label_mode), "--output")
     check_output(output, STAGE, args.force, kind="file", flag="--output")
     check_output_file(args.results_csv or output.parent / "results.csv", "--results-csv")
-    check_output_dir(output.with_name(output.name + ".partial"), "--output")
+    partial = check_output_dir(output.with_name(output.name + ".partial"), "--output")
     if args.log_dir:
         check_output_dir(args.log_dir, "--log-dir")
+    created = first_missing(partial)  # what a failed first call would leave behind
     launch = dist_info()
     device = args.device
     if launch.distributed and device == "auto" and args.gpu_device not in (None, "-1", ""):
@@ -308,6 +309,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if ctx.distributed:
             args.device, args.gpu_device = str(ctx.device), "-1"
         return run(args, ctx)
+    except BaseException:
+        # nothing finished (no seed's state or result): leave nothing, so a corrected rerun is not refused
+        if created is not None and not ctx.distributed and not any(
+                p.name != "fingerprint.json" for p in (partial.iterdir() if partial.is_dir() else [])):
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         cleanup()
 
