@@ -32,7 +32,8 @@ def stage_module(module: str) -> str:
     """The module holding a stage's ``main`` (a package's ``__main__`` names it), else the module."""
     main = ROOT / module.replace(".", "/") / "__main__.py"
     if main.is_file():
-        m = re.search(r"from (\S+) import main", main.read_text())
+        text = main.read_text()
+        m = re.search(r"run_stage\(\s*\"[\w.]+\",\s*\"([\w.]+)\"", text) or re.search(r"from (\S+) import main", text)
         if m:
             return m.group(1)
     return module

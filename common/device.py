@@ -1,28 +1,33 @@
 """``--device auto|cpu|cuda|cuda:N``: the device is a flag, never hard-coded.
 
 The flags themselves (``--device``, ``--gpu-device N`` = ``cuda:N``) are defined in the
-torch-free ``common.flags``; this module turns them into a :class:`torch.device`.
+torch-free ``common.flags``; this module turns them into a :class:`torch.device` (torch is
+imported inside the functions).
 """
 from __future__ import annotations
 
 import argparse
-
-import torch
+from typing import TYPE_CHECKING
 
 from common.errors import UserError
-from common.flags import device_spec
+
+if TYPE_CHECKING:
+    import torch
 
 
 def device_from_args(args: argparse.Namespace) -> torch.device:
     """The device of ``--device`` / ``--gpu-device``; under torchrun, ``auto`` means ``cuda:LOCAL_RANK``
     (``common.distributed``'s rule)."""
     from common.distributed import _device_for, dist_info
+    from common.flags import device_spec
 
     return _device_for(device_spec(args), dist_info())
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """Turn a ``--device`` value into a :class:`torch.device`, with a clear error."""
+    import torch
+
     if isinstance(spec, torch.device):
         return spec
     spec = (spec or "auto").strip().lower()
@@ -47,6 +52,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 def autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
     """AMP context for the device; a no-op when disabled. Default dtype: what ``--amp`` means there
     (:func:`common.accel.amp_dtype`: bf16 on GPUs that have it, else fp16; bf16 on CPU)."""
+    import torch
+
     if not enabled:
         return torch.autocast(device_type=device.type, enabled=False)
     if dtype is None:

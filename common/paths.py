@@ -20,6 +20,18 @@ from pathlib import Path
 from common.errors import UserError
 
 
+def first_missing(path: str | os.PathLike) -> Path | None:
+    """The topmost of ``path`` and its ancestors that does not exist yet (None when ``path`` exists):
+    removing it after a failed run removes exactly what the run created there."""
+    p, missing = Path(path), None
+    while not os.path.lexists(p):
+        missing = p
+        if p.parent == p:
+            break
+        p = p.parent
+    return missing
+
+
 def _existing_ancestor(path: Path) -> Path:
     """``path`` itself or its nearest ancestor that exists (a file or a folder)."""
     p = path

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 import torch
-import torchvision
 from torch import nn
 
 from common.errors import UserError
@@ -35,6 +34,8 @@ def canonical_arch(name: str) -> str:
 
 
 def torchvision_classifiers() -> list[str]:
+    import torchvision  # the model zoo only when a torchvision name is asked for (it imports in seconds)
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -75,10 +76,14 @@ def build_model(arch: str, num_classes: int, input_size: int = 32, flag: str = "
                        input_size=input_size)
     if name.endswith("_modified"):
         base = name[: -len("_modified")]
+        import torchvision
+
         return _modify_resnet_stem(torchvision.models.get_model(base, weights=None, num_classes=num_classes))
     kwargs = {}
     if name.startswith("vit_") and input_size != 224:
         kwargs["image_size"] = input_size  # ViTs fix their patch grid at construction
+    import torchvision
+
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
 
 

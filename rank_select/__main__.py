@@ -1,6 +1,6 @@
 import sys
 
-from common.errors import run_cli
-from rank_select.rank import main
+from common.cli import run_stage
 
-sys.exit(run_cli(main))
+# parse and check with the torch-free rank_select.args first, then import torch and run rank_select.rank
+sys.exit(run_stage("rank_select.args", "rank_select.rank"))

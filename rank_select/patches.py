@@ -46,7 +46,8 @@ from common.paths import check_output_dir
 from common.runstate import RunState, add_run_args, check_not_inside, check_output, fingerprint, replace_output
 from common.seed import seed_everything
 from common.transforms import normalize
-from rank_select.ranker import Ranker, add_model_args, forward_logits, load_ranker, model_path_from_args
+from rank_select.args import add_model_args
+from rank_select.ranker import Ranker, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import rank_width
 
 STAGE = "rank_select.patches"

@@ -1,26 +1,4 @@
-"""rank_select: DELT's initialisation. Score every training image with a ranker, pick IPC per class.
-
-    python -m rank_select --dataset tinyimagenet --data-path DATA/train \
-        --ranker-path runs/teacher.pth --ranking-file runs/ranking.csv \
-        --output-path runs/init_medium_ipc50 --ipc 50 --selection-criteria medium
-
-Scores are computed under the val transform with the ranker's own normalisation
-and input size (from its checkpoint). The ranking CSV (``path`` relative to the
-data root, ``class``, ``label``, ``score`` = p(true class), ``loss`` = cross-entropy,
-``margin`` = true-class logit minus the largest other logit, ``pred``, ``el2n`` =
-||softmax - onehot||_2), sorted by class then score descending, is written when
-missing or with ``--rerank`` and reused otherwise, after checking it lists exactly
-the data root's files and classes. Selected images are copied byte for byte to
-``OUT/<class>/<rank>_<original name>``; ``OUT/manifest.json`` lists them with scores.
-A long scoring run saves its progress every ``--save-every`` seconds to
-``OUT.state/scores.pt`` beside the output (``common.runstate``) and the same command
-run again resumes from it.
-
-Under torchrun (``torchrun --nproc_per_node=N -m rank_select ...``) process r scores
-images r, r + N, ... (saving progress to its own ``scores.pt.rankRofN`` file in ``OUT.state/``); the scores
-are gathered by rank 0, which alone writes the ranking CSV and the selection: the same
-CSV as one process, up to float rounding of near-ties.
-"""
+"""Scoring and selection (the command and its flags are described in :mod:`rank_select.args`)."""
 from __future__ import annotations
 
 import argparse
@@ -39,55 +17,27 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from common.argtypes import nonneg_float, positive_int, seed_int
 from common.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
 from common.datasets import check_class_count, get_dataset
 from common.device import device_from_args
 from common.distributed import all_gather_object, cleanup, dist_info, init_distributed
 from common.errors import UserError, bar_vanishes_on_error
-from common.flags import add_device_args, add_workers_arg, device_spec, workers_from_args
+from common.flags import device_spec, workers_from_args
 from common.imagefolder import ImageFolder, make_samples
 from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
 from common.paths import check_output_dir, check_output_file
-from common.runstate import RunState, add_run_args, check_not_inside, check_output, fingerprint
+from common.runstate import RunState, check_not_inside, check_output, fingerprint
 from common.seed import seed_everything
 from common.transforms import val_transform
-from rank_select.ranker import Ranker, add_model_args, forward_logits, load_ranker, model_path_from_args
-from rank_select.select import CRITERIA, check_class_size, rank_width, select_indices
+from rank_select.args import get_args_parser  # the torch-free parser (python -m rank_select parses with it first)
+from rank_select.ranker import Ranker, forward_logits, load_ranker, model_path_from_args
+from rank_select.select import check_class_size, rank_width, select_indices
 
 CSV_COLUMNS = ["path", "class", "label", "score", "loss", "margin", "pred", "el2n"]
 METRICS = ["score", "loss", "margin", "pred", "el2n"]
 STAGE = "rank_select"
 # Arguments that do not change the selection (besides common.runstate.NOT_RESULT).
 NOT_RESULT = {"output_path", "ranking_file", "rerank", "store_rank_file", "batch_size"}
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rank_select", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="custom", help="registry name (tinyimagenet, cifar10, imagenet-1k, ...)")
-    p.add_argument("--data-path", required=True, help="training ImageFolder tree to select from")
-    add_model_args(p, "ranker")
-    p.add_argument("--input-size", type=positive_int, default=None, help="default: the ranker checkpoint's input size")
-    p.add_argument("--ranking-file", default=None,
-                   help="ranking CSV: written when missing (or with --rerank), reused otherwise "
-                        "(default: OUT/ranking.csv, always re-scored)")
-    p.add_argument("--rerank", action="store_true", help="score again even if --ranking-file exists")
-    p.add_argument("--store-rank-file", action="store_true",
-                   help="accepted for the released scripts; the ranking file is always stored")
-    p.add_argument("--output-path", required=True, help="output ImageFolder of the selected images")
-    p.add_argument("--ipc", type=positive_int, default=50, help="images per class")
-    p.add_argument("--selection-criteria", choices=CRITERIA, default="medium",
-                   help="medium (DELT default), top, min, or random (seeded baseline)")
-    p.add_argument("--allow-fewer", action="store_true", help="take all images of a class smaller than --ipc")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random criterion")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    add_workers_arg(p)
-    p.add_argument("--save-every", type=nonneg_float, default=120.0,
-                   help="seconds between saves of scoring progress (resume after interruption)")
-    add_device_args(p)
-    add_run_args(p)
-    return p
 
 
 # ----------------------------------------------------------------------------- scoring (tensors)

@@ -24,6 +24,7 @@ from common.errors import UserError
 from common.optim import freeze
 from models import checkpoint_meta, load_model, read_checkpoint
 from models.registry import canonical_arch
+from rank_select.args import add_model_args  # noqa: F401  (torch-free; re-exported)
 
 _PLAIN_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -38,16 +39,6 @@ class Ranker:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     device: torch.device
-
-
-def add_model_args(p: argparse.ArgumentParser, role: str, aliases: Sequence[str] = ()) -> None:
-    """``--<role>-path`` (checkpoint), ``--<role>-arch`` (+ aliases) and ``--<role>-weights``."""
-    p.add_argument(f"--{role}-path", default=None,
-                   help=f"{role} checkpoint (from squeeze, or an RDED/SRe2L-style {{'model': state_dict}} file)")
-    p.add_argument(f"--{role}-arch", *aliases, dest=f"{role}_arch", default=None,
-                   help="architecture; read from the checkpoint's meta when it records one")
-    p.add_argument(f"--{role}-weights", default=None,
-                   help=f"local weights file (e.g. torchvision ImageNet weights) used with --{role}-arch")
 
 
 def model_path_from_args(args: argparse.Namespace, role: str) -> str | None:

@@ -14,8 +14,7 @@ import numpy as np
 
 from common.errors import UserError
 from common.imagefolder import random_real_indices
-
-CRITERIA = ("top", "min", "medium", "random")
+from rank_select.args import CRITERIA
 
 
 def _as_array(scores: Sequence[float] | np.ndarray) -> np.ndarray:

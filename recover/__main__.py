@@ -1,6 +1,6 @@
 import sys
 
-from common.errors import run_cli
-from recover.synthesize import main
+from common.cli import run_stage
 
-sys.exit(run_cli(main))
+# parse and check with the torch-free recover.args first, then import torch and run recover.synthesize
+sys.exit(run_stage("recover.args", "recover.synthesize"))

@@ -14,9 +14,10 @@ import random
 import torch
 from torchvision.transforms import functional as TF
 
+from recover.args import EASY2HARD_MODES  # defined beside the flag that takes it
+
 MIN_SCALE = 0.08  # RandomResizedCrop's default lower scale, the end of the curriculum
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
-EASY2HARD_MODES = ("step", "linear", "cosine")
 
 
 def min_crop_scale(iteration: int, total: int, mode: str = "cosine", milestone: float = 0.0) -> float:

@@ -31,20 +31,19 @@ import torch
 from tqdm import tqdm
 
 from common.accel import resolve_precision
-from common.argtypes import int_range, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
 from common.atomic import atomic_dir, atomic_save_image
 from common.dataconfig import resolve_data_config
 from common.datasets import check_class_count, get_dataset
 from common.distributed import dist_info, init_distributed
 from common.errors import UserError, bar_vanishes_on_error
-from common.flags import add_device_args, device_spec
+from common.flags import device_spec
 from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
 from common.manifest import build_manifest, sha256_file
 from common.paths import check_output_dir
-from common.runstate import RunState, add_run_args, check_output, fingerprint
+from common.runstate import RunState, check_output, fingerprint
 from common.transforms import pil_to_normalized, pixel_bounds, to_pil
 from models import canonical_arch, checkpoint_meta, has_batchnorm, load_model, read_checkpoint
-from recover.augment import EASY2HARD_MODES
+from recover.args import get_args_parser  # noqa: F401  (the parser lives in the torch-free recover.args)
 from recover.cpu import keep_freed_memory
 from recover.loop import LoopConfig, NonFiniteLoss, prepare_teacher, recover_batch
 from recover.output import OutputDir
@@ -65,65 +64,6 @@ STAGE = "recover"
 # classes, input size) and how the classes are spread over processes.
 NOT_RESULT = {"syn_data_path", "exp_name", "init_data_path", "train_data_path", "arch_path", "dataset",
               "num_classes", "input_size", "num_shards", "shard_index", "store_best_images"}
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("recover: SRe2L / CDA / DELT (EarlyLate) image synthesis", add_help=True)
-    g = p.add_argument_group("data")
-    g.add_argument("--init-data-path", default=None,
-                   help="init ImageFolder (e.g. rank_select output); its first IPC files per class are the init")
-    g.add_argument("--train-data-path", default=None,
-                   help="training ImageFolder, for the class folder names when --init noise")
-    g.add_argument("--syn-data-path", default="./syn-data", help="where to write (default: %(default)s)")
-    g.add_argument("--exp-name", default=None, help="sub-folder of --syn-data-path for this run (as released)")
-    g.add_argument("--init", choices=("real", "noise"), default=None,
-                   help="real: from --init-data-path (DELT); noise: N(0,1) in normalised space (SRe2L, CDA); "
-                        "default real when --init-data-path is given")
-    g.add_argument("--dataset", default="custom", help="dataset registry name (warnings, default input size)")
-    g.add_argument("--num-classes", type=positive_int, default=None,
-                   help="accepted for compatibility; checked if given")
-    g.add_argument("--ipc", type=positive_int, default=50, help="images per class (default: %(default)s)")
-    g.add_argument("--save-format", choices=("png", "jpg"), default="png",
-                   help="png (lossless, default) or jpg (quality 75, as the released code)")
-    g.add_argument("--store-best-images", action="store_true",
-                   help="accepted for compatibility: the last iterate is always saved")
-    g = p.add_argument_group("teacher")
-    g.add_argument("--arch-name", default=None, help="teacher architecture (default: from the checkpoint)")
-    g.add_argument("--arch-path", default=None, help="teacher checkpoint (required)")
-    g.add_argument("--input-size", type=positive_int, default=None, help="default: the teacher's input size")
-    g = p.add_argument_group("EarlyLate")
-    g.add_argument("--use-early-late", action="store_true", help="DELT's EarlyLate rounds (needs --round-iterations)")
-    g.add_argument("--round-iterations", type=nonneg_int, default=0, help="RI: iterations per round (0: no rounds)")
-    g.add_argument("--min-iterations", type=int_range(-1), default=-1,
-                   help="with RI: draw each class's rounds from [MIN//RI, ITR//RI] (seeded); -1: all ITR//RI")
-    g.add_argument("--round-lr-reset", action="store_true", help="restart the lr cosine every round")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--iteration", type=positive_int, default=1000, help="ITR: iterations (default: %(default)s)")
-    g.add_argument("--batch-size", type=positive_int, default=100,
-                   help="images optimised together; whole classes per batch (default: %(default)s)")
-    g.add_argument("--lr", type=positive_float, default=0.1, help="Adam lr, cosine to 0 (default: %(default)s)")
-    g.add_argument("--r-bn", type=nonneg_float, default=0.05,
-                   help="BN statistic loss weight (default: %(default)s)")
-    g.add_argument("--first-bn-multiplier", type=nonneg_float, default=10.0,
-                   help="weight of the first BN (default: 10)")
-    g.add_argument("--jitter", type=nonneg_int, default=32, help="max roll offset in pixels (default: %(default)s)")
-    g.add_argument("--easy2hard-mode", choices=EASY2HARD_MODES, default="cosine", help="CDA crop curriculum")
-    g.add_argument("--milestone", type=unit_float, default=0.0,
-                   help="fraction of the iterations the curriculum lasts; 0 = off (default: %(default)s)")
-    g.add_argument("--per-image-augment", action="store_true",
-                   help="a crop/flip/roll per image (default: one per batch, as released)")
-    g.add_argument("--seed", type=seed_int, default=0, help="seed; each batch derives its own from it (default: 0)")
-    g = p.add_argument_group("execution")
-    add_device_args(g)
-    g.add_argument("--amp", action="store_true",
-                   help="mixed precision for the teacher: bf16 (fp16 + GradScaler on GPUs without bf16); on a CPU "
-                        "without native bf16 (AVX512-BF16/AMX) it warns and runs fp32")
-    g.add_argument("--num-shards", type=positive_int, default=None,
-                   help="split classes over N processes (default: WORLD_SIZE)")
-    g.add_argument("--shard-index", type=nonneg_int, default=None, help="this process's shard (default: RANK)")
-    g.add_argument("-j", "--workers", type=nonneg_int, default=0, help="accepted for compatibility (unused)")
-    add_run_args(g)
-    return p
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,80 +15,21 @@ import torch
 from torch import nn
 
 from common.accel import Precision, default_workers, resolve_precision
-from common.argtypes import float_range, nonneg_int, positive_float, positive_int, seed_int, unit_float
 from common.dataconfig import resolve_data_config
 from common.datasets import DatasetSpec, check_class_count, get_dataset
 from common.device import autocast, device_from_args
 from common.errors import UserError
-from common.flags import add_device_args
 from common.optim import freeze
 from models import check_arch, load_model
+from relabel_eval.args import add_common_args, mix_type  # noqa: F401  (torch-free; re-exported)
 from relabel_eval.augment import SampleTransform
 from relabel_eval.data import DistilledSet, load_distilled, make_train_loader
-from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol, protocol_name, resolve_aug
+from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, get_protocol, resolve_aug
 from relabel_eval.mix import MixParams, apply_mix
 from relabel_eval.plan import AugConfig, EpochPlan
 from relabel_eval.protocol import auto_batch_size, released_special_case
 
 IGNORED_FLAGS = ("wandb_api_key", "wandb_project", "mipc", "num_crop", "train_dir", "classes")
-
-
-def mix_type(v) -> str:
-    s = str(v).strip().lower()
-    if s in ("none", "null", ""):
-        return "none"
-    if s not in ("cutmix", "mixup"):
-        raise argparse.ArgumentTypeError(f"--mix-type {v}: choose cutmix, mixup or none")
-    return s
-
-
-def add_common_args(p: argparse.ArgumentParser) -> None:
-    """Data, teacher, augmentation and device flags, named as the released RDED/DELT scripts name them."""
-    g = p.add_argument_group("data and teacher")
-    g.add_argument("--syn-data-path", required=True, help="distilled set (ImageFolder: ROOT/<class>/<image>)")
-    g.add_argument("--ipc", type=positive_int, default=None,
-                   help="use the first IPC files (sorted by name) of every class (default: all)")
-    g.add_argument("--teacher-path", default=None, help="teacher checkpoint (soft labels; gives mean/std/size)")
-    g.add_argument("--arch-name", default=None, help="teacher architecture (checked against the checkpoint)")
-    g.add_argument("--dataset", "--subset", dest="dataset", default="custom",
-                   help="dataset name for the batch-size table and defaults (default: %(default)s)")
-    g.add_argument("--input-size", type=positive_int, default=None,
-                   help="student input size (default: the teacher's, else the dataset's)")
-    g.add_argument("--nclass", type=positive_int, default=None, help="expected class count (checked against the data)")
-    a = p.add_argument_group("evaluation protocol and augmentation (per image, then per batch)")
-    a.add_argument("--protocol", type=protocol_name, default=None,
-                   help=f"released evaluation to follow: {', '.join(PROTOCOLS)} (default: {DEFAULT_PROTOCOL}, or the "
-                        f"one the stored soft labels were made under); "
-                        f"rded adds ShufflePatches(--factor) and crop scale (1/--factor, max)")
-    a.add_argument("--factor", type=positive_int, default=None,
-                   help="RDED's factor (--protocol rded: ShufflePatches strips and crop scale 1/factor; "
-                        "ignored by delt)")
-    a.add_argument("--re-batch-size", type=nonneg_int, default=0, help="batch size; 0 = DELT's table (default)")
-    a.add_argument("--mix-type", type=mix_type, default="cutmix", help="cutmix (default), mixup or none")
-    a.add_argument("--cutmix", type=positive_float, default=1.0, help="CutMix Beta alpha (default: %(default)s)")
-    a.add_argument("--mixup", type=positive_float, default=0.8, help="Mixup Beta alpha (default: %(default)s)")
-    a.add_argument("--use-rand-augment", action="store_true", help="timm RandAugment on each image")
-    a.add_argument("--rand-augment-config", default="rand-m6-n2-mstd1.0", help="timm RandAugment string")
-    a.add_argument("--random-erasing-p", type=unit_float, default=0.0, help="RandomErasing probability (default 0)")
-    a.add_argument("--min-scale-crops", type=float_range(0, 1, lo_open=True), default=None,
-                   help="RandomResizedCrop min scale (default 0.08; --protocol rded: 1/--factor)")
-    a.add_argument("--max-scale-crops", type=float_range(0, 1, lo_open=True), default=1.0,
-                   help="RandomResizedCrop max scale")
-    a.add_argument("--seed", type=seed_int, default=42, help="seed (default: %(default)s)")
-    r = p.add_argument_group("runtime")
-    add_device_args(r)
-    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision (default: on for CUDA: bf16, or fp16 + GradScaler on GPUs without bf16; "
-                        "off on CPU; --amp on a CPU without native bf16 warns and runs fp32)")
-    r.add_argument("--workers", type=nonneg_int, default=None,
-                   help="DataLoader workers (default: CUDA all cores but one, up to 16; CPU min(4, cores - 1))")
-    x = p.add_argument_group("accepted for the released scripts and ignored")
-    x.add_argument("--wandb-api-key", default=None, help=argparse.SUPPRESS)
-    x.add_argument("--wandb-project", default=None, help=argparse.SUPPRESS)
-    x.add_argument("--mipc", type=int, default=None, help="RDED pool size (ignored here)")
-    x.add_argument("--num-crop", type=int, default=None, help="RDED crops per image (ignored here)")
-    x.add_argument("--train-dir", default=None, help="RDED train folder (ignored here)")
-    x.add_argument("--classes", default=None, help=argparse.SUPPRESS)
 
 
 @dataclass

@@ -1,23 +1,4 @@
-"""``python -m relabel_eval``: train fresh students on a distilled set and validate them.
-
-The DELT/RDED protocol (docs/methods/delt.md, "Evaluation"; docs/stages/relabel_eval.md): per-image RandAugment /
-RandomResizedCrop / flip, one CutMix box (or Mixup) per batch, the teacher in eval
-mode on the mixed batch, ``KL(log_softmax(s/T) || softmax(t/T))`` batchmean, AdamW
-with weight decay on conv/linear weights only, a half cosine stepped per epoch, and
-DELT's batch-size table. ``--label-mode hard`` trains with (mixed) cross-entropy on
-the class labels instead; ``--label-mode fkd`` replays stored soft labels
-(``relabel_eval.relabel``). Reports the FINAL top-1/top-5 as the headline and the
-best seen during training beside it, per seed and as mean +- std.
-
-Under torchrun (``torchrun --nproc_per_node=N -m relabel_eval ...``), ``--seed-parallel``
-chooses how the processes share the work: ``ddp`` (default) trains each seed with
-DistributedDataParallel, every process taking every N-th image of each (global) batch of
-the epoch plan plus its CutMix/Mixup partners, with the teacher replicated per process
-and validation sharded and summed; ``ranks`` gives each process whole (student, seed)
-runs, trained as in one process. The plan (order, crops, flips, RandAugment seeds, CutMix
-boxes) is a function of (seed, epoch) only, so a run is reproducible for a given number
-of processes. Rank 0 writes the results, once.
-"""
+"""Student training and validation (the protocol and its flags are described in :mod:`relabel_eval.args`)."""
 from __future__ import annotations
 
 import argparse
@@ -32,14 +13,12 @@ import torch
 from tqdm import tqdm
 
 from common.accel import compile_model
-from common.argtypes import momentum_float, nonneg_float, positive_float, positive_int, seed_int, str2bool
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.device import autocast
 from common.distributed import (
     barrier,
     broadcast_buffers,
     cleanup,
-    dist_info,
     init_distributed,
     reduce_metrics,
     sum_over_ranks,
@@ -47,17 +26,18 @@ from common.distributed import (
     wrap_ddp,
 )
 from common.errors import UserError
+from common.flags import device_spec
 from common.manifest import build_manifest, sha256_file
 from common.metrics import evaluate
 from common.optim import SCHEDULER_KEY
 from common.paths import check_output_dir, check_output_file
-from common.runstate import RunState, add_run_args, check_output, fingerprint, state_dir
+from common.runstate import RunState, check_output, fingerprint, state_dir
 from common.seed import item_seed, seed_everything
 from models import build_model
+from relabel_eval.args import get_args_parser  # the torch-free parser (python -m relabel_eval parses with it first)
 from relabel_eval.context import (
     BatchMaker,
     Common,
-    add_common_args,
     batch_size_for,
     default_output,
     resolve_common,
@@ -86,55 +66,6 @@ STAGE = "relabel_eval"
 # seeds are the units of work, each with its own done marker, so adding one does not restart the others.
 NOT_RESULT = {"output", "results_csv", "log_dir", "seeds", "seed", "stud_name", "wandb_api_key", "wandb_project",
               "exp_name", "amp", "compile", "seed_parallel"}
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python -m relabel_eval", description=__doc__.split("\n\n")[0])
-    add_common_args(p)
-    t = p.add_argument_group("student training")
-    t.add_argument("--stud-name", nargs="+", default=None,
-                   help="student architecture(s), space- or comma-separated (default: the teacher's)")
-    t.add_argument("--label-mode", choices=("soft", "hard", "fkd"), default="soft",
-                   help="soft: online teacher (default); hard: CE on class labels; fkd: stored soft labels")
-    t.add_argument("--soft-label-dir", default=None, help="output of relabel_eval.relabel (--label-mode fkd)")
-    t.add_argument("--val-dir", required=True, help="validation ImageFolder (same class folders)")
-    t.add_argument("--zca", default=None,
-                   help="--protocol pad: the experts' zca.pt; the set and val/ are whitened as the experts saw them")
-    t.add_argument("--val-ipc", type=positive_int, default=None, help="validation images per class (default: all)")
-    t.add_argument("--re-epochs", type=positive_int, default=300, help="training epochs (default: %(default)s)")
-    t.add_argument("--re-accum-steps", type=positive_int, default=1, help="gradient accumulation steps")
-    t.add_argument("--temperature", "-T", type=positive_float, default=None,
-                   help="KD temperature (default: 20 CutMix, 4 Mixup)")
-    t.add_argument("--seeds", type=seed_int, nargs="+", default=None,
-                   help="several seeds in one call (overrides --seed)")
-    t.add_argument("--eval-every", type=positive_int, default=10, help="validate every N epochs and at the end")
-    t.add_argument("--bn-double-update", action=argparse.BooleanOptionalAction, default=None,
-                   help="student BN momentum 1-(1-m)^2 (0.19), the effect of the released loop's extra train-mode "
-                        "forward per batch (default: on, as the protocol's release; --no-bn-double-update: "
-                        "PyTorch's 0.1)")
-    t.add_argument("--seed-parallel", choices=("ddp", "ranks"), default="ddp",
-                   help="under torchrun: ddp = each seed trained by all processes (DistributedDataParallel); "
-                        "ranks = each process trains whole seeds on its own (default: %(default)s)")
-    t.add_argument("--compile", action="store_true",
-                   help="torch.compile the student and the teacher (falls back to eager with a warning)")
-    o = p.add_argument_group("optimiser (AdamW unless --sgd)")
-    o.add_argument("--adamw-lr", type=nonneg_float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
-    o.add_argument("--adamw-weight-decay", type=nonneg_float, default=0.01)
-    o.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
-    o.add_argument("--learning-rate", "-lr", type=positive_float, default=0.1, help="SGD lr")
-    o.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum")
-    o.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="SGD weight decay")
-    o.add_argument("--cos", type=str2bool, nargs="?", const=True, default=True,
-                   help="half-cosine lr schedule (default); --cos false: linear decay")
-    r = p.add_argument_group("outputs")
-    r.add_argument("--output", default=None, help="results JSON (default: runs/relabel_eval/<set>_<mode>.json)")
-    r.add_argument("--results-csv", default=None, help="results table to append to (default: results.csv beside "
-                                                       "the JSON)")
-    r.add_argument("--log-dir", default=None, help="per-run CSV logs of every epoch")
-    r.add_argument("--exp-name", default=None, help="name of this evaluation in the results table")
-    add_run_args(r)
-    r.add_argument("--no-resume", dest="restart", action="store_true", help="the same as --restart")
-    return p
 
 
 @dataclass(frozen=True)
@@ -372,15 +303,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_output_dir(state_dir(output), "--output")
     if args.log_dir:
         check_output_dir(args.log_dir, "--log-dir")
-    launch = dist_info()
-    device = args.device
-    if launch.distributed and device == "auto" and args.gpu_device not in (None, "-1", ""):
-        device = "cuda"  # under torchrun each process takes the GPU of its local rank
-    ctx = init_distributed(device)
+    ctx = init_distributed(device_spec(args))  # under torchrun each process takes its local rank's GPU
     try:
         if ctx.distributed:
-            args.device, args.gpu_device = str(ctx.device), "-1"
-        return run(args, ctx)
+            args.device, args.gpu_device = str(ctx.device), None
+        return run(args, ctx)  # the run state removes itself when nothing was done (common.runstate)
     finally:
         cleanup()
 

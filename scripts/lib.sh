@@ -88,24 +88,49 @@ stage_patches() {
         --num-crop "${NUM_CROP}" --factor "${FACTOR}" --input-size "${INPUT_SIZE}" --device "${DEVICE}"
 }
 
+# ---- PAD (scripts/<dataset>/pad_*.sh): difficulty -> experts -> trajectory matching ----
+
+stage_difficulty() {
+    run python -m rank_select.difficulty --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" --arch "${ARCH}" \
+        --input-size "${INPUT_SIZE}" --output "${DIFFICULTY}" --device "${DEVICE}"
+}
+
+stage_experts() {
+    launcher squeeze.trajectories  # under torchrun each process trains its share of the experts
+    run "${LAUNCH[@]}" --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch "${ARCH}" \
+        --input-size "${INPUT_SIZE}" --num-experts "${NUM_EXPERTS}" --epochs "${EXPERT_TRAIN_EPOCHS}" --zca \
+        --difficulty "${DIFFICULTY%.csv}.order.json" --output-dir "${EXPERTS}" --device "${DEVICE}"
+}
+
+stage_match() {
+    # shellcheck disable=SC2086
+    run python -m recover.trajectory_matching --experts "${EXPERTS}" --data-path "${DATA_ROOT}/train" \
+        --ipc "${IPC}" --iterations "${ITR}" --lr-img "${LR_IMG}" ${MATCH_FLAGS} \
+        --output-path "${SYN_PATH}/${EXP_NAME}" --device "${DEVICE}"
+}
+
 stage_validate() {
-    local seed outputs=() syn="${SYN_PATH}/${EXP_NAME:-}" aug
+    local seed outputs=() syn="${SYN_PATH}/${EXP_NAME:-}" aug evals=""
     # each method's released evaluation protocol
     if [ "${METHOD:-delt}" = rded ]; then
         syn="${SYN_PATH}"
         aug=(--protocol rded --factor "${FACTOR}" --max-scale-crops 1.0)
+    elif [ "${METHOD:-delt}" = pad ]; then
+        aug=(--protocol pad --zca "${EXPERTS}/zca.pt")
+        evals="${syn%/}.eval"  # results beside the set: files inside it would become class folders
     else
         aug=(--protocol delt --use-rand-augment --rand-augment-config "${RAND_AUG}" --min-scale-crops "${MIN_SCALE}"
              --max-scale-crops 1.0)
     fi
     syn="${syn%/}"
+    evals="${evals:-${syn}}"
     launcher relabel_eval  # several processes: each seed trained with DDP (the batch stays global)
     for seed in ${SEEDS}; do
         run "${LAUNCH[@]}" --syn-data-path "${syn}" --val-dir "${DATA_ROOT}/val" \
             --teacher-path "${TEACHER}" --arch-name "${ARCH}" --stud-name "${STUDENT}" --dataset "${DATASET}" \
             --input-size "${INPUT_SIZE}" --ipc "${IPC}" --re-epochs "${RE_EPOCHS}" "${aug[@]}" \
-            --seed "${seed}" --device "${DEVICE}" --output "${syn}/eval_${STUDENT}_seed${seed}.json"
-        outputs+=("${syn}/eval_${STUDENT}_seed${seed}.json")
+            --seed "${seed}" --device "${DEVICE}" --output "${evals}/eval_${STUDENT}_seed${seed}.json"
+        outputs+=("${evals}/eval_${STUDENT}_seed${seed}.json")
     done
     run python scripts/summarize.py --published "${PUBLISHED}" "${outputs[@]}"
 }
@@ -120,8 +145,11 @@ run_pipeline() {
             select) stage_select ;;
             synthesize) stage_synthesize ;;
             patches) stage_patches ;;
+            difficulty) stage_difficulty ;;
+            experts) stage_experts ;;
+            match) stage_match ;;
             validate) stage_validate ;;
-            *) echo "error: STAGES: unknown stage '${s}' (squeeze select synthesize patches validate)" >&2; exit 2 ;;
+            *) echo "error: STAGES: unknown stage '${s}' (squeeze select synthesize patches difficulty experts match validate)" >&2; exit 2 ;;
         esac
     done
 }

@@ -1,6 +1,6 @@
 import sys
 
-from common.errors import run_cli
-from squeeze.train import main
+from common.cli import run_stage
 
-sys.exit(run_cli(main))
+# parse and check with the torch-free squeeze.args first, then import torch and train (squeeze.train)
+sys.exit(run_stage("squeeze.args", "squeeze.train"))

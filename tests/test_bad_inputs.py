@@ -603,22 +603,6 @@ EXPECTED_MATCH = {
 
 CASES = [Case(cmd, kind, lambda ws, sh, f=fn, c=cmd: f(ws, sh, c), EXPECTED_MATCH.get((cmd, kind), match))
          for kind, fn, commands, match in KINDS for cmd in commands]
-# Cases that wait for the shared run-state mechanism (output ownership and --force; a run that fails
-# before finishing any unit leaves nothing behind; the hub package). Strict: once it lands and a
-# case passes, the marker must go.
-PENDING_RUNSTATE = {
-    ("hub pack", "output exists and is not ours"),
-    *[("recover", k) for k in ("corrupt image", "zero-byte image", "float image with NaN pixels")],
-    ("recover", "diverged settings"), ("relabel_eval", "diverged settings"),
-    ("relabel_eval", "diverged settings, hard labels"),
-    ("hub", "class count mismatch"), ("hub", "malicious archive"),
-}
-
-
-def _param(case: Case):
-    marks = [pytest.mark.xfail(strict=True, reason="needs the shared run-state mechanism (issue 10)")] \
-        if (case.command, case.kind) in PENDING_RUNSTATE else []
-    return pytest.param(case, id=case.id, marks=marks)
 SUITE_COMMANDS = sorted({c.command for c in CASES})
 SUITE_KINDS = [k for k, *_ in KINDS]
 
@@ -629,7 +613,7 @@ def test_suite_size():
     print(f"\nbad-input suite: {len(SUITE_COMMANDS)} commands x {len(SUITE_KINDS)} kinds, {len(CASES)} cases")
 
 
-@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, shared, tmp_path, capsys, monkeypatch):
     import shutil
 
@@ -803,3 +787,21 @@ def test_force_replaces_a_foreign_output_and_a_rerun_replaces_our_own(shared, tm
     assert (ws / "out" / "eval.json").read_text() == "the user's notes"
     assert run_one_line(main, argv + ["--force"], capsys)[0] == 0
     assert '"stage": "squeeze.evaluate"' in (ws / "out" / "eval.json").read_text()
+
+
+def test_failed_validation_leaves_nothing_that_blocks_the_corrected_rerun(shared, tmp_path, capsys, monkeypatch):
+    """relabel_eval with a val folder of other classes fails after its resume folder was made; fixing
+    --val-dir and rerunning must work (it used to be refused as 'an interrupted evaluation with other
+    arguments')."""
+    import shutil
+
+    ws = _ws(shared, tmp_path)
+    monkeypatch.chdir(ws)
+    shutil.copytree(ws / "data" / "val", ws / "val_other")
+    (ws / "val_other" / "00_circle").rename(ws / "val_other" / "00_disc")
+    main = command_main("relabel_eval")
+    code, err = run_one_line(main, build_argv("relabel_eval", {"--val-dir": "val_other"}, shared["ck"]), capsys)
+    assert_one_line_error(code, err)
+    assert not (ws / "out").exists()
+    code, err = run_one_line(main, build_argv("relabel_eval", {}, shared["ck"]), capsys)
+    assert code == 0, err

@@ -26,8 +26,10 @@ def parser_for(command: list[str]):
     if command[1] == "-m":
         module, args = command[2], command[3:]
         pkg_main = ROOT / module.replace(".", "/") / "__main__.py"
-        if pkg_main.is_file():  # a stage package: its __main__ names the module with main()
-            module = re.search(r"from (\S+) import main", pkg_main.read_text()).group(1)
+        if pkg_main.is_file():  # a stage package: its __main__ names the parser module (or the module with main())
+            text = pkg_main.read_text()
+            m = re.search(r"run_stage\(\s*\"([\w.]+)\"", text) or re.search(r"from (\S+) import main", text)
+            module = m.group(1)
         return importlib.import_module(module).get_args_parser(), args
     path = ROOT / command[1]
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -64,8 +66,11 @@ def test_every_printed_command_parses(script):
     cmds = dry_run(script, GPU="cpu")
     modules = [c[2] if c[1] == "-m" else c[1] for c in cmds]
     rded = script.name.startswith("rded_")
+    pad = script.name.startswith("pad_")
     needed = {"squeeze.evaluate", "relabel_eval"}
-    if rded:
+    if pad:
+        needed = {"rank_select.difficulty", "squeeze.trajectories", "recover.trajectory_matching", "relabel_eval"}
+    elif rded:
         needed.add("rank_select.patches")
     else:
         needed.add("recover")
@@ -84,7 +89,9 @@ def test_every_printed_command_parses(script):
         assert re.search(rf"^{var}=", text, re.M), f"{script}: {var} not at the top"
     assert [a.seed for a in evals] == [3407, 4663, 2897]
     # each method is evaluated under its own released protocol
-    assert {a.protocol or "delt" for a in evals} == {"rded" if rded else "delt"}
+    assert {a.protocol or "delt" for a in evals} == {"rded" if rded else "pad" if pad else "delt"}
+    if pad:  # the experts' ZCA is applied to the set and val/ alike
+        assert all(a.zca and a.zca.endswith("experts/zca.pt") for a in evals)
     if rded:
         assert all(a.factor is not None and not a.use_rand_augment for a in evals)
 

@@ -1,0 +1,155 @@
+"""``python -m relabel_eval``: train fresh students on a distilled set and validate them.
+
+The DELT/RDED protocol (ALGORITHMS.md, "relabel_eval"): per-image RandAugment /
+RandomResizedCrop / flip, one CutMix box (or Mixup) per batch, the teacher in eval
+mode on the mixed batch, ``KL(log_softmax(s/T) || softmax(t/T))`` batchmean, AdamW
+with weight decay on conv/linear weights only, a half cosine stepped per epoch, and
+DELT's batch-size table. ``--label-mode hard`` trains with (mixed) cross-entropy on
+the class labels instead; ``--label-mode fkd`` replays stored soft labels
+(``relabel_eval.relabel``). Reports the FINAL top-1/top-5 as the headline and the
+best seen during training beside it, per seed and as mean +- std.
+
+Under torchrun (``torchrun --nproc_per_node=N -m relabel_eval ...``), ``--seed-parallel``
+chooses how the processes share the work: ``ddp`` (default) trains each seed with
+DistributedDataParallel, every process taking every N-th image of each (global) batch of
+the epoch plan plus its CutMix/Mixup partners, with the teacher replicated per process
+and validation sharded and summed; ``ranks`` gives each process whole (student, seed)
+runs, trained as in one process. The plan (order, crops, flips, RandAugment seeds, CutMix
+boxes) is a function of (seed, epoch) only, so a run is reproducible for a given number
+of processes. Rank 0 writes the results, once.
+"""
+from __future__ import annotations
+
+import argparse
+
+from common.argtypes import (
+    float_range,
+    momentum_float,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    str2bool,
+    unit_float,
+)
+from common.cli import require_paths
+from common.flags import add_device_args
+from common.runstate import add_run_args
+from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_name
+
+# torch-free: ``python -m relabel_eval --help`` and input errors answer before torch is imported;
+# ``add_common_args`` is shared with ``python -m relabel_eval.relabel``.
+
+
+def mix_type(v) -> str:
+    s = str(v).strip().lower()
+    if s in ("none", "null", ""):
+        return "none"
+    if s not in ("cutmix", "mixup"):
+        raise argparse.ArgumentTypeError(f"--mix-type {v}: choose cutmix, mixup or none")
+    return s
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Data, teacher, augmentation and device flags, named as the released RDED/DELT scripts name them."""
+    g = p.add_argument_group("data and teacher")
+    g.add_argument("--syn-data-path", required=True, help="distilled set (ImageFolder: ROOT/<class>/<image>)")
+    g.add_argument("--ipc", type=positive_int, default=None,
+                   help="use the first IPC files (sorted by name) of every class (default: all)")
+    g.add_argument("--teacher-path", default=None, help="teacher checkpoint (soft labels; gives mean/std/size)")
+    g.add_argument("--arch-name", default=None, help="teacher architecture (checked against the checkpoint)")
+    g.add_argument("--dataset", "--subset", dest="dataset", default="custom",
+                   help="dataset name for the batch-size table and defaults (default: %(default)s)")
+    g.add_argument("--input-size", type=positive_int, default=None,
+                   help="student input size (default: the teacher's, else the dataset's)")
+    g.add_argument("--nclass", type=positive_int, default=None, help="expected class count (checked against the data)")
+    a = p.add_argument_group("evaluation protocol and augmentation (per image, then per batch)")
+    a.add_argument("--protocol", type=protocol_name, default=None,
+                   help=f"released evaluation to follow: {', '.join(PROTOCOLS)} (default: {DEFAULT_PROTOCOL}, or the "
+                        f"one the stored soft labels were made under); "
+                        f"rded adds ShufflePatches(--factor) and crop scale (1/--factor, max)")
+    a.add_argument("--factor", type=positive_int, default=None,
+                   help="RDED's factor (--protocol rded: ShufflePatches strips and crop scale 1/factor; "
+                        "ignored by delt)")
+    a.add_argument("--re-batch-size", type=nonneg_int, default=0, help="batch size; 0 = DELT's table (default)")
+    a.add_argument("--mix-type", type=mix_type, default="cutmix", help="cutmix (default), mixup or none")
+    a.add_argument("--cutmix", type=positive_float, default=1.0, help="CutMix Beta alpha (default: %(default)s)")
+    a.add_argument("--mixup", type=positive_float, default=0.8, help="Mixup Beta alpha (default: %(default)s)")
+    a.add_argument("--use-rand-augment", action="store_true", help="timm RandAugment on each image")
+    a.add_argument("--rand-augment-config", default="rand-m6-n2-mstd1.0", help="timm RandAugment string")
+    a.add_argument("--random-erasing-p", type=unit_float, default=0.0, help="RandomErasing probability (default 0)")
+    a.add_argument("--min-scale-crops", type=float_range(0, 1, lo_open=True), default=None,
+                   help="RandomResizedCrop min scale (default 0.08; --protocol rded: 1/--factor)")
+    a.add_argument("--max-scale-crops", type=float_range(0, 1, lo_open=True), default=1.0,
+                   help="RandomResizedCrop max scale")
+    a.add_argument("--seed", type=seed_int, default=42, help="seed (default: %(default)s)")
+    r = p.add_argument_group("runtime")
+    add_device_args(r)
+    r.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on for CUDA: bf16, or fp16 + GradScaler on GPUs without bf16; "
+                        "off on CPU; --amp on a CPU without native bf16 warns and runs fp32)")
+    r.add_argument("--workers", type=nonneg_int, default=None,
+                   help="DataLoader workers (default: CUDA all cores but one, up to 16; CPU min(4, cores - 1))")
+    x = p.add_argument_group("accepted for the released scripts and ignored")
+    x.add_argument("--wandb-api-key", default=None, help=argparse.SUPPRESS)
+    x.add_argument("--wandb-project", default=None, help=argparse.SUPPRESS)
+    x.add_argument("--mipc", type=int, default=None, help="RDED pool size (ignored here)")
+    x.add_argument("--num-crop", type=int, default=None, help="RDED crops per image (ignored here)")
+    x.add_argument("--train-dir", default=None, help="RDED train folder (ignored here)")
+    x.add_argument("--classes", default=None, help=argparse.SUPPRESS)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m relabel_eval", description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    t = p.add_argument_group("student training")
+    t.add_argument("--stud-name", nargs="+", default=None,
+                   help="student architecture(s), space- or comma-separated (default: the teacher's)")
+    t.add_argument("--label-mode", choices=("soft", "hard", "fkd"), default="soft",
+                   help="soft: online teacher (default); hard: CE on class labels; fkd: stored soft labels")
+    t.add_argument("--soft-label-dir", default=None, help="output of relabel_eval.relabel (--label-mode fkd)")
+    t.add_argument("--val-dir", required=True, help="validation ImageFolder (same class folders)")
+    t.add_argument("--zca", default=None,
+                   help="--protocol pad: the experts' zca.pt; the set and val/ are whitened as the experts saw them")
+    t.add_argument("--val-ipc", type=positive_int, default=None, help="validation images per class (default: all)")
+    t.add_argument("--re-epochs", type=positive_int, default=300, help="training epochs (default: %(default)s)")
+    t.add_argument("--re-accum-steps", type=positive_int, default=1, help="gradient accumulation steps")
+    t.add_argument("--temperature", "-T", type=positive_float, default=None,
+                   help="KD temperature (default: 20 CutMix, 4 Mixup)")
+    t.add_argument("--seeds", type=seed_int, nargs="+", default=None,
+                   help="several seeds in one call (overrides --seed)")
+    t.add_argument("--eval-every", type=positive_int, default=10, help="validate every N epochs and at the end")
+    t.add_argument("--bn-double-update", action=argparse.BooleanOptionalAction, default=None,
+                   help="student BN momentum 1-(1-m)^2 (0.19), the effect of the released loop's extra train-mode "
+                        "forward per batch (default: on, as the protocol's release; --no-bn-double-update: "
+                        "PyTorch's 0.1)")
+    t.add_argument("--seed-parallel", choices=("ddp", "ranks"), default="ddp",
+                   help="under torchrun: ddp = each seed trained by all processes (DistributedDataParallel); "
+                        "ranks = each process trains whole seeds on its own (default: %(default)s)")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the student and the teacher (falls back to eager with a warning)")
+    o = p.add_argument_group("optimiser (AdamW unless --sgd)")
+    o.add_argument("--adamw-lr", type=nonneg_float, default=0.0, help="AdamW lr; 0 = the per-student table (default)")
+    o.add_argument("--adamw-weight-decay", type=nonneg_float, default=0.01)
+    o.add_argument("--sgd", action="store_true", help="SGD instead of AdamW")
+    o.add_argument("--learning-rate", "-lr", type=positive_float, default=0.1, help="SGD lr")
+    o.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum")
+    o.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="SGD weight decay")
+    o.add_argument("--cos", type=str2bool, nargs="?", const=True, default=True,
+                   help="half-cosine lr schedule (default); --cos false: linear decay")
+    r = p.add_argument_group("outputs")
+    r.add_argument("--output", default=None, help="results JSON (default: runs/relabel_eval/<set>_<mode>.json)")
+    r.add_argument("--results-csv", default=None, help="results table to append to (default: results.csv beside "
+                                                       "the JSON)")
+    r.add_argument("--log-dir", default=None, help="per-run CSV logs of every epoch")
+    r.add_argument("--exp-name", default=None, help="name of this evaluation in the results table")
+    add_run_args(r)
+    r.add_argument("--no-resume", dest="restart", action="store_true", help="the same as --restart")
+    return p
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The distilled set, the validation folder, the teacher and the soft labels, when given, must exist."""
+    require_paths(args, [("syn_data_path", "--syn-data-path"), ("val_dir", "--val-dir"),
+                         ("teacher_path", "--teacher-path"), ("soft_label_dir", "--soft-label-dir"), ("zca", "--zca")])

@@ -1,0 +1,60 @@
+"""The CLI answers at once: every stage's parser module imports no torch, and ``--help``, an
+argument error and a missing input path end (with the right exit code and one ``error:`` line)
+before torch or torchvision is imported (``python -X importtime`` lists every import)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+PARSERS = {"squeeze": "squeeze.args", "rank_select": "rank_select.args", "recover": "recover.args",
+           "relabel_eval": "relabel_eval.args"}
+MISSING = "/nonexistent/dd-cli"
+CASES = {
+    "squeeze": (["--data-path", MISSING, "--output", "{tmp}/t.pth"], f"{MISSING}: --data-path does not exist"),
+    "rank_select": (["--data-path", MISSING, "--ranker-path", f"{MISSING}.pth", "--output-path", "{tmp}/sel"],
+                    f"{MISSING}: --data-path does not exist"),
+    "recover": (["--arch-path", f"{MISSING}.pth", "--init-data-path", "{tmp}", "--syn-data-path", "{tmp}/syn"],
+                f"{MISSING}.pth: --arch-path does not exist"),
+    "relabel_eval": (["--syn-data-path", "{tmp}", "--val-dir", MISSING, "--output", "{tmp}/e.json"],
+                     f"{MISSING}: --val-dir does not exist"),
+}
+HEAVY = ("torch", "torchvision", "timm", "pandas")
+
+
+def run(argv, tmp):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=tmp, env=env, capture_output=True,
+                         text=True, timeout=60)
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    return res, imported, errors
+
+
+def test_parser_modules_are_torch_free():
+    code = ("import importlib, sys\n"
+            f"for m in {sorted(PARSERS.values())!r}:\n"
+            "    importlib.import_module(m).get_args_parser().format_help()\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("stage", sorted(CASES))
+def test_help_argument_and_path_errors_before_torch(stage, tmp_path):
+    res, imported, _ = run(["-m", stage, "--help"], tmp_path)
+    assert res.returncode == 0 and "usage" in res.stdout.lower()
+    assert not imported & set(HEAVY), stage
+    res, imported, errors = run(["-m", stage, "--no-such-flag"], tmp_path)
+    assert res.returncode == 2 and not imported & set(HEAVY)
+    argv, message = CASES[stage]
+    res, imported, errors = run(["-m", stage, *[a.format(tmp=tmp_path) for a in argv]], tmp_path)
+    assert res.returncode == 2, res.stderr[-500:]
+    assert errors == [f"error: {message}"]
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
