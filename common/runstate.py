@@ -208,7 +208,8 @@ class RunState:
             if parent.exists():
                 break
             missing.append(parent)
-        self._made_parents = missing
+        if not getattr(self, "_made_parents", None):
+            self._made_parents = missing
         (self.dir / "done").mkdir(parents=True, exist_ok=True)
         if not (self.dir / "run.json").is_file():
             atomic_write_json(self.dir / "run.json", {"stage": self.stage, "fingerprint": self.fingerprint})

@@ -59,6 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pack", help="pack a distilled set with its manifest into a deterministic .tar.gz")
     p.add_argument("dir", help="distilled ImageFolder")
     p.add_argument("--out", required=True, help="FILE.tar.gz")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -76,5 +77,5 @@ def main(argv: Sequence[str] | None = None) -> None:
               args.keep_names, args.keep_archive, args.force, args.retries, args.timeout,
               progress=not args.quiet, args=args)
     else:
-        pack(args.dir, args.out, progress=not args.quiet, args=args)
+        pack(args.dir, args.out, progress=not args.quiet, args=args, force=args.force)
 

@@ -49,10 +49,9 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; pass --force to replace it")
     order, order_source = resolve_class_order(dataset, classes_from)   # fail before downloading gigabytes
-    out.parent.mkdir(parents=True, exist_ok=True)
-
     downloaded = urllib.parse.urlparse(url).scheme in ("http", "https")
     if downloaded:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the download is kept beside --out
         archive = http_download(url, out.with_name(out.name + ".download"), max_size, retries, timeout, retry_wait,
                                 progress)
     else:
@@ -73,9 +72,6 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
         discard()
         raise UserError(f"{url}: sha256 mismatch: expected {sha256.lower()}, got {digest}"
                         + ("; the downloaded file was removed" if downloaded else ""))
-    if not sha256:
-        log(f"sha256 {digest} (not verified: no checksum given; pass --sha256 to pin it)")
-
     try:
         kind, members = list_archive(archive)
         members, prefix = strip_wrappers(members)
@@ -86,10 +82,13 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
     try:
         naming, mapping, packed = _check_and_plan(archive, members, links, out, max_size, order, order_source,
                                                   keep_names)
-    except UserError:
-        if downloaded:
-            log(f"the download stays at {archive}; the next fetch of the same URL to {out} reuses it")
+    except UserError as exc:
+        if downloaded:  # one line: the reason, then where the download is kept
+            raise UserError(f"{exc}; the download stays at {archive} and the next fetch of the same URL to {out} "
+                            f"reuses it") from None
         raise
+    if not sha256:  # the archive passed every check: say what was (not) verified
+        log(f"sha256 {digest} (not verified: no checksum given; pass --sha256 to pin it)")
     try:
         with atomic_dir(out) as tmp:
             extract_members(archive, kind, members, links, tmp, mapping, progress)
@@ -124,7 +123,10 @@ def _check_and_plan(archive: Path, members: list[Member], links: dict[str, Membe
     if total > max_size:
         raise UserError(f"{archive.name}: unpacks to {human(total)}, over --max-size {human(max_size)}; refused "
                         f"before writing anything (raise --max-size if you trust it)")
-    free = shutil.disk_usage(out.parent).free
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:  # --out's folder is made only when extracting
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
     if total > free:
         raise UserError(f"{archive.name}: unpacks to {human(total)} but only {human(free)} is free under {out.parent}")
     counts, loose = summarize_tree(members)

@@ -32,11 +32,13 @@ def _pack_files(root: Path, skip: Path | None) -> tuple[list[str], list[str]]:
 
 
 def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = True,
-         args: argparse.Namespace | dict | None = None) -> str:
+         args: argparse.Namespace | dict | None = None, force: bool = False) -> str:
     """Deterministic ``.tar.gz`` of a distilled ImageFolder with its manifest; returns its sha256."""
     from common.imagefolder import find_classes, list_class_files
 
     src, out_file = Path(src), Path(out_file)
+    if out_file.exists() and not force:  # an archive cannot say who wrote it: never replaced silently
+        raise UserError(f"--out {out_file} exists; choose another path, or pass --force to replace it")
     classes = find_classes(src, "folder to pack")
     per_class = {c: len(list_class_files(src / c)) for c in classes}
     empty = [c for c, n in per_class.items() if n == 0]

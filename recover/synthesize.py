@@ -39,7 +39,7 @@ from common.errors import UserError, bar_vanishes_on_error
 from common.flags import device_spec
 from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
 from common.manifest import build_manifest, sha256_file
-from common.paths import check_output_dir
+from common.paths import check_output_dir, first_missing
 from common.runstate import RunState, check_output, fingerprint
 from common.transforms import pil_to_normalized, pixel_bounds, to_pil
 from models import canonical_arch, checkpoint_meta, has_batchnorm, load_model, read_checkpoint
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                            init_files_sha256=init_files and hashlib.sha256(json.dumps(
                                [init_files[c] for c in classes]).encode()).hexdigest(),
                            amp=precision.name if precision.enabled else False)  # what ran: the images depend on it
-    fresh_output = not root.exists()
+    created = first_missing(root) if plan.num_shards == 1 else None  # what a failed first run would leave
     # shard 0 checks (and with --restart discards) the state; other shards attach to it
     out = OutputDir(root, RunState(root, STAGE, settings, restart=args.restart, check=plan.shard_index == 0))
 
@@ -283,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except BaseException:
         if not any(out.is_done(c) for c in classes):  # no work saved: leave nothing behind
             out.run.finish()
-            if fresh_output:
-                shutil.rmtree(out.root, ignore_errors=True)
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
         raise
     finally:
         bar.close()
