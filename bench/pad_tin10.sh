@@ -10,7 +10,6 @@ OUT=${OUT:-runs/acc}
 PER_CLASS=${PER_CLASS:-100}            # training images per class the experts see (CPU budget)
 EXPERTS=${EXPERTS:-2}
 EPOCHS=${EPOCHS:-20}
-RE_EPOCHS=${RE_EPOCHS:-300}
 SEEDS=${SEEDS:-"0 1 2"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 N="nice -n 10"
@@ -51,8 +50,20 @@ m() {  # name experts ratio ipc iterations extra...
         --iterations "$its" --syn-steps 10 --expert-epochs 2 --min-start-epoch 0 --lr-lr 1e-5 --lr-y 10 \
         --depth-ratio "$ratio" --checkpoint-every 10 --output-path "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
 }
-m pad_ipc1 experts_pad 0.5 1 80 --max-start-epoch 5 --lr-img 10000 &
-m datm_ipc1 experts_datm 0.0 1 80 --max-start-epoch 5 --lr-img 10000 &
-m pad_ipc10 experts_pad 0.5 10 60 --max-start-epoch 10 --lr-img 100 --batch-syn 10 &
-m datm_ipc10 experts_datm 0.0 10 60 --max-start-epoch 10 --lr-img 100 --batch-syn 10 &
+m pad_ipc1 experts_pad 0.5 1 30 --max-start-epoch 5 --lr-img 10000 &
+m datm_ipc1 experts_datm 0.0 1 30 --max-start-epoch 5 --lr-img 10000 &
+m pad_ipc10 experts_pad 0.5 10 30 --max-start-epoch 10 --lr-img 100 --batch-syn 10 &
+m datm_ipc10 experts_datm 0.0 10 30 --max-start-epoch 10 --lr-img 100 --batch-syn 10 &
 wait
+
+# random real baselines and the PAD-protocol evaluation (100 epochs at IPC 1, 30 at IPC 10; seeds 0 1 2)
+for ipc in 1 10; do
+    [ -d "$OUT/random_ipc$ipc" ] || $N python -m relabel_eval.baselines random --train-dir "$DATA/train" --ipc "$ipc" \
+        --seed 0 --output-dir "$OUT/random_ipc$ipc"
+done
+for name in random_ipc1 datm_ipc1 pad_ipc1 random_ipc10 datm_ipc10 pad_ipc10; do
+    epochs=100; [ "${name##*_}" = ipc10 ] && epochs=30
+    [ -f "$OUT/eval_$name.json" ] || $N python -m relabel_eval --protocol pad --syn-data-path "$OUT/$name" \
+        --val-dir "$DATA/val" --stud-name conv3_in --input-size 32 --re-epochs "$epochs" --learning-rate 0.01 \
+        --seeds $SEEDS --device cpu --output "$OUT/eval_$name.json" > "$OUT/eval_$name.log" 2>&1
+done

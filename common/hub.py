@@ -651,10 +651,9 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; pass --force to replace it")
     order, order_source = resolve_class_order(dataset, classes_from)   # fail before downloading gigabytes
-    out.parent.mkdir(parents=True, exist_ok=True)
-
     downloaded = urllib.parse.urlparse(url).scheme in ("http", "https")
     if downloaded:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the download is kept beside --out
         archive = http_download(url, out.with_name(out.name + ".download"), max_size, retries, timeout, retry_wait,
                                 progress)
     else:
@@ -675,9 +674,6 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
         discard()
         raise UserError(f"{url}: sha256 mismatch: expected {sha256.lower()}, got {digest}"
                         + ("; the downloaded file was removed" if downloaded else ""))
-    if not sha256:
-        log(f"sha256 {digest} (not verified: no checksum given; pass --sha256 to pin it)")
-
     try:
         kind, members = list_archive(archive)
         members, prefix = strip_wrappers(members)
@@ -688,10 +684,13 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
     try:
         naming, mapping, packed = _check_and_plan(archive, members, links, out, max_size, order, order_source,
                                                   keep_names)
-    except UserError:
-        if downloaded:
-            log(f"the download stays at {archive}; the next fetch of the same URL to {out} reuses it")
+    except UserError as exc:
+        if downloaded:  # one line: the reason, then where the download is kept
+            raise UserError(f"{exc}; the download stays at {archive} and the next fetch of the same URL to {out} "
+                            f"reuses it") from None
         raise
+    if not sha256:  # the archive passed every check: say what was (not) verified
+        log(f"sha256 {digest} (not verified: no checksum given; pass --sha256 to pin it)")
     try:
         with atomic_dir(out) as tmp:
             extract_members(archive, kind, members, links, tmp, mapping, progress)
@@ -726,7 +725,10 @@ def _check_and_plan(archive: Path, members: list[Member], links: dict[str, Membe
     if total > max_size:
         raise UserError(f"{archive.name}: unpacks to {human(total)}, over --max-size {human(max_size)}; refused "
                         f"before writing anything (raise --max-size if you trust it)")
-    free = shutil.disk_usage(out.parent).free
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:  # --out's folder is made only when extracting
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
     if total > free:
         raise UserError(f"{archive.name}: unpacks to {human(total)} but only {human(free)} is free under {out.parent}")
     counts, loose = summarize_tree(members)
@@ -764,11 +766,13 @@ def _pack_files(root: Path, skip: Path | None) -> tuple[list[str], list[str]]:
 
 
 def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = True,
-         args: argparse.Namespace | dict | None = None) -> str:
+         args: argparse.Namespace | dict | None = None, force: bool = False) -> str:
     """Deterministic ``.tar.gz`` of a distilled ImageFolder with its manifest; returns its sha256."""
     from common.imagefolder import find_classes, list_class_files
 
     src, out_file = Path(src), Path(out_file)
+    if out_file.exists() and not force:  # an archive cannot say who wrote it: never replaced silently
+        raise UserError(f"--out {out_file} exists; choose another path, or pass --force to replace it")
     classes = find_classes(src, "folder to pack")
     per_class = {c: len(list_class_files(src / c)) for c in classes}
     empty = [c for c, n in per_class.items() if n == 0]
@@ -836,6 +840,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pack", help="pack a distilled set with its manifest into a deterministic .tar.gz")
     p.add_argument("dir", help="distilled ImageFolder")
     p.add_argument("--out", required=True, help="FILE.tar.gz")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -853,7 +858,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               args.keep_names, args.keep_archive, args.force, args.retries, args.timeout,
               progress=not args.quiet, args=args)
     else:
-        pack(args.dir, args.out, progress=not args.quiet, args=args)
+        pack(args.dir, args.out, progress=not args.quiet, args=args, force=args.force)
 
 
 if __name__ == "__main__":

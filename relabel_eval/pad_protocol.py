@@ -94,13 +94,25 @@ def train_pad_student(model, x, targets, lr: float, epochs: int, batch: int, see
             opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=PAD_MOMENTUM, weight_decay=PAD_WEIGHT_DECAY)
     train_time = time.time() - t0
     top1 = 100.0 * accuracy(model, val_x, val_y, device=device)
-    return {"final_top1": top1, "final_top5": None, "best_top1": top1, "best_top1_epoch": epochs,
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(val_x[s:s + 512].to(device)).cpu() for s in range(0, len(val_x), 512)])
+    k = min(5, logits.shape[1])
+    top5 = 100.0 * (logits.topk(k, 1).indices == val_y.view(-1, 1)).any(1).float().mean().item()
+    return {"final_top1": top1, "final_top5": top5, "best_top1": top1, "best_top1_epoch": epochs,
             "train_time_s": train_time, "images_per_s": seen / max(train_time, 1e-9)}
 
 
 def run(args: argparse.Namespace) -> dict:
-    """``python -m relabel_eval --protocol pad ...``: evaluate every seed, write the results JSON/CSV."""
+    """``python -m relabel_eval --protocol pad ...``: evaluate every seed, write the results JSON/CSV.
+
+    One process does the work (the sets are small); under torchrun the other ranks return at once.
+    """
+    from common.distributed import dist_info
     from common.errors import UserError
+
+    if dist_info().rank != 0:
+        return {}
 
     syn = Path(args.syn_data_path)
     if not syn.is_dir():

@@ -603,18 +603,6 @@ EXPECTED_MATCH = {
 
 CASES = [Case(cmd, kind, lambda ws, sh, f=fn, c=cmd: f(ws, sh, c), EXPECTED_MATCH.get((cmd, kind), match))
          for kind, fn, commands, match in KINDS for cmd in commands]
-# Cases that wait for the hub package of issue 10 (hub pack's ownership of --out; fetch prints its
-# "sha256 ... not verified" line before an archive is refused). Strict: once one passes, its marker goes.
-PENDING_RUNSTATE = {
-    ("hub pack", "output exists and is not ours"),
-    ("hub", "class count mismatch"), ("hub", "malicious archive"),
-}
-
-
-def _param(case: Case):
-    marks = [pytest.mark.xfail(strict=True, reason="needs the hub package of issue 10")] \
-        if (case.command, case.kind) in PENDING_RUNSTATE else []
-    return pytest.param(case, id=case.id, marks=marks)
 SUITE_COMMANDS = sorted({c.command for c in CASES})
 SUITE_KINDS = [k for k, *_ in KINDS]
 
@@ -625,7 +613,7 @@ def test_suite_size():
     print(f"\nbad-input suite: {len(SUITE_COMMANDS)} commands x {len(SUITE_KINDS)} kinds, {len(CASES)} cases")
 
 
-@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, shared, tmp_path, capsys, monkeypatch):
     import shutil
 

@@ -87,4 +87,6 @@ def test_relabel_eval_protocol_pad_dispatches_to_the_pad_loop(tiny_data, tmp_pat
                 "--learning-rate", "0.02", "--device", "cpu", "--output", str(tmp_path / "r.json")])
     # a set without labels.pt / lr.pt (e.g. DELT's) trains on hard labels with --learning-rate
     assert res["protocol"]["name"] == "pad" and res["label_mode"] == "hard" and res["protocol"]["lr"] == 0.02
-    assert json.loads((tmp_path / "r.json").read_text())["students"]["conv3_in"]["summary"]["n"] == 1
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and json.loads(text)["students"]["conv3_in"]["summary"]["n"] == 1
+    assert res["students"]["conv3_in"]["runs"][0]["final_top5"] == 100.0  # 3 classes: top-5 is everything
