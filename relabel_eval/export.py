@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from common.argtypes import positive_int
+
 FORMATS = ("ddranking",)
 STAGE = "relabel_eval.export"
 
@@ -41,11 +43,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, required=True, help="target layout")
     p.add_argument("--syn-data-path", required=True, help="distilled set (ImageFolder)")
     p.add_argument("--output-dir", required=True, help="folder to write (must not exist, or be an earlier export)")
-    p.add_argument("--ipc", type=int, default=None, help="first IPC files per class (default: all; classes must "
-                                                         "then hold the same number)")
+    p.add_argument("--ipc", type=positive_int, default=None,
+                   help="first IPC files per class (default: all; classes must then hold the same number)")
     p.add_argument("--teacher-path", default=None, help="teacher checkpoint: soft labels, mean / std and size")
     p.add_argument("--soft-label-dir", default=None, help="FKD soft labels of this set (checked, see above)")
-    p.add_argument("--input-size", type=int, default=None, help="image side S (default: the teacher's)")
+    p.add_argument("--input-size", type=positive_int, default=None, help="image side S (default: the teacher's)")
     p.add_argument("--device", default="cpu", help="device for the teacher (default: %(default)s)")
     return p
 

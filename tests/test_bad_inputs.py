@@ -40,6 +40,7 @@ COMMANDS = {
     "squeeze.trajectories": "squeeze.trajectories",
     "rank_select.difficulty": "rank_select.difficulty",
     "recover.trajectory_matching": "recover.trajectory_matching",
+    "relabel_eval.export": "relabel_eval.export",
 }
 
 
@@ -151,6 +152,7 @@ RANGE_CASES = [
     ("rank_select.difficulty", ["--data-path", "D", "--output", "o.csv", "--num-models", "0"], "--num-models"),
     ("recover.trajectory_matching", ["--experts", "E", "--data-path", "D", "--output-path", "o", "--ipc", "0"],
      "--ipc"),
+    ("relabel_eval.export", ["--ipc", "0"], "--ipc"),
     ("recover.trajectory_matching", ["--experts", "E", "--data-path", "D", "--output-path", "o",
                                      "--depth-ratio", "1.5"], "--depth-ratio"),
 ]
