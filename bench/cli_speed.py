@@ -51,7 +51,8 @@ def run(root: Path, argv: list[str], env: dict) -> tuple[float, int, str]:
 def imports_torch(root: Path, argv: list[str], env: dict) -> bool:
     res = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=root, env=env, capture_output=True,
                          text=True)
-    return any(line.rstrip().endswith("| torch") for line in res.stderr.splitlines())
+    return any(line.startswith("import time:") and line.split("|")[-1].strip() == "torch"
+               for line in res.stderr.splitlines())
 
 
 def main(argv=None) -> None:
