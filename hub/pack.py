@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -11,7 +13,7 @@ from tqdm import tqdm
 
 from common.atomic import atomic_path
 from common.errors import UserError
-from common.manifest import build_manifest, sha256_file, write_manifest
+from common.manifest import sha256_file
 from hub.mapping import _few
 from hub.text import human, log
 
@@ -44,13 +46,16 @@ def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = T
     empty = [c for c, n in per_class.items() if n == 0]
     if empty:
         raise UserError(f"{src}: class folder(s) without images: {_few(empty)}")
-    if not (src / "manifest.json").is_file():
-        _, files = _pack_files(src, out_file.resolve())
-        write_manifest(src, build_manifest("hub.pack", args, classes=classes, images_per_class=per_class,
-                                           num_images=sum(per_class.values()),
-                                           files_sha256={f: sha256_file(src / f) for f in files}))
-        log(f"wrote {src / 'manifest.json'} (there was none)")
     dirs, files = _pack_files(src, out_file.resolve())
+    extra = {}  # archive members that are not files of src
+    if "manifest.json" not in files:
+        # src is an input: never written to. The archive carries a manifest made here, without times or
+        # host names, so packing the same folder twice gives the same bytes.
+        manifest = {"stage": "hub.pack", "classes": classes, "images_per_class": per_class,
+                    "num_images": sum(per_class.values()),
+                    "files_sha256": {f: sha256_file(src / f) for f in files}}
+        extra["manifest.json"] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        log("the folder has no manifest.json: the archive carries one made from its files")
 
     def info(name: str, kind: bytes, size: int = 0) -> tarfile.TarInfo:
         ti = tarfile.TarInfo(name)
@@ -66,7 +71,10 @@ def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = T
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
             for d in dirs:
                 tf.addfile(info(d, tarfile.DIRTYPE))
-            for f in tqdm(files, desc="pack", unit="file", disable=not progress):
+            for f in tqdm(sorted([*files, *extra]), desc="pack", unit="file", disable=not progress):
+                if f in extra:
+                    tf.addfile(info(f, tarfile.REGTYPE, len(extra[f])), io.BytesIO(extra[f]))
+                    continue
                 with open(src / f, "rb") as fh:
                     tf.addfile(info(f, tarfile.REGTYPE, os.fstat(fh.fileno()).st_size), fh)
     digest = sha256_file(out_file)

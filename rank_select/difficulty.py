@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.argtypes import momentum_float, nonneg_int, positive_float, positive_int, seed_int
+from common.flags import add_device_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="difficulty CSV to write")
     p.add_argument("--order-file", default=None, help="per-class easy-to-hard order (default: <output>.order.json)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_args(p)
     return p
 
 
@@ -134,14 +135,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from common.atomic import atomic_path, atomic_torch_save, atomic_write_json
     from common.datasets import check_class_count, get_dataset, resolve_input_size
-    from common.device import resolve_device
+    from common.device import device_from_args
     from common.imagefolder import infer_input_size
     from common.manifest import build_manifest, write_manifest
     from common.memdata import load_tensor_dataset
     from models.registry import canonical_arch
 
     spec = get_dataset(args.dataset)
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     root = Path(args.data_path)
     out = Path(args.output)
     order_file = Path(args.order_file) if args.order_file else out.with_suffix(".order.json")

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.argtypes import momentum_float, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
+from common.flags import add_device_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,7 +75,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-iterations-this-run", type=positive_int, default=None,
                    help="stop after this many iterations (the run resumes); for time-boxed jobs and tests")
     p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_args(p)
     return p
 
 
@@ -177,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from tqdm import tqdm
 
     from common.atomic import atomic_dir, atomic_torch_save, atomic_write_json
-    from common.device import resolve_device
+    from common.device import device_from_args
     from common.dsa import make_generator
     from common.imagefolder import check_same_classes, find_classes
     from common.manifest import build_manifest, write_manifest
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     classes = man["classes"]
     check_same_classes(classes, find_classes(args.data_path, "--data-path"), f"experts {experts_dir}",
                        f"--data-path {args.data_path}")
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     seed_everything(args.seed)
     size, mean, std = man["input_size"], man["mean"], man["std"]
     num_classes = len(classes)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.argtypes import positive_int
+from common.flags import add_device_args
 
 FORMATS = ("ddranking",)
 STAGE = "relabel_eval.export"
@@ -48,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-path", default=None, help="teacher checkpoint: soft labels, mean / std and size")
     p.add_argument("--soft-label-dir", default=None, help="FKD soft labels of this set (checked, see above)")
     p.add_argument("--input-size", type=positive_int, default=None, help="image side S (default: the teacher's)")
-    p.add_argument("--device", default="cpu", help="device for the teacher (default: %(default)s)")
+    add_device_args(p, default="cpu")  # the teacher's device
     return p
 
 
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from common.atomic import atomic_dir, atomic_torch_save
     from common.datasets import IMAGENET_MEAN, IMAGENET_STD
+    from common.device import device_from_args
     from common.errors import UserError
     from common.imagefolder import ImageFolder
     from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
@@ -66,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from models import load_model
 
     syn, out = Path(args.syn_data_path), Path(args.output_dir)
+    device = device_from_args(args)
     if args.ipc is not None and args.ipc < 1:
         raise UserError(f"--ipc {args.ipc}: must be at least 1")
     if out.exists():
@@ -80,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ipc = counts[0]
     teacher, meta = None, {}
     if args.teacher_path:
-        teacher, meta = load_model(args.teacher_path, classes=ds.classes, device=args.device)
+        teacher, meta = load_model(args.teacher_path, classes=ds.classes, device=device)
     size = args.input_size or meta.get("input_size")
     if not size:
         raise UserError("--input-size is required without --teacher-path")
@@ -103,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     labels = None
     if teacher is not None:
         with torch.no_grad():
-            labels = torch.cat([teacher(images[s:s + 256].to(args.device)).float().cpu()
+            labels = torch.cat([teacher(images[s:s + 256].to(device)).float().cpu()
                                 for s in range(0, len(images), 256)])
     order = np.asarray(ds.targets)
     assert (order == np.repeat(np.arange(len(ds.classes)), ipc)).all()  # class-major, IPC each

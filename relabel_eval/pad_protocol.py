@@ -124,11 +124,21 @@ def run(args: argparse.Namespace) -> dict:
     mode = "hard" if args.label_mode == "hard" or not label_file.is_file() else "soft"
     if args.label_mode == "fkd":
         raise UserError("--protocol pad trains on the set's own labels; use --label-mode soft or hard")
+    # the output locations, before any work
+    from common.paths import check_output_file
+    from common.runstate import check_output
+    from relabel_eval.results import check_results_csv
+
+    output = Path(args.output) if args.output else Path("runs/relabel_eval") / f"{syn.name}_pad_{mode}.json"
+    check_output_file(output, "--output")
+    check_output(output, "relabel_eval", getattr(args, "force", False), kind="file", flag="--output")
+    results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
+    check_results_csv(check_output_file(results_csv, "--results-csv"), getattr(args, "force", False))
 
     import torch
 
     from common.atomic import atomic_write_json
-    from common.device import resolve_device
+    from common.device import device_from_args
     from common.imagefolder import check_same_classes, find_classes
     from common.manifest import build_manifest
     from common.memdata import load_tensor_dataset
@@ -136,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
     from models import build_model
     from relabel_eval.results import append_results_csv, summarize_runs
 
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     classes = find_classes(syn, "--syn-data-path")
     check_same_classes(classes, find_classes(args.val_dir, "--val-dir"), f"--syn-data-path {syn}",
                        f"--val-dir {args.val_dir}")
@@ -171,7 +181,6 @@ def run(args: argparse.Namespace) -> dict:
     seeds = args.seeds or [args.seed]
     studs = args.stud_name or [meta.get("arch") or "conv3_in"]  # default: the experts' architecture
     studs = [s for part in studs for s in part.split(",") if s]
-    output = Path(args.output) if args.output else Path("runs/relabel_eval") / f"{syn.name}_pad_{mode}.json"
     partial = output.with_name(output.name + ".partial")
     fingerprint = {"syn": str(syn.resolve()), "mode": mode, "lr": lr, "epochs": args.re_epochs, "batch": batch,
                    "zca": str(args.zca), "size": size, "val": str(Path(args.val_dir).resolve())}
@@ -217,8 +226,7 @@ def run(args: argparse.Namespace) -> dict:
         "manifest": build_manifest("relabel_eval", args),
     }
     atomic_write_json(output, result)
-    results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
-    append_results_csv(results_csv, result, output)
+    append_results_csv(results_csv, result, output, force=getattr(args, "force", False))
     import shutil
 
     shutil.rmtree(partial, ignore_errors=True)

@@ -23,9 +23,35 @@ def summarize_runs(runs: list[dict]) -> dict:
     return out
 
 
-def append_results_csv(path: str | os.PathLike, result: dict, output_json: str | os.PathLike) -> Path:
-    """Append one row per student to a CSV table (created if missing); written atomically."""
+RESULT_COLUMNS = ("name", "syn_data_path", "student", "final_top1_mean", "results_json")
+
+
+def is_results_table(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a results table this toolkit wrote (its header has our columns)."""
+    try:
+        header = set(pd.read_csv(path, nrows=0).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+        return False
+    return all(c in header for c in RESULT_COLUMNS)
+
+
+def check_results_csv(path: str | os.PathLike, force: bool = False) -> None:
+    """Before any work: an existing ``--results-csv`` must be our results table (rows are appended to it);
+    any other file is never rewritten unless ``force``."""
     path = Path(path)
+    if path.is_file() and not force and not is_results_table(path):
+        raise UserError(f"--results-csv {path}: exists and is not a relabel_eval results table (no "
+                        f"{', '.join(RESULT_COLUMNS)} columns); choose another path, or pass --force to replace it")
+
+
+def append_results_csv(path: str | os.PathLike, result: dict, output_json: str | os.PathLike,
+                       force: bool = False) -> Path:
+    """Append one row per student to a CSV table (created if missing); written atomically.
+
+    A file that is not our results table is refused (see :func:`check_results_csv`), or replaced with ``force``.
+    """
+    path = Path(path)
+    check_results_csv(path, force)
     rows = []
     teacher = result.get("teacher") or {}
     for stud, entry in result["students"].items():
@@ -44,7 +70,7 @@ def append_results_csv(path: str | os.PathLike, result: dict, output_json: str |
             "results_json": str(output_json),
         })
     new = pd.DataFrame(rows)
-    if path.is_file():
+    if path.is_file() and is_results_table(path):
         try:
             new = pd.concat([pd.read_csv(path), new], ignore_index=True)
         except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

@@ -59,7 +59,7 @@ from relabel_eval.protocol import (
     released_special_case,
 )
 from relabel_eval.relabel import SoftLabelStore
-from relabel_eval.results import append_results_csv, summarize_runs, write_history_csv
+from relabel_eval.results import append_results_csv, check_results_csv, summarize_runs, write_history_csv
 
 STAGE = "relabel_eval"
 # Arguments that do not change a run's result (besides common.runstate.NOT_RESULT); students and
@@ -299,7 +299,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # the output locations, before any work (not after hours of training)
     output = check_output_file(args.output or default_output(args.syn_data_path, args.label_mode), "--output")
     check_output(output, STAGE, args.force, kind="file", flag="--output")
-    check_output_file(args.results_csv or output.parent / "results.csv", "--results-csv")
+    check_results_csv(check_output_file(args.results_csv or output.parent / "results.csv", "--results-csv"),
+                      args.force)
     check_output_dir(state_dir(output), "--output")
     if args.log_dir:
         check_output_dir(args.log_dir, "--log-dir")
@@ -458,7 +459,7 @@ def run(args: argparse.Namespace, ctx) -> dict:
                                    finished=time.strftime("%Y-%m-%dT%H:%M:%S%z")),
     }
     atomic_write_json(output, result)
-    append_results_csv(results_csv, result, output)
+    append_results_csv(results_csv, result, output, force=args.force)
     state.finish()
     print(f"results: {output} (table: {results_csv})")
     return result

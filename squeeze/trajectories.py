@@ -44,6 +44,7 @@ from common.argtypes import (
     seed_int,
     unit_float,
 )
+from common.flags import add_device_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
                    help="stop each expert after this many epochs in this run (resume later); for time-boxed jobs")
     p.add_argument("--output-dir", required=True, help="directory of expert_XXX.pt files and manifest.json")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_args(p)
     return p
 
 
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from common.atomic import atomic_write_json
     from common.datasets import check_class_count, get_dataset, resolve_input_size
-    from common.device import resolve_device
+    from common.device import device_from_args
     from common.imagefolder import check_train_val, infer_input_size
     from common.manifest import build_manifest, read_manifest
     from common.memdata import load_tensor_dataset
@@ -254,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from models.registry import canonical_arch
 
     spec = get_dataset(args.dataset)
-    device = resolve_device(args.device)
+    device = device_from_args(args)
     classes = check_train_val(data / "train", data / "val")
     check_class_count(spec, len(classes), data / "train")
     arch = canonical_arch(args.arch)

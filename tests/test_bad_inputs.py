@@ -506,6 +506,12 @@ def _rows(ws: Path, score=lambda i: f"{0.1 * (i % 7):.2f}"):
     return rows
 
 
+def k_foreign_results_csv(ws, sh, command):
+    """relabel_eval appends a row to --results-csv: a CSV that is not our results table is never rewritten."""
+    (ws / "table.csv").write_text("subject,score\nalice,3\n")
+    return {"--results-csv": "table.csv"}
+
+
 def k_foreign_csv(ws, sh, command):
     _ranking_csv(ws, [(f"n0{i}/x{j}.JPEG", f"n0{i}", i, "0.5") for i in range(3) for j in range(4)])
     return {}
@@ -587,6 +593,7 @@ KINDS: list[tuple[str, Callable, list[str], str | None]] = [
     ("output inside a file", k_out_inside_file, list(OUTPUT), "is a file"),
     ("output in a read-only folder", k_out_read_only, list(OUTPUT), "read-only"),
     ("output exists and is not ours", k_out_foreign, list(OUTPUT), None),
+    ("results CSV that is not ours", k_foreign_results_csv, ["relabel_eval"], "--results-csv"),
     ("--syn-data-path is a file", k_syn_path_is_file, ["recover"], "--syn-data-path"),
     ("--ranking-file is a folder", k_ranking_file_is_folder, ["rank_select"], "--ranking-file"),
     ("zero value", k_zero, [c for c, f in NUMERIC.items() if f], "must be"),
