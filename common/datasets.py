@@ -96,13 +96,3 @@ def check_class_count(spec: DatasetSpec, num_classes: int, root: str | Path) -> 
     if spec.num_classes is not None and num_classes != spec.num_classes:
         print(f"warning: {root} has {num_classes} classes but --dataset {spec.name} has {spec.num_classes}; "
               f"using the {num_classes} classes found (use --dataset custom to silence this)", file=sys.stderr)
-
-
-def resolve_input_size(spec: DatasetSpec, arch: str | None, requested: int | None,
-                       fallback: int | None = None) -> int:
-    """The input size by ``common.dataconfig.resolve_data_config``'s order (flag, registry), else ``fallback``."""
-    from common.dataconfig import resolve_data_config
-
-    if requested or spec.default_input_size(arch) or not fallback:
-        return resolve_data_config(spec, arch, requested).input_size
-    return int(fallback)

@@ -134,9 +134,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from tqdm import tqdm
 
     from common.atomic import atomic_path, atomic_torch_save, atomic_write_json
-    from common.datasets import check_class_count, get_dataset, resolve_input_size
+    from common.dataconfig import resolve_data_config
+    from common.datasets import check_class_count, get_dataset
     from common.device import device_from_args
-    from common.imagefolder import infer_input_size
     from common.manifest import build_manifest, write_manifest
     from common.memdata import load_tensor_dataset
     from models.registry import canonical_arch
@@ -149,8 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if out.is_dir() or order_file.is_dir():
         raise_user(f"{out if out.is_dir() else order_file}: is a directory; give a file name")
     arch = canonical_arch(args.arch)
-    fallback = infer_input_size(root) if args.input_size is None and spec.num_classes is None else None
-    size = resolve_input_size(spec, arch, args.input_size, fallback=fallback)
+    size = resolve_data_config(spec, arch, args.input_size, image_root=root).input_size  # flag, registry, images
     x, y, rel, classes = load_tensor_dataset(root, size, spec.mean, spec.std, what="--data-path")
     check_class_count(spec, len(classes), root)
     partial = out.with_name(out.name + ".partial.pt")

@@ -245,9 +245,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import json
 
     from common.atomic import atomic_write_json
-    from common.datasets import check_class_count, get_dataset, resolve_input_size
+    from common.dataconfig import resolve_data_config
+    from common.datasets import check_class_count, get_dataset
     from common.device import device_from_args
-    from common.imagefolder import check_train_val, infer_input_size
+    from common.imagefolder import check_train_val
     from common.manifest import build_manifest, read_manifest
     from common.memdata import load_tensor_dataset
     from common.zca import ZCA
@@ -259,8 +260,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     classes = check_train_val(data / "train", data / "val")
     check_class_count(spec, len(classes), data / "train")
     arch = canonical_arch(args.arch)
-    fallback = infer_input_size(data / "train") if args.input_size is None and spec.num_classes is None else None
-    size = resolve_input_size(spec, arch, args.input_size, fallback=fallback)
+    size = resolve_data_config(spec, arch, args.input_size, image_root=data / "train").input_size
     x, y, rel, _ = load_tensor_dataset(data / "train", size, spec.mean, spec.std, classes)
     xv, yv, _, _ = load_tensor_dataset(data / "val", size, spec.mean, spec.std, classes)
     orders = read_order(args.difficulty, classes, rel) if args.difficulty else None
