@@ -1,7 +1,9 @@
 """Seeding of python, numpy and torch in one call."""
 from __future__ import annotations
 
+import contextlib
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -57,10 +59,32 @@ class SeededItems(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        gen = torch.default_generator
-        state = gen.get_state()
-        gen.manual_seed(item_seed(self.seed, self.epoch, i))
-        try:
+        with seeded(item_seed(self.seed, self.epoch, i), python=False, numpy=False):
             return self.dataset[i]
-        finally:
-            gen.set_state(state)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, python: bool = True, numpy: bool = True, torch_cpu: bool = True) -> Iterator[None]:
+    """Seed the chosen global RNGs (python's ``random``, numpy's, torch's CPU generator) for a block and
+    restore their previous states after it, so a draw depends on ``seed`` only and the caller's streams
+    are untouched. Torch's CPU generator is seeded directly: ``torch.manual_seed`` would also visit
+    every accelerator backend, about 100x slower per call."""
+    gen = torch.default_generator
+    py = random.getstate() if python else None
+    np_state = np.random.get_state() if numpy else None
+    t = gen.get_state() if torch_cpu else None
+    if python:
+        random.seed(int(seed))
+    if numpy:
+        np.random.seed(int(seed) % (2**32))
+    if torch_cpu:
+        gen.manual_seed(int(seed))
+    try:
+        yield
+    finally:
+        if python:
+            random.setstate(py)
+        if numpy:
+            np.random.set_state(np_state)
+        if torch_cpu:
+            gen.set_state(t)

@@ -10,10 +10,7 @@ labels) and replayed exactly, and DataLoader workers need no seeding.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import random
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,6 +19,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from common.errors import UserError
+from common.seed import seeded
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
 RA_IMG_MEAN = (124, 116, 104)  # fill colour the released code passes to timm
@@ -60,18 +58,10 @@ def build_rand_augment(config: str, image_side: int):
     return tfm
 
 
-@contextlib.contextmanager
-def seeded_global_rng(seed: int) -> Iterator[None]:
-    """Seed python's and numpy's global RNGs (timm's RandAugment draws from them) and
+def seeded_global_rng(seed: int):
+    """Seed python's and numpy's global RNGs (timm's RandAugment draws from them) for a block and
     restore their previous states afterwards."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    random.seed(int(seed))
-    np.random.seed(int(seed) % (2 ** 32))
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+    return seeded(seed, torch_cpu=False)
 
 
 def sample_crops(rng: np.random.Generator, sizes: np.ndarray, scale: tuple[float, float],

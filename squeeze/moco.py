@@ -15,14 +15,13 @@
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import random
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
+
+from common.seed import seeded
 
 MOCO_V2_BLUR_SIGMAS = (0.1, 2.0)  # at 224 px
 
@@ -41,22 +40,6 @@ def view_transform(input_size: int, mean: Sequence[float], std: Sequence[float],
 
 def view_seed(seed: int, epoch: int, index: int, view: int) -> int:
     return (((seed * 1_000_003 + epoch) * 10_000_019 + index) * 4 + view) % (2**63 - 1)
-
-
-@contextlib.contextmanager
-def seeded(seed: int):
-    """Seed python, numpy and torch (CPU) for a block; restore their previous states after it."""
-    gen = torch.default_generator  # torch.manual_seed would also visit every accelerator backend: ~100x slower
-    py, np_state, t = random.getstate(), np.random.get_state(), gen.get_state()
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    gen.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(np_state)
-        gen.set_state(t)
 
 
 class TwoViews(torch.utils.data.Dataset):
