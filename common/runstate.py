@@ -168,8 +168,14 @@ class RunState:
         self.dir = state_dir(self.output)
         self.restart_flag = restart_flag
         self.resumed = False
-        if check:  # False: another process (torchrun's main) checks and opens the state; this one attaches
+        self.main = check
+        if check:  # False: another process (torchrun's main, shard 0) checks and opens the state; this one attaches
             self._check(restart)
+        # under torchrun every process waits for the main one's check (which may discard the state) before any
+        # of them reads or writes in it; without a process group (recover's shards) this is a no-op
+        from common.distributed import barrier
+
+        barrier()
 
     def _check(self, restart: bool) -> None:
         if not self.dir.exists():
@@ -178,8 +184,9 @@ class RunState:
             raise UserError(f"{self.dir}: exists and is not a folder (the resume state of {self.output} goes there); "
                             f"remove it")
         run = self._read_run()
-        if run is None or not self.has_progress():  # killed or failed before any work was saved: nothing to keep
-            shutil.rmtree(self.dir)
+        if run is None or not self.has_progress():
+            # killed or failed before any work was saved: nothing to keep. The folder stays (an attached shard
+            # may be starting in it); begin() writes this run's run.json over the old one.
             return
         if run.get("stage") != self.stage:
             raise UserError(f"{self.dir}: holds the resume state of {run.get('stage')}, not {self.stage}; "
@@ -211,7 +218,7 @@ class RunState:
         if not getattr(self, "_made_parents", None):
             self._made_parents = missing
         (self.dir / "done").mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "run.json").is_file():
+        if self.main or not (self.dir / "run.json").is_file():
             atomic_write_json(self.dir / "run.json", {"stage": self.stage, "fingerprint": self.fingerprint})
         return self
 
@@ -222,7 +229,7 @@ class RunState:
         try:
             yield self
         except BaseException:
-            if self.dir.is_dir() and not self.has_progress():
+            if self.main and self.dir.is_dir() and not self.has_progress():
                 shutil.rmtree(self.dir, ignore_errors=True)
                 for parent in getattr(self, "_made_parents", []):  # deepest first
                     with contextlib.suppress(OSError):

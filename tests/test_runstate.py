@@ -58,7 +58,22 @@ def test_a_run_that_did_no_work_leaves_nothing(tmp_path):
             raise ValueError("bad input found late")
     assert not state_dir(out).exists()
     RunState(out, "s", {"a": 1}).begin()  # run.json only (killed before any work): a corrected rerun is not refused
-    assert not RunState(out, "s", {"a": 2}).resumed and not state_dir(out).exists()
+    rerun = RunState(out, "s", {"a": 2})
+    assert not rerun.resumed
+    rerun.begin()  # and the state is now the rerun's
+    assert json.loads((state_dir(out) / "run.json").read_text())["fingerprint"] == {"a": 2}
+    assert RunState(out, "s", {"a": 2}).resumed is False  # still no work saved: nothing to resume
+
+
+def test_an_attached_shard_starting_first_keeps_its_state(tmp_path):
+    # recover's shards share one state without a process group: shard 1 may begin before shard 0 checks
+    out = tmp_path / "out"
+    shard1 = RunState(out, "s", {"a": 1}, check=False).begin()
+    main = RunState(out, "s", {"a": 1})  # finds shard 1's fresh state (no work yet): must not remove it
+    assert state_dir(out).is_dir()
+    shard1.mark_done("class-3")  # shard 1 goes on writing in it
+    main.begin()
+    assert main.done_units() == ["class-3"]
 
 
 def test_ownership_rules(tmp_path):
