@@ -126,10 +126,11 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError("--protocol pad trains on the set's own labels; use --label-mode soft or hard")
     # the output locations, before any work
     from common.paths import check_output_file
-    from common.runstate import check_output
+    from common.runstate import RunState, check_output
+    from relabel_eval.context import default_output
     from relabel_eval.results import check_results_csv
 
-    output = Path(args.output) if args.output else Path("runs/relabel_eval") / f"{syn.name}_pad_{mode}.json"
+    output = Path(args.output) if args.output else default_output(str(syn), f"pad_{mode}")
     check_output_file(output, "--output")
     check_output(output, "relabel_eval", getattr(args, "force", False), kind="file", flag="--output")
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
@@ -181,38 +182,34 @@ def run(args: argparse.Namespace) -> dict:
     seeds = args.seeds or [args.seed]
     studs = args.stud_name or [meta.get("arch") or "conv3_in"]  # default: the experts' architecture
     studs = [s for part in studs for s in part.split(",") if s]
-    partial = output.with_name(output.name + ".partial")
-    fingerprint = {"syn": str(syn.resolve()), "mode": mode, "lr": lr, "epochs": args.re_epochs, "batch": batch,
-                   "zca": str(args.zca), "size": size, "val": str(Path(args.val_dir).resolve())}
-    if partial.is_dir():
-        fp_file = partial / "fingerprint.json"
-        if not fp_file.is_file() or json.loads(fp_file.read_text()) != fingerprint:
-            import shutil
-
-            shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(partial / "fingerprint.json", fingerprint)
+    # resume per (student, seed) in <output>.state/, the shared run-state rules (common.runstate)
+    state = RunState(output, "relabel_eval", {
+        "protocol": "pad", "syn": str(syn.resolve()), "mode": mode, "lr": lr, "epochs": args.re_epochs,
+        "batch": batch, "zca": str(args.zca), "size": size, "val": str(Path(args.val_dir).resolve())},
+        restart=getattr(args, "restart", False))
     print(f"PAD protocol: {syn} ({len(x)} images, {len(classes)} classes), {mode} labels, lr {lr:g} "
           f"({lr_source}), {args.re_epochs} epochs, batch {batch}, seeds {seeds}", file=sys.stderr)
     per_student = {}
-    for stud in studs:
-        runs = []
-        for seed in seeds:
-            done = partial / f"{stud}_seed{seed}.json"
-            if done.is_file():
-                run = json.loads(done.read_text())
-            else:
-                torch.manual_seed(seed)
-                model = build_model(stud, len(classes), size)
-                run = train_pad_student(model, x, targets, lr, args.re_epochs, batch, seed, vx, vy, device=device)
-                run["seed"] = seed
-                atomic_write_json(done, run)
-            runs.append(run)
-            print(f"  {stud} seed {seed}: FINAL top-1 {run['final_top1']:.2f}", file=sys.stderr)
-        summary = summarize_runs(runs)
-        per_student[stud] = {"batch_size": batch, "lr": lr, "lr_source": lr_source, "summary": summary, "runs": runs}
-        print(f"{stud} [PAD protocol, {mode} labels, {len(seeds)} seed(s)]: FINAL top-1 "
-              f"{summary['final_top1_mean']:.2f} +- {summary['final_top1_std']:.2f}", file=sys.stderr)
+    with state.running():  # a failure before the first finished seed leaves no state behind
+        for stud in studs:
+            runs = []
+            for seed in seeds:
+                unit = f"{stud}_seed{seed}"
+                run = state.done(unit)
+                if run is None:
+                    torch.manual_seed(seed)
+                    model = build_model(stud, len(classes), size)
+                    run = train_pad_student(model, x, targets, lr, args.re_epochs, batch, seed, vx, vy,
+                                            device=device)
+                    run["seed"] = seed
+                    state.mark_done(unit, run)
+                runs.append(run)
+                print(f"  {stud} seed {seed}: FINAL top-1 {run['final_top1']:.2f}", file=sys.stderr)
+            summary = summarize_runs(runs)
+            per_student[stud] = {"batch_size": batch, "lr": lr, "lr_source": lr_source, "summary": summary,
+                                 "runs": runs}
+            print(f"{stud} [PAD protocol, {mode} labels, {len(seeds)} seed(s)]: FINAL top-1 "
+                  f"{summary['final_top1_mean']:.2f} +- {summary['final_top1_std']:.2f}", file=sys.stderr)
     result = {
         "stage": "relabel_eval", "name": getattr(args, "exp_name", None) or output.stem, "syn_data_path": str(syn),
         "val_dir": str(args.val_dir), "label_mode": mode, "num_images": len(x), "num_classes": len(classes),
@@ -227,8 +224,6 @@ def run(args: argparse.Namespace) -> dict:
     }
     atomic_write_json(output, result)
     append_results_csv(results_csv, result, output, force=getattr(args, "force", False))
-    import shutil
-
-    shutil.rmtree(partial, ignore_errors=True)
+    state.finish()
     print(json.dumps({s: e["summary"] for s, e in per_student.items()}))
     return result

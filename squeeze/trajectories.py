@@ -251,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from common.imagefolder import check_train_val
     from common.manifest import build_manifest, read_manifest
     from common.memdata import load_tensor_dataset
+    from common.runstate import describe_diff, fingerprint
     from common.zca import ZCA
     from models import build_model
     from models.registry import canonical_arch
@@ -266,15 +267,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     orders = read_order(args.difficulty, classes, rel) if args.difficulty else None
     model = build_model(arch, len(classes), size)
     layout = [[n, list(p.shape)] for n, p in model.named_parameters()]
-    result_args = {k: v for k, v in vars(args).items() if k not in ("num_shards", "shard_index", "device",
-                                                                     "output_dir", "num_experts",
-                                                                     "max_epochs_this_run")}
+    # the experts' settings (common.runstate's rule); more experts or other shards may join a folder later
+    result_args = fingerprint(args, ("num_shards", "shard_index", "output_dir", "num_experts"))
     old = read_manifest(out)
     if old is not None:
         if old.get("stage") != "squeeze.trajectories":
             raise UserError(f"{out}: holds another stage's output; choose a new --output-dir")
-        if old.get("result_args") != json.loads(json.dumps(result_args)):
-            raise UserError(f"{out}: experts there were trained with other settings; choose a new --output-dir")
+        if old.get("result_args") != result_args:
+            raise UserError(f"{out}: experts there were trained with other settings "
+                            f"({describe_diff(old.get('result_args') or {}, result_args)}); "
+                            f"choose a new --output-dir")
     out.mkdir(parents=True, exist_ok=True)
     if args.zca:
         zca_file = out / "zca.pt"

@@ -77,6 +77,13 @@ def test_difficulty_then_curriculum_experts_resume(tiny_data, tmp_path):
     assert not (tmp_path / "cut" / "expert_000.pt").exists()
     trajectories(common + ["--output-dir", str(tmp_path / "cut")])
     torch.testing.assert_close(torch.load(tmp_path / "cut" / "expert_000.pt", weights_only=True), traj)
+    # more experts join the folder with other device flags; other training settings are refused, named
+    trajectories(common[:3] + ["2"] + common[4:] + ["--output-dir", str(tmp_path / "cut"), "--device", "cpu",
+                                                   "--gpu-device", "-1", "--max-epochs-this-run", "1"])
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match=r"other settings \(--lr-teacher 0.01 there, 0.02 now\)"):
+        trajectories(common + ["--output-dir", str(tmp_path / "cut"), "--lr-teacher", "0.02"])
 
 
 def test_shards_follow_flags_or_the_launch(monkeypatch):

@@ -90,3 +90,38 @@ def test_relabel_eval_protocol_pad_dispatches_to_the_pad_loop(tiny_data, tmp_pat
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text and json.loads(text)["students"]["conv3_in"]["summary"]["n"] == 1
     assert res["students"]["conv3_in"]["runs"][0]["final_top5"] == 100.0  # 3 classes: top-5 is everything
+
+
+def test_an_interrupted_pad_evaluation_resumes_per_seed_and_refuses_other_settings(tiny_data, tmp_path,
+                                                                                   monkeypatch):
+    import json
+
+    import pytest
+
+    from common.errors import UserError
+    from relabel_eval import pad_protocol
+    from relabel_eval.train import main
+
+    argv = ["--protocol", "pad", "--syn-data-path", str(tiny_data / "val"), "--val-dir", str(tiny_data / "val"),
+            "--re-epochs", "1", "--seeds", "0", "1", "--stud-name", "conv3_in", "--input-size", "16",
+            "--learning-rate", "0.02", "--device", "cpu", "--output", str(tmp_path / "r.json")]
+    real, calls = pad_protocol.train_pad_student, []
+
+    def dies_on_seed_1(*a, **k):
+        calls.append(a[6])
+        if a[6] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pad_protocol, "train_pad_student", dies_on_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    assert not (tmp_path / "r.json").exists() and (tmp_path / "r.json.state" / "done" / "conv3_in_seed0.json").is_file()
+    with pytest.raises(UserError, match=r"--epochs 1 there, 2 now.*--restart"):
+        main([a if a != "1" or i != argv.index("--re-epochs") + 1 else "2" for i, a in enumerate(argv)])
+    monkeypatch.setattr(pad_protocol, "train_pad_student", lambda *a, **k: (calls.append(a[6]), real(*a, **k))[1])
+    res = main(argv)
+    assert calls == [0, 1, 1]  # seed 0 was not trained again
+    first = json.loads((tmp_path / "r.json").read_text())["students"]["conv3_in"]["runs"]
+    assert [r["seed"] for r in first] == [0, 1] and res["students"]["conv3_in"]["summary"]["n"] == 2
+    assert not (tmp_path / "r.json.state").exists()
