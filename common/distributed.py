@@ -371,9 +371,10 @@ def broadcast_buffers(model) -> None:
             buf.copy_(t)
 
 
-def wrap_ddp(model, sync_bn: bool = False):
+def wrap_ddp(model, sync_bn: bool = False, broadcast_buffers: bool = True):
     """``DistributedDataParallel(model)`` when a process group is up (optionally with SyncBatchNorm);
-    the model itself otherwise. The wrapped module is ``unwrap(model)``."""
+    the model itself otherwise. The wrapped module is ``unwrap(model)``. ``broadcast_buffers=False``:
+    no broadcast of rank 0's buffers before every forward (the caller keeps them equal)."""
     if not is_initialized():
         return model
     import torch
@@ -385,8 +386,9 @@ def wrap_ddp(model, sync_bn: bool = False):
             raise UserError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); drop it on CPU")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if dev.type == "cuda":
-        return DistributedDataParallel(model, device_ids=[dev.index], output_device=dev.index)
-    return DistributedDataParallel(model)
+        return DistributedDataParallel(model, device_ids=[dev.index], output_device=dev.index,
+                                       broadcast_buffers=broadcast_buffers)
+    return DistributedDataParallel(model, broadcast_buffers=broadcast_buffers)
 
 
 def unwrap(model):

@@ -6,13 +6,13 @@ Layout (the resume state lives beside the output, ``common.runstate``)::
     OUT/manifest.json                 arguments, teacher sha256, per-class iterations and wall time
     OUT.state/run.json                the fingerprint of the run's result-changing arguments
     OUT.state/done/<class>.json       per-class record, written after its folder: the class is done
-    OUT.state/lock                    serialises manifest updates between shards
 
 A class counts as finished when its record exists and its folder holds exactly the
 files the record names; anything else is recomputed on restart. Class folders are
 built under a hidden temporary name, so a SIGKILL never leaves a partial folder or
 image under a class name. Shards own disjoint classes, so they never write the same
-folder; they share only the manifest, updated under a file lock.
+folder; they share only the manifest, updated under a lock on OUT itself (flock); the shard whose
+update completes the output removes the state under that lock.
 """
 from __future__ import annotations
 
@@ -78,17 +78,29 @@ class OutputDir:
     # -- manifest ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        self.state.mkdir(parents=True, exist_ok=True)
-        with open(self.state / "lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        """Shards (processes, nodes on a shared file system) take turns on the output folder itself."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _done_in_manifest(self) -> dict[str, dict[str, Any]]:
+        """The done records in the manifest on disk, when it is this run's (another shard may have
+        completed the output and removed the state meanwhile)."""
+        m = read_manifest(self.root)
+        if not m or m.get("stage") != self.run.stage or m.get("settings") != self.run.fingerprint:
+            return {}
+        return {c: r for c, r in m.get("per_class", {}).items() if r.get("status") == "done"}
 
     def update_manifest(self, base: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-        """Rewrite manifest.json from every class record present (all shards' work)."""
+        """Rewrite manifest.json from every class record present (all shards' work); the shard that
+        completes the output removes the state, under the same lock."""
         with self.lock():
+            for cls, rec in self._done_in_manifest().items():
+                self.finished.setdefault(cls, rec)
             per_class: dict[str, Any] = {}
             for cls in classes:
                 rec = self.read_record(cls) if self.is_done(cls) else None
@@ -107,4 +119,6 @@ class OutputDir:
                 "per_class": per_class,
             })
             write_manifest(self.root, manifest)
+            if manifest["status"] == "complete":
+                self.run.finish()  # every record is in manifest.json now
         return manifest

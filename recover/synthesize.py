@@ -289,9 +289,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     finally:
         bar.close()
     elapsed = time.perf_counter() - t_start
-    manifest = out.update_manifest(base, classes)
-    if manifest["status"] == "complete":
-        out.run.finish()  # every record is in manifest.json now
+    manifest = out.update_manifest(base, classes)  # the shard completing the output removes the state
     rate = f", {done_its / elapsed:.1f} image-iterations/s" if done_its and elapsed > 0 else ""
     print(f"recover{shard_tag}: {sum(len(g.classes) for g in todo)} class(es) written to {out.root} in "
           f"{elapsed:.1f} s{rate}; {manifest['classes_done']}/{len(classes)} classes done ({manifest['status']})")

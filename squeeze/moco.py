@@ -67,7 +67,7 @@ class MoCo(nn.Module):
     """Query encoder (backbone + projection head), its momentum copy, and the loss with the queue."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, hidden_dim: int = 2048, out_dim: int = 128,
-                 queue_size: int = 65536, temperature: float = 0.2):
+                 queue_size: int = 65536, temperature: float = 0.2, gather_distributed: bool = False):
         super().__init__()
         from lightly.loss import NTXentLoss
         from lightly.models.modules import MoCoProjectionHead
@@ -79,7 +79,9 @@ class MoCo(nn.Module):
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.backbone_momentum)
         deactivate_requires_grad(self.projection_head_momentum)
-        self.criterion = NTXentLoss(temperature=temperature, memory_bank_size=(queue_size, out_dim))
+        # gather_distributed: under torchrun the keys of every process enter the queue (the same queue everywhere)
+        self.criterion = NTXentLoss(temperature=temperature, memory_bank_size=(queue_size, out_dim),
+                                    gather_distributed=gather_distributed)
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection_head(torch.flatten(self.backbone(x), 1))
@@ -113,8 +115,9 @@ class MoCo(nn.Module):
 
 
 def train_step(model: MoCo, x_q: torch.Tensor, x_k: torch.Tensor, optimizer, momentum: float) -> torch.Tensor:
-    """One MoCo step: momentum update of the key encoder, then loss, backward and SGD step."""
-    model.momentum_update(momentum)
+    """One MoCo step: momentum update of the key encoder, then loss, backward and SGD step
+    (``model`` may be wrapped in DistributedDataParallel)."""
+    getattr(model, "module", model).momentum_update(momentum)
     loss = model(x_q, x_k)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -10,9 +10,14 @@ from (seed, epoch, image, view)), a momentum key encoder, a queue of negatives, 
 temperature 0.2, SGD (momentum 0.9, weight decay 1e-4 on every parameter, as released)
 with a cosine schedule and no warm-up.
 
-Every epoch writes ``<output>.last.pth`` (model, optimiser, scheduler, queue, epoch,
-history) and ``--resume`` continues from it with the same weights as an uninterrupted run,
-exactly as ``python -m squeeze`` does. Every ``--knn-every`` epochs (and at the end) a
+Every epoch writes ``<output>.state/last.pth`` (model, optimiser, scheduler, queue, epoch,
+history); running the same command again continues from it with the same weights as an
+uninterrupted run, exactly as ``python -m squeeze`` does (common.runstate: other settings are
+refused by name, ``--restart`` starts over). Under ``torchrun`` the query encoder trains with
+DistributedDataParallel: ``--batch-size`` is per process, each process takes every N-th image
+of the epoch's permutation, and the keys of every process enter the one queue.
+
+Every ``--knn-every`` epochs (and at the end) a
 weighted kNN classifier (k 200, T 0.1) on the frozen features of train/ scores val/, so one
 sees the backbone learn. The result, ``--output``, holds the backbone alone
 (``meta["teacher_kind"] = "ssl-backbone"``); ``python -m squeeze.linear_probe`` turns it
@@ -36,6 +41,7 @@ from common.argtypes import (
 from common.errors import run_cli
 from common.flags import add_device_args
 from common.paths import check_output_file
+from common.runstate import add_run_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -46,7 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch-name", default="resnet18_modified", help="conv3..conv6, resnet18_modified, resnet50, ...")
     p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for this arch")
     p.add_argument("--epochs", type=positive_int, default=200, help="MoCo v2: 200 (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="default: %(default)s")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="per process (under torchrun the global batch is this x processes); default: %(default)s")
     p.add_argument("--lr", type=positive_float, default=0.03, help="SGD lr, cosine to 0 (MoCo v2: 0.03 at batch 256)")
     p.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
@@ -69,9 +76,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="backbone checkpoint to write (e.g. runs/ssl_conv3.pth)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from <output>.last.pth (or the given training checkpoint)")
+                   help="continue from <output>.state/last.pth (the default when it exists) or the given checkpoint")
     p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
                    help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
+    add_run_args(p)
     add_device_args(p)
     return p
 

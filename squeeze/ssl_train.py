@@ -12,9 +12,23 @@ from common.accel import default_workers
 from common.atomic import atomic_write_json
 from common.dataconfig import resolve_data_config
 from common.datasets import get_dataset
+from common.distributed import (
+    all_gather_object,
+    broadcast_buffers,
+    cleanup,
+    init_distributed,
+    shard,
+    sum_over_ranks,
+    unwrap,
+    wrap_ddp,
+)
 from common.errors import UserError
+from common.flags import device_spec
 from common.imagefolder import ImageFolder, check_train_val
 from common.manifest import build_manifest
+from common.optim import SCHEDULER_KEY
+from common.paths import check_output_dir, check_output_file
+from common.runstate import RunState, check_output, fingerprint, state_dir
 from common.seed import seed_everything, seed_worker
 from common.transforms import val_transform
 from models import build_backbone, make_meta, read_checkpoint, save_checkpoint
@@ -24,9 +38,8 @@ from squeeze.train import lr_at
 
 
 def last_path(output: str | Path) -> Path:
-    """The training checkpoint beside the backbone (``ssl.pth`` -> ``ssl.last.pth``)."""
-    output = Path(output)
-    return output.with_name(output.stem + ".last.pth")
+    """The training checkpoint, in the resume state beside the backbone (``ssl.pth`` -> ``ssl.pth.state/last.pth``)."""
+    return state_dir(output) / "last.pth"
 
 
 class Plain(torch.utils.data.Dataset):
@@ -42,18 +55,24 @@ class Plain(torch.utils.data.Dataset):
         return self.transform(self.base.load(i)), self.base.samples[i][1]
 
 
-def build_moco(arch: str, size: int, args) -> tuple[MoCo, int, str]:
+def build_moco(arch: str, size: int, args, gather: bool = False) -> tuple[MoCo, int, str]:
+    """The MoCo module; ``gather``: enqueue the keys of every process (under torchrun)."""
     backbone, dim, head_name = build_backbone(arch, size)
-    queue = args.queue_size
-    model = MoCo(backbone, dim, hidden_dim=args.proj_hidden_dim, out_dim=args.proj_dim, queue_size=queue,
-                 temperature=args.temperature)
+    model = MoCo(backbone, dim, hidden_dim=args.proj_hidden_dim, out_dim=args.proj_dim, queue_size=args.queue_size,
+                 temperature=args.temperature, gather_distributed=gather)
     return model, dim, head_name
 
 
 def knn_eval(backbone, train_plain, val_ds, num_classes, device, workers) -> float:
-    mk = lambda ds: torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers)  # noqa: E731
-    tf, ty = extract_features(backbone, mk(train_plain), device)
-    vf, vy = extract_features(backbone, mk(val_ds), device)
+    """kNN top-1 of val/ on train/ features; under torchrun each process extracts a share (gathered)."""
+    def feats(ds):
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, shard(len(ds))), batch_size=256,
+                                             num_workers=workers)
+        parts = all_gather_object(extract_features(backbone, loader, device))
+        return torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
+
+    tf, ty = feats(train_plain)
+    vf, vy = feats(val_ds)
     return knn_top1(tf, ty, vf, vy, num_classes)
 
 
@@ -79,11 +98,35 @@ def run_epoch(model: MoCo, loader, optimizer, scheduler, device, moco_momentum: 
     return loss_sum / max(n, 1), n
 
 
-def pretrain(args) -> dict:
-    from common.device import device_from_args
+STAGE = "squeeze.ssl"
+# Arguments that do not change the backbone (besides common.runstate.NOT_RESULT). The worker count
+# does not: every view is seeded by (seed, epoch, image, view), wherever it is drawn.
+NOT_RESULT = {"output", "cache", "knn_every"}
 
+
+def report_path(output: str | Path) -> Path:
+    """The report beside the backbone (``ssl.pth`` -> ``ssl.json``): our manifest of it."""
+    return Path(output).with_suffix(".json")
+
+
+def pretrain(args) -> dict:
+    """Check the outputs, join torchrun's process group (if any), train."""
+    output = Path(args.output)
+    if output.suffix != ".pth":
+        raise UserError(f"{output}: --output must end in .pth")
+    check_output_file(report_path(output), "--output")
+    check_output(output, STAGE, args.force, kind="file", manifest_file=report_path(output), flag="--output")
+    check_output_dir(state_dir(output), "--output")
+    ctx = init_distributed(device_spec(args))  # one process: just the device; under torchrun: DDP
+    try:
+        return _pretrain(args, ctx)
+    finally:
+        cleanup()
+
+
+def _pretrain(args, ctx) -> dict:
     spec = get_dataset(args.dataset)
-    device = device_from_args(args)
+    device = ctx.device
     data = Path(args.data_path)
     if not (data / "train").is_dir() or not (data / "val").is_dir():
         raise UserError(f"{data}: --data-path must contain train/ and val/ ImageFolder trees "
@@ -94,14 +137,14 @@ def pretrain(args) -> dict:
     size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
     workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
     output = Path(args.output)
-    if output.suffix != ".pth":
-        raise UserError(f"{output}: --output must end in .pth")
 
     n_train = sum(1 for f in (data / "train").rglob("*") if f.is_file())
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
     base = ImageFolder(data / "train", None, classes=classes, cache=cache)
-    if len(base) < args.batch_size:
-        raise UserError(f"{data / 'train'}: {len(base)} images, fewer than --batch-size {args.batch_size}")
+    global_batch = args.batch_size * ctx.world_size  # --batch-size is per process
+    if len(base) < global_batch:
+        raise UserError(f"{data / 'train'}: {len(base)} images, fewer than --batch-size {args.batch_size}"
+                        + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
     if args.queue_size > len(base):
         # a queue longer than the data holds stale keys of the same image, which become its own negatives
         print(f"squeeze.ssl: --queue-size {args.queue_size} capped at the {len(base)} training images",
@@ -112,84 +155,98 @@ def pretrain(args) -> dict:
     val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache)
 
     seed_everything(args.seed)  # initial weights and the initial (random) queue are functions of --seed
-    model, feature_dim, head_name = build_moco(arch, size, args)
+    model, feature_dim, head_name = build_moco(arch, size, args, gather=ctx.distributed)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
-    steps_per_epoch = len(base) // args.batch_size
+    steps_per_epoch = len(base) // global_batch
     total_steps = steps_per_epoch * args.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, 0, 1.0))
+    # each process takes every world_size-th index of the epoch's permutation: together, one global batch
+    sampler = torch.utils.data.DistributedSampler(views, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                                  seed=args.seed * 100003, drop_last=True)
 
-    run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run")}
-    state_file = last_path(output) if args.resume in (None, "auto") else Path(args.resume)
+    run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run", "restart", "force")}
+    run = RunState(output, STAGE, fingerprint(args, NOT_RESULT), restart=args.restart, check=ctx.is_main)
+    state_file = last_path(output)
+    resume_from = state_file if args.resume in (None, "auto") else Path(args.resume)
+    if args.resume not in (None, "auto") and not resume_from.is_file():
+        raise UserError(f"{resume_from}: --resume checkpoint not found")
     start_epoch, history = 0, []
-    if args.resume is not None:
-        if not state_file.is_file():
-            if args.resume != "auto":
-                raise UserError(f"{state_file}: --resume checkpoint not found")
-            print(f"no training checkpoint at {state_file}; starting from scratch", file=sys.stderr)
-        else:
-            ck = read_checkpoint(state_file)
-            old = ck.get("args") or {}
-            changed = [k for k in RESULT_ARGS_ if k in old and old[k] != run_args.get(k)]
-            if ck["meta"].get("arch") != arch or ck["meta"].get("classes") != classes or changed:
-                what = ", ".join(f"--{k.replace('_', '-')}" for k in changed) or "arch or class list"
-                raise UserError(f"{state_file}: --resume checkpoint was made with other settings ({what}); "
-                                f"use the same flags or another --output")
-            model.load_state_dict(ck["model"])
-            model.load_queue_state(ck["queue"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["lr_scheduler"])
-            start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
-            print(f"resumed from {state_file} at epoch {start_epoch}", file=sys.stderr)
+    if resume_from.is_file():
+        ck = read_checkpoint(resume_from)
+        if ck["meta"].get("arch") != arch or ck["meta"].get("classes") != classes:
+            raise UserError(f"{resume_from}: --resume checkpoint is for another arch or class list")
+        model.load_state_dict(ck["model"])
+        model.load_queue_state(ck["queue"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck[SCHEDULER_KEY])
+        start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
+        if int(ck.get("world_size", 1)) != ctx.world_size:
+            print(f"note: {resume_from} was written by {ck.get('world_size', 1)} process(es), this run has "
+                  f"{ctx.world_size}: the run continues, but is exact only for the same number", file=sys.stderr)
+        print(f"resumed from {resume_from} at epoch {start_epoch}", file=sys.stderr)
 
     meta_base = dict(arch=arch, num_classes=0, input_size=size, classes=classes, dataset=spec.name, mean=mean,
                      std=std, teacher_kind="ssl-backbone", ssl_method="mocov2", feature_dim=feature_dim,
                      classifier_name=head_name)
-    print(f"squeeze.ssl: MoCo v2 {arch} on {data / 'train'} ({len(base)} images, input {size}, device {device}, "
-          f"{args.epochs} epochs, batch {args.batch_size}, queue {args.queue_size})", file=sys.stderr)
+    # the bank (up to 65536 keys) is kept equal by gathering the keys of every process before enqueueing,
+    # the BatchNorm statistics by one broadcast per epoch: no buffer broadcast on every step
+    net = wrap_ddp(model, broadcast_buffers=False)
+    model = unwrap(net)
+    procs = f" x {ctx.world_size} processes ({ctx.backend}), global batch {global_batch}" if ctx.distributed else ""
+    print(f"squeeze.ssl: MoCo v2 {arch} on {data / 'train'} ({len(base)} images, input {size}, device {device}"
+          f"{procs}, {args.epochs} epochs, batch {args.batch_size}, queue {args.queue_size})", file=sys.stderr)
     t_start = time.perf_counter()
     epochs_run = 0
-    for epoch in range(start_epoch, args.epochs):
-        if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
-            print(f"stopping after {epochs_run} epoch(s); continue with --resume", file=sys.stderr)
-            return {"stopped_at_epoch": epoch, "history": history}
-        seed_everything(args.seed * 100003 + epoch)
-        views.set_epoch(epoch)
-        g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
-        loader = torch.utils.data.DataLoader(views, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                             num_workers=workers, generator=g, worker_init_fn=seed_worker,
-                                             pin_memory=device.type == "cuda")
-        t0 = time.perf_counter()
-        loss, n = run_epoch(model, loader, optimizer, scheduler, device, args.moco_momentum,
-                            f"ssl epoch {epoch + 1}/{args.epochs}")
-        dt = time.perf_counter() - t0
-        stats = {"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                 "epoch_seconds": dt, "images_per_second": n / max(dt, 1e-9)}
-        last = epoch + 1 == args.epochs
-        if last or (args.knn_every > 0 and (epoch + 1) % args.knn_every == 0):
-            stats["knn_top1"] = knn_eval(model.backbone, train_plain, val_ds, len(classes), device, workers)
-        history.append(stats)
-        knn = f" | kNN top-1 {stats['knn_top1']:.2f}%" if "knn_top1" in stats else ""
-        print(f"ssl epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}{knn} | {dt:.1f}s "
-              f"({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
-        save_checkpoint(state_file, model, make_meta(**meta_base), epoch=epoch, optimizer=optimizer.state_dict(),
-                        lr_scheduler=scheduler.state_dict(), queue=model.queue_state(), history=history,
-                        args=run_args)
-        epochs_run += 1
+    with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
+        for epoch in range(start_epoch, args.epochs):
+            if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
+                print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
+                return {"stopped_at_epoch": epoch, "history": history}
+            seed_everything(args.seed * 100003 + epoch + 7919 * ctx.rank)
+            views.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(views, batch_size=args.batch_size, sampler=sampler, drop_last=True,
+                                                 num_workers=workers, worker_init_fn=seed_worker,
+                                                 pin_memory=device.type == "cuda")
+            t0 = time.perf_counter()
+            loss, n = run_epoch(net, loader, optimizer, scheduler, device, args.moco_momentum,
+                                f"ssl epoch {epoch + 1}/{args.epochs}")
+            loss_sum, n = sum_over_ranks(loss * n, n)
+            loss = loss_sum / max(n, 1)
+            broadcast_buffers(model)  # rank 0's BatchNorm statistics (and the same bank) everywhere
+            dt = time.perf_counter() - t0
+            stats = {"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                     "epoch_seconds": dt, "images_per_second": n / max(dt, 1e-9)}
+            last = epoch + 1 == args.epochs
+            if last or (args.knn_every > 0 and (epoch + 1) % args.knn_every == 0):
+                stats["knn_top1"] = knn_eval(model.backbone, train_plain, val_ds, len(classes), device, workers)
+            history.append(stats)
+            knn = f" | kNN top-1 {stats['knn_top1']:.2f}%" if "knn_top1" in stats else ""
+            print(f"ssl epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}{knn} | {dt:.1f}s "
+                  f"({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
+            if ctx.is_main:
+                save_checkpoint(state_file, model, make_meta(**meta_base), epoch=epoch,
+                                optimizer=optimizer.state_dict(), **{SCHEDULER_KEY: scheduler.state_dict()},
+                                queue=model.queue_state(), history=history, args=run_args, world_size=ctx.world_size)
+            epochs_run += 1
 
     knns = [h for h in history if "knn_top1" in h]
     knn_final = knns[-1]["knn_top1"] if knns else None
+    if not ctx.is_main:
+        return {"knn_top1": knn_final, "history": history}
     recipe = {k: run_args[k] for k in RESULT_ARGS_ if k in run_args}
     save_checkpoint(output, model.backbone, make_meta(**meta_base, knn_top1=knn_final, epochs=args.epochs,
                                                       recipe=recipe))
-    report = build_manifest("squeeze.ssl", run_args, inputs={"backbone": output}, method="mocov2", arch=arch,
-                            input_size=size, classes=classes, knn_top1=knn_final,
-                            loss_curve=[h["loss"] for h in history],
+    report = build_manifest(STAGE, run_args, inputs={"backbone": output}, method="mocov2", arch=arch,
+                            input_size=size, classes=classes, knn_top1=knn_final, world_size=ctx.world_size,
+                            global_batch_size=global_batch, loss_curve=[h["loss"] for h in history],
                             knn_curve=[{"epoch": h["epoch"], "knn_top1": h["knn_top1"]} for h in knns],
                             train_seconds_this_run=time.perf_counter() - t_start,
                             train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
-    atomic_write_json(output.with_suffix(".json"), report)
+    atomic_write_json(report_path(output), report)
+    run.finish()
     print(f"backbone written to {output}: kNN top-1 {knn_final:.2f}% "
           f"(next: python -m squeeze.linear_probe --backbone {output} ...)", file=sys.stderr)
     return report

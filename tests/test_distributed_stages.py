@@ -2,6 +2,7 @@
 
 - recover on two faked nodes (torchrun --nnodes=2, one process each) equals one process;
 - squeeze with DDP equals one process with the same global batch; a killed run resumes exactly;
+- squeeze.ssl (MoCo) with DDP equals one process with the same global batch;
 - relabel_eval with DDP writes one results file and matches one process;
 - rank_select scored by two processes writes the single-process CSV.
 """
@@ -83,6 +84,27 @@ def test_squeeze_ddp_equals_one_process_same_global_batch(data, squeeze_ddp, tmp
     assert [h["train_loss"] for h in rep["history"]] == pytest.approx(
         [h["train_loss"] for h in one_rep["history"]], rel=1e-4)
     assert abs(rep["val_top1"] - one_rep["val_top1"]) <= 100 / 12 + 1e-9  # at most one of 12 val images
+
+
+def test_squeeze_ssl_ddp_equals_one_process_same_global_batch(data, tmp_path):
+    from squeeze import ssl
+
+    def args(out, batch):  # conv3_in and MoCo v2's head (no BatchNorm): DDP is exact up to float order
+        return ["--data-path", str(data / "data"), "--arch-name", "conv3_in", "--input-size", "16", "--epochs", "2",
+                "--batch-size", str(batch), "--queue-size", "16", "--proj-hidden-dim", "32", "--proj-dim", "16",
+                "--moco-momentum", "0.9", "--knn-every", "1", "--device", "cpu", "--output", str(out)]
+
+    ssl.main(args(tmp_path / "one.pth", 8))
+    launch(["-m", "squeeze.ssl", *args(tmp_path / "two.pth", 4)], nproc=2, timeout=120).check()
+    a, b = read_checkpoint(tmp_path / "one.pth")["model"], read_checkpoint(tmp_path / "two.pth")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    one, two = (json.loads((tmp_path / f"{t}.json").read_text()) for t in ("one", "two"))
+    assert two["world_size"] == 2 and two["global_batch_size"] == one["global_batch_size"] == 8
+    assert two["loss_curve"] == pytest.approx(one["loss_curve"], rel=1e-4)  # the queue holds every process' keys
+    assert [k["knn_top1"] for k in two["knn_curve"]] == pytest.approx([k["knn_top1"] for k in one["knn_curve"]])
+    assert not (tmp_path / "two.pth.state").exists()
 
 
 KILL_AFTER_FIRST_CHECKPOINT = textwrap.dedent("""

@@ -205,3 +205,25 @@ def test_parser_accepts_released_flags():
         "--train-data-path T".split())
     assert synth.output_dir(args) == Path("S/E")
     assert args.round_iterations == 500 and args.milestone == 1.0 and args.save_format == "jpg"
+
+
+def test_the_last_two_shards_finishing_together_leave_a_complete_manifest(tmp_path):
+    # shard 1 completes the output (and removes the state) while shard 0 is about to rewrite the
+    # manifest: shard 0 must find the classes in the manifest, not report them pending
+    from common.runstate import RunState, state_dir
+    from recover.output import OutputDir
+
+    root, settings = tmp_path / "syn", {"ipc": 1}
+    shards = [OutputDir(root, RunState(root, "recover", settings, check=i == 0)) for i in range(2)]
+    for s in shards:
+        s.run.begin()
+    base = {"stage": "recover", "settings": settings}
+    for s, cls in zip(shards, ["a", "b"]):
+        (root / cls).mkdir(parents=True)
+        (root / cls / "000.png").write_bytes(b"x")
+        s.write_record(cls, {"files": ["000.png"], "iterations": [1], "wall_time_s": 1.0})
+    assert shards[1].update_manifest(base, ["a", "b"])["status"] == "complete"
+    assert not state_dir(root).exists()
+    m = shards[0].update_manifest(base, ["a", "b"])
+    assert m["status"] == "complete" and m["classes_done"] == 2
+    assert not state_dir(root).exists()
