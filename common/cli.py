@@ -6,6 +6,12 @@ errors, and its optional ``check_paths(args)`` stops a missing input path with o
 all before ``torch`` or ``torchvision`` is imported (about 8 s on a 2-core CPU). Only then
 is ``<stage>.<module>`` imported and its ``main(argv)`` run (it parses the same argv again,
 which costs nothing). Exit codes and messages are :func:`common.errors.run_cli`'s.
+
+A sub-command run as ``python -m <stage>.<module>`` (``relabel_eval.relabel``, ...) starts
+its file with ``if __name__ == "__main__": sys.exit(run_stage("<stage>.args:<name>_parser",
+"<stage>.<module>"))``, before its heavy imports: the parser ``<name>_parser`` and the
+optional ``check_<name>(args)`` live in the torch-free ``<stage>.args``, and the help text
+is the module's docstring, read without importing it (:func:`module_doc`).
 """
 from __future__ import annotations
 
@@ -33,13 +39,32 @@ def require_paths(args, flags: Iterable[tuple[str, str]], kind: str = "exist") -
                 raise UserError(f"{p}: {flag} must be a file")
 
 
+def module_doc(name: str) -> str:
+    """The docstring of module ``name``, read from its source without importing (running) it."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        return ""
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text())) or ""
+
+
 def run_stage(args_module: str, main_module: str, argv: Sequence[str] | None = None) -> int:
-    """Parse and check with ``args_module`` (torch-free), then run ``main_module.main(argv)``."""
+    """Parse and check with ``args_module`` (torch-free), then run ``main_module.main(argv)``.
+
+    ``args_module`` is ``"pkg.args"`` (its ``get_args_parser`` and ``check_paths``) or
+    ``"pkg.args:<name>_parser"`` (that parser and ``check_<name>``, when defined).
+    """
 
     def main(argv_: Sequence[str] | None) -> object:
-        light = importlib.import_module(args_module)
-        args = light.get_args_parser().parse_args(argv_)  # --help and argument errors exit here
-        check = getattr(light, "check_paths", None)
+        module, _, parser_name = args_module.partition(":")
+        light = importlib.import_module(module)
+        parser_name = parser_name or "get_args_parser"
+        check_name = f"check_{parser_name.removesuffix('_parser')}" if parser_name != "get_args_parser" \
+            else "check_paths"
+        args = getattr(light, parser_name)().parse_args(argv_)  # --help and argument errors exit here
+        check = getattr(light, check_name, None)
         if check is not None:
             check(args)
         return importlib.import_module(main_module).main(argv_)

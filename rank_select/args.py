@@ -27,7 +27,7 @@ import argparse
 from typing import Sequence
 
 from common.argtypes import nonneg_float, positive_int, seed_int
-from common.cli import require_paths
+from common.cli import module_doc, require_paths
 from common.flags import add_device_args, add_workers_arg
 from common.runstate import add_run_args
 
@@ -77,3 +77,42 @@ def check_paths(args: argparse.Namespace) -> None:
     """The data folder and the ranker checkpoint (or weights) must exist."""
     require_paths(args, [("data_path", "--data-path"), ("ranker_path", "--ranker-path"),
                          ("ranker_weights", "--ranker-weights")])
+
+
+# -------------------- python -m rank_select.patches
+
+def patches_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rank_select.patches", description=module_doc("rank_select.patches"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", "--subset", dest="dataset", default="custom",
+                   help="registry name (tinyimagenet, cifar10, imagenet-1k, ...); --subset as in RDED")
+    p.add_argument("--data-path", "--train-dir", dest="data_path", required=True,
+                   help="training ImageFolder tree (real images to crop)")
+    add_model_args(p, "observer", aliases=("--arch-name",))
+    p.add_argument("--arch-path", dest="observer_path", help=argparse.SUPPRESS)
+    p.add_argument("--output-path", "--syn-data-path", dest="output_path", required=True,
+                   help="output ImageFolder of the stitched images")
+    p.add_argument("--ipc", type=positive_int, default=10, help="images per class")
+    p.add_argument("--mipc", type=positive_int, default=300, help="real images per class in the candidate pool")
+    p.add_argument("--num-crop", type=positive_int, default=5, help="random crops scored per pool image")
+    p.add_argument("--factor", type=positive_int, default=1,
+                   help="stitch factor x factor patches per image (2 for ImageNet-scale data, 1 for CIFAR/Tiny)")
+    p.add_argument("--input-size", type=positive_int, default=None,
+                   help="default: the observer checkpoint's input size")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=500,
+                   help="crops per observer forward pass")
+    add_workers_arg(p)
+    p.add_argument("--save-format", choices=["png", "jpg"], default="png",
+                   help="png (lossless, default) or jpg (quality 75, as the released sets)")
+    p.add_argument("--allow-fewer", action="store_true",
+                   help="write fewer images for a class whose pool is smaller than ipc * factor^2")
+    add_device_args(p)
+    add_run_args(p)
+    return p
+
+
+def check_patches(args: argparse.Namespace) -> None:
+    """The data folder and the observer checkpoint (or weights) must exist."""
+    require_paths(args, [("data_path", "--data-path"), ("observer_path", "--observer-path"),
+                         ("observer_weights", "--observer-weights")])

@@ -17,7 +17,13 @@ classes survive an interruption in ``OUT.state/`` beside the output
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli)
+    import sys
+
+    from common.cli import run_stage
+
+    sys.exit(run_stage("rank_select.args:patches_parser", "rank_select.patches"))
+
 import shutil
 import sys
 import time
@@ -34,19 +40,18 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from common.argtypes import positive_int, seed_int
 from common.atomic import atomic_save_image
 from common.datasets import check_class_count, get_dataset
 from common.device import device_from_args
 from common.errors import UserError, bar_vanishes_on_error
-from common.flags import add_device_args, add_workers_arg, workers_from_args
+from common.flags import workers_from_args
 from common.imagefolder import find_classes, load_rgb, make_samples
 from common.manifest import build_manifest, sha256_file, write_manifest
 from common.paths import check_output_dir
-from common.runstate import RunState, add_run_args, check_not_inside, check_output, fingerprint, replace_output
+from common.runstate import RunState, check_not_inside, check_output, fingerprint, replace_output
 from common.seed import seed_everything
 from common.transforms import normalize
-from rank_select.args import add_model_args
+from rank_select.args import patches_parser
 from rank_select.ranker import Ranker, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import rank_width
 
@@ -57,35 +62,7 @@ CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (1.0, 1.0)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rank_select.patches", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", "--subset", dest="dataset", default="custom",
-                   help="registry name (tinyimagenet, cifar10, imagenet-1k, ...); --subset as in RDED")
-    p.add_argument("--data-path", "--train-dir", dest="data_path", required=True,
-                   help="training ImageFolder tree (real images to crop)")
-    add_model_args(p, "observer", aliases=("--arch-name",))
-    p.add_argument("--arch-path", dest="observer_path", help=argparse.SUPPRESS)
-    p.add_argument("--output-path", "--syn-data-path", dest="output_path", required=True,
-                   help="output ImageFolder of the stitched images")
-    p.add_argument("--ipc", type=positive_int, default=10, help="images per class")
-    p.add_argument("--mipc", type=positive_int, default=300, help="real images per class in the candidate pool")
-    p.add_argument("--num-crop", type=positive_int, default=5, help="random crops scored per pool image")
-    p.add_argument("--factor", type=positive_int, default=1,
-                   help="stitch factor x factor patches per image (2 for ImageNet-scale data, 1 for CIFAR/Tiny)")
-    p.add_argument("--input-size", type=positive_int, default=None,
-                   help="default: the observer checkpoint's input size")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=500,
-                   help="crops per observer forward pass")
-    add_workers_arg(p)
-    p.add_argument("--save-format", choices=["png", "jpg"], default="png",
-                   help="png (lossless, default) or jpg (quality 75, as the released sets)")
-    p.add_argument("--allow-fewer", action="store_true",
-                   help="write fewer images for a class whose pool is smaller than ipc * factor^2")
-    add_device_args(p)
-    add_run_args(p)
-    return p
+get_args_parser = patches_parser  # torch-free, in rank_select.args (python -m answers before torch is imported)
 
 
 # ----------------------------------------------------------------------------- crops (per image)
@@ -357,9 +334,3 @@ def write_class(run: RunState, stage: Path, label: int, cls: str, pool: ClassPoo
     record = {"class": cls, "pool_size": len(pool_paths), "images": records}
     run.mark_done(f"class_{label:06d}", record)
     return record
-
-
-if __name__ == "__main__":
-    from common.errors import run_cli
-
-    sys.exit(run_cli(main))

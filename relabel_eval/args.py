@@ -33,7 +33,7 @@ from common.argtypes import (
     str2bool,
     unit_float,
 )
-from common.cli import require_paths
+from common.cli import module_doc, require_paths
 from common.flags import add_device_args
 from common.runstate import add_run_args
 from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_name
@@ -153,3 +153,50 @@ def check_paths(args: argparse.Namespace) -> None:
     """The distilled set, the validation folder, the teacher and the soft labels, when given, must exist."""
     require_paths(args, [("syn_data_path", "--syn-data-path"), ("val_dir", "--val-dir"),
                          ("teacher_path", "--teacher-path"), ("soft_label_dir", "--soft-label-dir"), ("zca", "--zca")])
+
+
+# -------------------- python -m relabel_eval.relabel
+
+def relabel_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m relabel_eval.relabel",
+                                description=module_doc("relabel_eval.relabel").split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--epochs", "--re-epochs", dest="epochs", type=positive_int, required=True,
+                   help="number of epochs of soft labels to store")
+    p.add_argument("--output-dir", required=True, help="folder for the epoch files and manifest.json")
+    p.add_argument("--topk", type=nonneg_int, default=0, help="store only the K largest logits per image (0: all)")
+    p.add_argument("--stud-name", default=None, help="student the labels are for (only picks the batch size)")
+    add_run_args(p)
+    p.add_argument("--no-resume", dest="restart", action="store_true", help="the same as --restart")
+    return p
+
+
+def check_relabel(args: argparse.Namespace) -> None:
+    """The inputs of ``python -m relabel_eval.relabel``, when given, must exist (as for the evaluation)."""
+    check_paths(args)
+
+
+# -------------------- python -m relabel_eval.diversity
+
+def diversity_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("python -m relabel_eval.diversity",
+                                description=module_doc("relabel_eval.diversity").split("\n\n")[0])
+    p.add_argument("--syn-data-path", nargs="+", required=True, help="one or more ImageFolder sets")
+    p.add_argument("--names", nargs="+", default=None, help="a label per set (default: folder names)")
+    p.add_argument("--teacher-path", required=True, help="feature model checkpoint (default model: the teacher)")
+    p.add_argument("--model-path", default=None, help="another checkpoint to take features from")
+    p.add_argument("--arch-name", default=None, help="architecture of the feature model (checked)")
+    p.add_argument("--ipc", type=positive_int, default=None, help="first IPC images (sorted) per class (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--output", required=True, help="JSON results")
+    p.add_argument("--plot", default=None, help="PNG plot (default: the JSON path with .png)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing --output/--plot this command did not write")
+    add_device_args(p)
+    return p
+
+
+def check_diversity(args: argparse.Namespace) -> None:
+    """The sets and the feature checkpoints must exist."""
+    require_paths(args, [("syn_data_path", "--syn-data-path"), ("teacher_path", "--teacher-path"),
+                         ("model_path", "--model-path")])

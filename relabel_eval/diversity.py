@@ -10,7 +10,13 @@ and the layer are recorded. Several sets in one call share one plot.
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli)
+    import sys
+
+    from common.cli import run_stage
+
+    sys.exit(run_stage("relabel_eval.args:diversity_parser", "relabel_eval.diversity"))
+
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -19,36 +25,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.argtypes import positive_int
 from common.atomic import atomic_path, atomic_write_json
 from common.device import device_from_args
 from common.errors import UserError
-from common.flags import add_device_args
 from common.manifest import build_manifest, sha256_file
 from common.paths import check_output_file
 from common.runstate import check_output
 from common.transforms import pil_to_normalized
 from models import classifier_layer, classifier_name, load_model, penultimate_features
+from relabel_eval.args import diversity_parser
 from relabel_eval.data import load_distilled
 
 STAGE = "relabel_eval.diversity"
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python -m relabel_eval.diversity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--syn-data-path", nargs="+", required=True, help="one or more ImageFolder sets")
-    p.add_argument("--names", nargs="+", default=None, help="a label per set (default: folder names)")
-    p.add_argument("--teacher-path", required=True, help="feature model checkpoint (default model: the teacher)")
-    p.add_argument("--model-path", default=None, help="another checkpoint to take features from")
-    p.add_argument("--arch-name", default=None, help="architecture of the feature model (checked)")
-    p.add_argument("--ipc", type=positive_int, default=None, help="first IPC images (sorted) per class (default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--output", required=True, help="JSON results")
-    p.add_argument("--plot", default=None, help="PNG plot (default: the JSON path with .png)")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing --output/--plot this command did not write")
-    add_device_args(p)
-    return p
+get_args_parser = diversity_parser  # torch-free, in relabel_eval.args (python -m answers before torch is imported)
 
 
 def intra_class_cosine(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -179,9 +170,3 @@ def main(argv: Sequence[str] | None = None) -> dict:
     atomic_write_json(args.output, result)
     print(f"diversity: {args.output}, plot {out_png}")
     return result
-
-
-if __name__ == "__main__":
-    from common.errors import run_cli
-
-    sys.exit(run_cli(main))

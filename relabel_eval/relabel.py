@@ -11,7 +11,13 @@ same ``--seed`` draws, so replay and online training see identical batches.
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli)
+    import sys
+
+    from common.cli import run_stage
+
+    sys.exit(run_stage("relabel_eval.args:relabel_parser", "relabel_eval.relabel"))
+
 import os
 import sys
 from pathlib import Path
@@ -20,17 +26,16 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from common.argtypes import nonneg_int, positive_int
 from common.atomic import atomic_torch_save
 from common.errors import UserError
 from common.imagefolder import check_same_classes
 from common.manifest import build_manifest, read_manifest, write_manifest
 from common.paths import check_output_dir
-from common.runstate import RunState, add_run_args, check_output, fingerprint, replace_output, state_dir
+from common.runstate import RunState, check_output, fingerprint, replace_output, state_dir
 from models import check_arch
+from relabel_eval.args import relabel_parser
 from relabel_eval.context import (
     BatchMaker,
-    add_common_args,
     batch_size_for,
     resolve_common,
     teacher_logits,
@@ -46,17 +51,7 @@ STAGE = "relabel_eval.relabel"
 NOT_RESULT = {"output_dir", "stud_name", "wandb_api_key", "wandb_project"}
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python -m relabel_eval.relabel", description=__doc__.split("\n\n")[0])
-    add_common_args(p)
-    p.add_argument("--epochs", "--re-epochs", dest="epochs", type=positive_int, required=True,
-                   help="number of epochs of soft labels to store")
-    p.add_argument("--output-dir", required=True, help="folder for the epoch files and manifest.json")
-    p.add_argument("--topk", type=nonneg_int, default=0, help="store only the K largest logits per image (0: all)")
-    p.add_argument("--stud-name", default=None, help="student the labels are for (only picks the batch size)")
-    add_run_args(p)
-    p.add_argument("--no-resume", dest="restart", action="store_true", help="the same as --restart")
-    return p
+get_args_parser = relabel_parser  # torch-free, in relabel_eval.args (python -m answers before torch is imported)
 
 
 def epoch_file(root: Path, epoch: int) -> Path:
@@ -163,9 +158,3 @@ class SoftLabelStore:
         else:
             logits = topk_to_logits(state["topk_values"], state["topk_indices"], self.num_classes)
         return EpochPlan.from_state(state["plan"]), logits
-
-
-if __name__ == "__main__":
-    from common.errors import run_cli
-
-    sys.exit(run_cli(main))

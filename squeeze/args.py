@@ -39,7 +39,7 @@ from common.argtypes import (
     positive_int,
     seed_int,
 )
-from common.cli import require_paths
+from common.cli import module_doc, require_paths
 from common.errors import UserError
 from common.flags import add_device_args
 from common.runstate import add_run_args
@@ -98,3 +98,26 @@ def check_paths(args: argparse.Namespace) -> None:
                         f"(python -m common.prepare writes them)")
     if args.resume not in (None, "auto"):
         require_paths(args, [("resume", "--resume")])
+
+
+# -------------------- python -m squeeze.evaluate
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m squeeze.evaluate", description=module_doc("squeeze.evaluate"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch-path", required=True, help="checkpoint to evaluate (ours, RDED, SRe2L or torchvision)")
+    p.add_argument("--data-path", required=True, help="data root with val/ (or a val folder itself)")
+    p.add_argument("--arch-name", default=None, help="architecture, when the checkpoint does not record it")
+    p.add_argument("--dataset", default="custom")
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--workers", type=nonneg_int, default=2)
+    p.add_argument("--output", default=None, help="write the result as JSON here")
+    p.add_argument("--force", action="store_true", help="replace an existing --output this command did not write")
+    add_device_args(p)
+    return p
+
+
+def check_evaluate(args: argparse.Namespace) -> None:
+    """The checkpoint and the data folder must exist."""
+    require_paths(args, [("arch_path", "--arch-path"), ("data_path", "--data-path")])

@@ -8,24 +8,29 @@ classes do not match the data stops with one line.
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli)
+    import sys
+
+    from common.cli import run_stage
+
+    sys.exit(run_stage("squeeze.args:evaluate_parser", "squeeze.evaluate"))
+
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from common.argtypes import nonneg_int, positive_int
 from common.atomic import atomic_write_json
 from common.datasets import get_dataset
 from common.device import device_from_args
-from common.flags import add_device_args
 from common.imagefolder import ImageFolder, find_classes
 from common.metrics import evaluate
 from common.paths import check_output_file
 from common.runstate import check_output
 from common.transforms import val_transform
 from models import load_model
+from squeeze.args import evaluate_parser
 
 STAGE = "squeeze.evaluate"
 
@@ -36,20 +41,7 @@ def val_root(data_path: str | Path) -> Path:
     return p / "val" if (p / "val").is_dir() else p
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m squeeze.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch-path", required=True, help="checkpoint to evaluate (ours, RDED, SRe2L or torchvision)")
-    p.add_argument("--data-path", required=True, help="data root with val/ (or a val folder itself)")
-    p.add_argument("--arch-name", default=None, help="architecture, when the checkpoint does not record it")
-    p.add_argument("--dataset", default="custom")
-    p.add_argument("--input-size", type=positive_int, default=None, help="default: the checkpoint's")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--workers", type=nonneg_int, default=2)
-    p.add_argument("--output", default=None, help="write the result as JSON here")
-    p.add_argument("--force", action="store_true", help="replace an existing --output this command did not write")
-    add_device_args(p)
-    return p
+get_args_parser = evaluate_parser  # torch-free, in squeeze.args (python -m answers before torch is imported)
 
 
 def main(argv=None) -> dict:
@@ -79,11 +71,3 @@ def main(argv=None) -> dict:
     else:
         print(json.dumps(res))
     return res
-
-
-if __name__ == "__main__":
-    import sys
-
-    from common.errors import run_cli
-
-    sys.exit(run_cli(main))

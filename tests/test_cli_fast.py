@@ -22,6 +22,16 @@ CASES = {
                 f"{MISSING}.pth: --arch-path does not exist"),
     "relabel_eval": (["--syn-data-path", "{tmp}", "--val-dir", MISSING, "--output", "{tmp}/e.json"],
                      f"{MISSING}: --val-dir does not exist"),
+    # sub-commands run as modules (python -m stage.module): their parsers live in stage.args
+    "squeeze.evaluate": (["--arch-path", f"{MISSING}.pth", "--data-path", "{tmp}"],
+                         f"{MISSING}.pth: --arch-path does not exist"),
+    "rank_select.patches": (["--data-path", MISSING, "--output-path", "{tmp}/p"],
+                            f"{MISSING}: --data-path does not exist"),
+    "relabel_eval.relabel": (["--syn-data-path", MISSING, "--epochs", "1", "--output-dir", "{tmp}/s"],
+                             f"{MISSING}: --syn-data-path does not exist"),
+    "relabel_eval.diversity": (["--syn-data-path", "{tmp}", "--teacher-path", f"{MISSING}.pth",
+                                "--output", "{tmp}/d.json"],
+                               f"{MISSING}.pth: --teacher-path does not exist"),
 }
 HEAVY = ("torch", "torchvision", "timm", "pandas")
 
@@ -39,6 +49,9 @@ def test_parser_modules_are_torch_free():
     code = ("import importlib, sys\n"
             f"for m in {sorted(PARSERS.values())!r}:\n"
             "    importlib.import_module(m).get_args_parser().format_help()\n"
+            "for m, f in [('squeeze.args', 'evaluate_parser'), ('rank_select.args', 'patches_parser'),\n"
+            "             ('relabel_eval.args', 'relabel_parser'), ('relabel_eval.args', 'diversity_parser')]:\n"
+            "    assert 'python -m' in getattr(importlib.import_module(m), f)().format_help()\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
