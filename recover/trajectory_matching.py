@@ -25,8 +25,10 @@ a non-finite loss stops the run. Optimisers as the released configs: SGD momentu
 Outputs: ``OUT/<class>/<NNN>.png`` (an ImageFolder; ``OUT/manifest.json``), and
 beside it ``OUT.labels.pt`` (soft-label logits in file order, with paths and
 classes), ``OUT.lr.pt`` (learned lr), ``OUT.loss.json`` and ``OUT.loss.png`` (loss
-curve). ``OUT.state.pt`` is written every ``--checkpoint-every`` iterations; the
-same command resumes from it.
+curve). The resume state (``OUT.state/matching.pt``, common.runstate) is written every
+``--checkpoint-every`` iterations; the same command continues from it (an unfinished run
+may also be given a larger ``--iterations``), other settings are refused by name,
+``--restart`` starts over.
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ from typing import Sequence
 
 from common.argtypes import momentum_float, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
 from common.flags import add_device_args
+from common.runstate import add_run_args
+
+STAGE = "recover.trajectory_matching"
+# besides common.runstate.NOT_RESULT: iteration k does not depend on the total, so a run can be extended
+NOT_RESULT = {"checkpoint_every", "output_path", "iterations", "max_iterations_this_run"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,6 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="stop after this many iterations (the run resumes); for time-boxed jobs and tests")
     p.add_argument("--seed", type=seed_int, default=0)
     add_device_args(p)
+    add_run_args(p)
     return p
 
 
@@ -159,12 +167,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     check_args(args)
     from common.errors import UserError
+    from common.paths import check_output_dir
+    from common.runstate import check_output, state_dir
 
     out = Path(args.output_path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: --output-path exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
-        raise UserError(f"{out}: --output-path is a non-empty directory this stage did not write; choose another")
+    check_output_dir(out, "--output-path")
+    check_output(out, STAGE, args.force, flag="--output-path")
+    check_output_dir(state_dir(out), "--output-path")
     experts_dir = Path(args.experts)
     if not experts_dir.is_dir():
         raise UserError(f"{experts_dir}: --experts directory not found")
@@ -183,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from common.imagefolder import check_same_classes, find_classes
     from common.manifest import build_manifest, write_manifest
     from common.memdata import load_tensor_dataset
+    from common.runstate import RunState, fingerprint
     from common.seed import seed_everything
     from common.transforms import to_pil
     from common.zca import ZCA
@@ -221,17 +231,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     # --- settings that change the result; a resume must match them
     # (--iterations is not among them: iteration k does not depend on the total, so a run can be extended)
-    settings = {k: v for k, v in vars(args).items() if k not in ("checkpoint_every", "max_iterations_this_run",
-                                                                 "device", "output_path", "iterations")}
-    settings["experts_files"] = [f.name for f in files]
-    state_file = out.with_name(out.name + ".state.pt")
+    settings = fingerprint(args, NOT_RESULT, experts_files=[f.name for f in files])
+    run = RunState(out, STAGE, settings, restart=args.restart)
+    state_file = run.path("matching.pt")
     state = None
     if state_file.is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=False)
-        stored = {k: v for k, v in state.get("settings", {}).items() if k != "iterations"}
-        if stored != settings:
-            raise UserError(f"{state_file}: a run with other settings is in progress; "
-                            f"remove it or choose another --output-path")
         print(f"resuming at iteration {state['iteration']} from {state_file}", file=sys.stderr)
 
     if state is None:
@@ -307,39 +312,40 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     t0 = time.time()
     seconds0 = state.get("seconds", 0.0)
-    bar = tqdm(range(it0, stop), desc="matching", initial=it0, total=args.iterations, dynamic_ncols=True)
-    for it in bar:
-        e = rng.randrange(len(trajs))
-        upper = start_epoch_upper(it, args.min_start_epoch, current_max, args.max_start_epoch,
-                                  args.expansion_end_epoch)
-        t = rng.randrange(args.min_start_epoch, upper)
-        start, target = trajs[e][t], trajs[e][t + args.expert_epochs]
-        final = unroll(model, layout, start, image_syn, label_syn, syn_lr, args.syn_steps, batch_syn, gen,
-                       args.dsa_strategy)
-        loss = matching_loss(final, start, target, ratio, args.mask)
-        if not torch.isfinite(loss):
-            save_state(it, seconds0 + time.time() - t0)
-            raise UserError(f"non-finite matching loss at iteration {it} (expert {e}, start epoch {t}); "
-                            f"lower --lr-img / --lr-lr / --lr-y (state kept in {state_file})")
-        opt_img.zero_grad()
-        opt_lr.zero_grad()
-        opt_y.zero_grad()
-        loss.backward()
-        stepped = bool(loss.item() <= args.threshold)
-        if stepped:
-            opt_img.step()
-            opt_lr.step()
-            if not args.no_learn_labels:
-                opt_y.step()
-            with torch.no_grad():
-                syn_lr.clamp_(min=1e-8)  # the student lr stays positive
-        history.append({"iteration": it, "loss": float(loss.item()), "expert": e, "start_epoch": t,
-                        "lr": float(syn_lr.item()), "stepped": stepped})
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{syn_lr.item():.4g}")
-        del final, loss
-        if (it + 1) % args.checkpoint_every == 0 and it + 1 < args.iterations:
-            save_state(it + 1, seconds0 + time.time() - t0)
-    bar.close()
+    with run.running():  # a failure before the first checkpoint leaves no state behind
+        bar = tqdm(range(it0, stop), desc="matching", initial=it0, total=args.iterations, dynamic_ncols=True)
+        for it in bar:
+            e = rng.randrange(len(trajs))
+            upper = start_epoch_upper(it, args.min_start_epoch, current_max, args.max_start_epoch,
+                                      args.expansion_end_epoch)
+            t = rng.randrange(args.min_start_epoch, upper)
+            start, target = trajs[e][t], trajs[e][t + args.expert_epochs]
+            final = unroll(model, layout, start, image_syn, label_syn, syn_lr, args.syn_steps, batch_syn, gen,
+                           args.dsa_strategy)
+            loss = matching_loss(final, start, target, ratio, args.mask)
+            if not torch.isfinite(loss):
+                save_state(it, seconds0 + time.time() - t0)
+                raise UserError(f"non-finite matching loss at iteration {it} (expert {e}, start epoch {t}); "
+                                f"lower --lr-img / --lr-lr / --lr-y (state kept in {state_file})")
+            opt_img.zero_grad()
+            opt_lr.zero_grad()
+            opt_y.zero_grad()
+            loss.backward()
+            stepped = bool(loss.item() <= args.threshold)
+            if stepped:
+                opt_img.step()
+                opt_lr.step()
+                if not args.no_learn_labels:
+                    opt_y.step()
+                with torch.no_grad():
+                    syn_lr.clamp_(min=1e-8)  # the student lr stays positive
+            history.append({"iteration": it, "loss": float(loss.item()), "expert": e, "start_epoch": t,
+                            "lr": float(syn_lr.item()), "stepped": stepped})
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{syn_lr.item():.4g}")
+            del final, loss
+            if (it + 1) % args.checkpoint_every == 0 and it + 1 < args.iterations:
+                save_state(it + 1, seconds0 + time.time() - t0)
+        bar.close()
     seconds = seconds0 + time.time() - t0
     done_its = stop
     if done_its < args.iterations:
@@ -383,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     atomic_write_json(out.with_name(out.name + ".loss.json"), {"history": history, "summary": summary})
     plot_loss(history, out.with_name(out.name + ".loss.png"),
               f"{out.name}: {args.mask} mask {ratio}, IPC {args.ipc}, {len(trajs)} experts")
-    state_file.unlink(missing_ok=True)
+    run.finish()
     print(json.dumps(summary))
     return summary
 

@@ -146,8 +146,13 @@ def test_cli_outputs_and_resume_equals_uninterrupted(tiny_data, tmp_path):
     full = match(common + ["--output-path", str(tmp_path / "a")])
     assert full["iterations_timed"] == 2
     assert match(common + ["--output-path", str(tmp_path / "b"), "--max-iterations-this-run", "1"])["finished"] is False
-    assert (tmp_path / "b.state.pt").is_file() and not (tmp_path / "b").exists()
+    assert (tmp_path / "b.state" / "matching.pt").is_file() and not (tmp_path / "b").exists()
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match=r"--lr-img 10.0 there, 20.0 now.*--restart"):  # other settings: refused
+        match([*common, "--output-path", str(tmp_path / "b"), "--lr-img", "20"])
     match(common + ["--output-path", str(tmp_path / "b")])
+    assert not (tmp_path / "b.state").exists()
     la = torch.load(tmp_path / "a.labels.pt", weights_only=True)
     lb = torch.load(tmp_path / "b.labels.pt", weights_only=True)
     torch.testing.assert_close(la["labels"], lb["labels"])
