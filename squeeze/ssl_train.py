@@ -248,7 +248,7 @@ def _pretrain(args, ctx) -> dict:
     atomic_write_json(report_path(output), report)
     run.finish()
     print(f"backbone written to {output}: kNN top-1 {knn_final:.2f}% "
-          f"(next: python -m squeeze.linear_probe --backbone {output} ...)", file=sys.stderr)
+          f"(next: python -m squeeze.linear_probe --backbone {output} ...)")  # the result line: stdout
     return report
 
 
