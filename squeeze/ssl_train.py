@@ -15,26 +15,22 @@ from common.datasets import get_dataset
 from common.distributed import (
     all_gather_object,
     broadcast_buffers,
-    cleanup,
-    init_distributed,
     shard,
     sum_over_ranks,
     unwrap,
     wrap_ddp,
 )
 from common.errors import UserError
-from common.flags import device_spec
 from common.imagefolder import ImageFolder, check_train_val
 from common.manifest import build_manifest
 from common.optim import SCHEDULER_KEY
-from common.paths import check_output_dir, check_output_file
-from common.runstate import RunState, check_output, fingerprint, state_dir
+from common.runstate import RunState, fingerprint, state_dir
 from common.seed import seed_everything, seed_worker
 from common.transforms import val_transform
-from models import build_backbone, make_meta, read_checkpoint, save_checkpoint
+from models import build_backbone, make_meta, save_checkpoint
 from models.registry import canonical_arch
 from squeeze.moco import MoCo, TwoViews, extract_features, knn_top1, train_step, view_transform
-from squeeze.train import lr_at
+from squeeze.train import check_then_train, lr_at, report_path, resume_training
 
 
 def last_path(output: str | Path) -> Path:
@@ -104,24 +100,11 @@ STAGE = "squeeze.ssl"
 NOT_RESULT = {"output", "cache", "knn_every"}
 
 
-def report_path(output: str | Path) -> Path:
-    """The report beside the backbone (``ssl.pth`` -> ``ssl.json``): our manifest of it."""
-    return Path(output).with_suffix(".json")
-
-
 def pretrain(args) -> dict:
-    """Check the outputs, join torchrun's process group (if any), train."""
-    output = Path(args.output)
-    if output.suffix != ".pth":
-        raise UserError(f"{output}: --output must end in .pth")
-    check_output_file(report_path(output), "--output")
-    check_output(output, STAGE, args.force, kind="file", manifest_file=report_path(output), flag="--output")
-    check_output_dir(state_dir(output), "--output")
-    ctx = init_distributed(device_spec(args))  # one process: just the device; under torchrun: DDP
-    try:
-        return _pretrain(args, ctx)
-    finally:
-        cleanup()
+    """``python -m squeeze.ssl``: the output checks and the process group as ``python -m squeeze``."""
+    if Path(args.output).suffix != ".pth":
+        raise UserError(f"{args.output}: --output must end in .pth")
+    return check_then_train(args, STAGE, _pretrain)
 
 
 def _pretrain(args, ctx) -> dict:
@@ -169,23 +152,8 @@ def _pretrain(args, ctx) -> dict:
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run", "restart", "force")}
     run = RunState(output, STAGE, fingerprint(args, NOT_RESULT), restart=args.restart, check=ctx.is_main)
     state_file = last_path(output)
-    resume_from = state_file if args.resume in (None, "auto") else Path(args.resume)
-    if args.resume not in (None, "auto") and not resume_from.is_file():
-        raise UserError(f"{resume_from}: --resume checkpoint not found")
-    start_epoch, history = 0, []
-    if resume_from.is_file():
-        ck = read_checkpoint(resume_from)
-        if ck["meta"].get("arch") != arch or ck["meta"].get("classes") != classes:
-            raise UserError(f"{resume_from}: --resume checkpoint is for another arch or class list")
-        model.load_state_dict(ck["model"])
-        model.load_queue_state(ck["queue"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck[SCHEDULER_KEY])
-        start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
-        if int(ck.get("world_size", 1)) != ctx.world_size:
-            print(f"note: {resume_from} was written by {ck.get('world_size', 1)} process(es), this run has "
-                  f"{ctx.world_size}: the run continues, but is exact only for the same number", file=sys.stderr)
-        print(f"resumed from {resume_from} at epoch {start_epoch}", file=sys.stderr)
+    start_epoch, history = resume_training(args.resume, state_file, model, optimizer, scheduler, arch, classes,
+                                           ctx.world_size, lambda ck: model.load_queue_state(ck["queue"]))
 
     meta_base = dict(arch=arch, num_classes=0, input_size=size, classes=classes, dataset=spec.name, mean=mean,
                      std=std, teacher_kind="ssl-backbone", ssl_method="mocov2", feature_dim=feature_dim,

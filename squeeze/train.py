@@ -92,15 +92,45 @@ def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, precisi
             "epoch_seconds": dt, "images_per_second": total / max(dt, 1e-9)}
 
 
+def resume_training(resume: str | None, state_file: Path, model, optimizer, scheduler, arch: str,
+                    classes: list[str], world_size: int, load_extra=None) -> tuple[int, list[dict]]:
+    """Load the training checkpoint (``state_file``, or the one ``--resume PATH`` names) into the model,
+    optimiser and scheduler (``load_extra(ck)`` for the rest); ``(first epoch to run, history)``."""
+    resume_from = state_file if resume in (None, "auto") else Path(resume)
+    if resume not in (None, "auto") and not resume_from.is_file():
+        raise UserError(f"{resume_from}: --resume checkpoint not found")
+    if not resume_from.is_file():
+        return 0, []
+    ck = read_checkpoint(resume_from)
+    if ck["meta"].get("classes") != classes or ck["meta"].get("arch") != arch:
+        raise UserError(f"{resume_from}: --resume checkpoint is for another arch or class list")
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck[SCHEDULER_KEY])
+    if load_extra is not None:
+        load_extra(ck)
+    start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
+    if int(ck.get("world_size", 1)) != world_size:
+        print(f"note: {resume_from} was written by {ck.get('world_size', 1)} process(es), this run has "
+              f"{world_size}: the run continues, but is exact only for the same number", file=sys.stderr)
+    print(f"resumed from {resume_from} at epoch {start_epoch}", file=sys.stderr)
+    return start_epoch, history
+
+
 def main(argv=None) -> dict:
-    args = get_args_parser().parse_args(argv)
-    output = check_output_file(args.output, "--output")  # before any work: not after hours of training
+    return check_then_train(get_args_parser().parse_args(argv), STAGE, train)
+
+
+def check_then_train(args: argparse.Namespace, stage: str, train_fn) -> dict:
+    """Check ``--output``, its report and the state folder beside it before any work (not after hours
+    of training), then ``train_fn(args, ctx)`` in torchrun's process group (one process: just the device)."""
+    output = check_output_file(args.output, "--output")
     check_output_file(report_path(output), "--output")
-    check_output(output, STAGE, args.force, kind="file", manifest_file=report_path(output), flag="--output")
+    check_output(output, stage, args.force, kind="file", manifest_file=report_path(output), flag="--output")
     check_output_dir(state_dir(output), "--output")
-    ctx = init_distributed(device_spec(args))  # one process: just the device; under torchrun: DDP
+    ctx = init_distributed(device_spec(args))
     try:
-        return train(args, ctx)
+        return train_fn(args, ctx)
     finally:
         cleanup()
 
@@ -160,24 +190,13 @@ def train(args: argparse.Namespace, ctx) -> dict:
     run = RunState(output, STAGE, fingerprint(args, NOT_RESULT, workers=workers), restart=args.restart,
                    check=ctx.is_main)
     state_file = run.path("last.pth")
-    resume_from = state_file if args.resume in (None, "auto") else Path(args.resume)
-    if args.resume not in (None, "auto") and not resume_from.is_file():
-        raise UserError(f"{resume_from}: --resume checkpoint not found")
-    start_epoch, history = 0, []
-    if resume_from.is_file():
-        ck = read_checkpoint(resume_from)
-        if ck["meta"].get("classes") != classes or ck["meta"].get("arch") != arch:
-            raise UserError(f"{resume_from}: --resume checkpoint is for another arch or class list")
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck[SCHEDULER_KEY])
+
+    def load_scaler(ck):
         if "scaler" in ck and precision.scaler:
             scaler.load_state_dict(ck["scaler"])
-        start_epoch, history = int(ck["epoch"]) + 1, list(ck.get("history", []))
-        if int(ck.get("world_size", 1)) != ctx.world_size:
-            print(f"note: {resume_from} was written by {ck.get('world_size', 1)} process(es), this run has "
-                  f"{ctx.world_size}: the run continues, but is exact only for the same number", file=sys.stderr)
-        print(f"resumed from {resume_from} at epoch {start_epoch}", file=sys.stderr)
+
+    start_epoch, history = resume_training(args.resume, state_file, model, optimizer, scheduler, arch, classes,
+                                           ctx.world_size, load_scaler)
 
     meta_base = dict(arch=arch, num_classes=len(classes), input_size=size, classes=classes, dataset=spec.name,
                      mean=mean, std=std)
