@@ -14,7 +14,8 @@ ones, bit for bit (checked before writing). The classifier is trained with SGD (
 taken from a released linear classifier (``--linear-path``, or the ``fc`` a MoCo ``lincls``
 file carries). ``--train-aug none`` computes the frozen features once and trains on them
 (the same result as running the frozen backbone every epoch on unaugmented images, in a
-fraction of the time).
+fraction of the time). A trained classifier is checkpointed every epoch in
+``<output>.state/probe.pt`` (common.runstate): the same command continues a killed run.
 
 The output is a normal teacher checkpoint (``"model"`` + ``"meta"``, with
 ``meta["teacher_kind"] = "ssl-linear-probe"`` and ``meta["ssl_method"]``): rank_select,
@@ -29,6 +30,7 @@ from common.argtypes import momentum_float, nonneg_float, nonneg_int, positive_f
 from common.errors import run_cli
 from common.flags import add_device_args
 from common.paths import check_output_file
+from common.runstate import add_run_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,7 +57,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="decode the training images once into memory (auto: up to 60k images)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (.pth)")
+    p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
+                   help="stop after this many epochs (the same command continues); for tests and time-boxed jobs")
     add_device_args(p)
+    add_run_args(p)
     return p
 
 

@@ -10,20 +10,25 @@ from torch import nn
 from tqdm import tqdm
 
 from common.accel import default_workers
-from common.atomic import atomic_write_json
+from common.atomic import atomic_torch_save, atomic_write_json
 from common.dataconfig import resolve_data_config
 from common.datasets import get_dataset
 from common.errors import UserError
 from common.imagefolder import ImageFolder, check_train_val
 from common.manifest import build_manifest, sha256_file
 from common.metrics import evaluate
-from common.optim import freeze
+from common.optim import SCHEDULER_KEY, freeze
+from common.runstate import RunState, check_output, fingerprint
 from common.seed import seed_everything, seed_worker
 from common.transforms import train_transform, val_transform
 from models import build_model, classifier_layer, classifier_name, make_meta, penultimate_features, save_checkpoint
 from models.external_ssl import read_linear_classifier, read_ssl_checkpoint
 from models.registry import canonical_arch
 from squeeze.train import lr_at
+
+STAGE = "squeeze.linear_probe"
+# Arguments that do not change the classifier (besides common.runstate.NOT_RESULT); the backbone enters by content.
+NOT_RESULT = {"output", "cache"}
 
 SSL_METHOD = {"mocov2": "mocov2", "mocov3": "mocov3", "swav": "swav", "dino": "dino", "lightly": "lightly",
               "lincls": "lincls"}
@@ -77,13 +82,29 @@ def _features(model, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fit_classifier(model: nn.Module, fc: nn.Linear, batches_of_epoch, steps_per_epoch: int, epochs: int, lr: float,
-                   momentum: float, weight_decay: float, device, features_given: bool) -> list[dict]:
-    """SGD + cosine on ``fc`` only; ``batches_of_epoch(e)`` yields (x or features, y). The model stays in eval."""
+                   momentum: float, weight_decay: float, device, features_given: bool, state_file: Path | None = None,
+                   max_epochs_this_run: int | None = None) -> list[dict] | None:
+    """SGD + cosine on ``fc`` only; ``batches_of_epoch(e)`` yields (x or features, y). The model stays in eval.
+
+    With ``state_file``, every epoch saves ``fc``, the optimiser, the scheduler and the history there, and a
+    call finding it continues after its epoch (each epoch's batches are a function of the epoch, so the
+    result equals an uninterrupted run). Returns None when ``max_epochs_this_run`` stopped it early.
+    """
     opt = torch.optim.SGD(fc.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     total = steps_per_epoch * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, 0, 1.0))
-    history = []
-    for epoch in range(epochs):
+    history, start = [], 0
+    if state_file is not None and state_file.is_file():
+        st = torch.load(state_file, map_location="cpu", weights_only=False)
+        fc.load_state_dict(st["fc"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st[SCHEDULER_KEY])
+        start, history = int(st["epoch"]) + 1, list(st["history"])
+        print(f"resumed the linear probe from {state_file} at epoch {start}", file=sys.stderr)
+    for epoch in range(start, epochs):
+        if max_epochs_this_run is not None and epoch - start >= max_epochs_this_run:
+            print(f"stopping after {epoch - start} epoch(s); run the same command to continue", file=sys.stderr)
+            return None
         assert not model.training
         loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
         for x, y in batches_of_epoch(epoch):
@@ -106,6 +127,9 @@ def fit_classifier(model: nn.Module, fc: nn.Linear, batches_of_epoch, steps_per_
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1),
                         "train_top1": 100.0 * correct / max(n, 1), "lr": opt.param_groups[0]["lr"],
                         "epoch_seconds": time.perf_counter() - t0})
+        if state_file is not None:
+            atomic_torch_save({"fc": fc.state_dict(), "optimizer": opt.state_dict(),
+                               SCHEDULER_KEY: sched.state_dict(), "epoch": epoch, "history": history}, state_file)
     return history
 
 
@@ -117,6 +141,7 @@ def train_probe(args) -> dict:
     data, output = Path(args.data_path), Path(args.output)
     if output.suffix != ".pth":
         raise UserError(f"{output}: --output must end in .pth")
+    check_output(output, STAGE, args.force, kind="file", manifest_file=output.with_suffix(".json"), flag="--output")
     if not (data / "train").is_dir() or not (data / "val").is_dir():
         raise UserError(f"{data}: --data-path must contain train/ and val/ ImageFolder trees")
     classes = check_train_val(data / "train", data / "val")
@@ -192,8 +217,14 @@ def train_probe(args) -> dict:
                                                         num_workers=workers, generator=g,
                                                         worker_init_fn=seed_worker),
                             desc=f"probe epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=1.0)
-        history = fit_classifier(model, fc, batches, steps, args.epochs, args.lr, args.momentum, args.weight_decay,
-                                 device, features_given=aug == "none")
+        run = RunState(output, STAGE, fingerprint(args, NOT_RESULT, backbone_sha256=sha256_file(args.backbone),
+                                                  ), restart=args.restart)
+        with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
+            history = fit_classifier(model, fc, batches, steps, args.epochs, args.lr, args.momentum,
+                                     args.weight_decay, device, features_given=aug == "none",
+                                     state_file=run.path("probe.pt"), max_epochs_this_run=args.max_epochs_this_run)
+        if history is None:
+            return {"stopped": True}
     val = evaluate(model, val_loader, device)
     assert_unchanged(model, before)  # the SC-DD invariant: BN statistics are the self-supervised ones
     method = bmeta.get("ssl_method") or SSL_METHOD.get(layout, layout)
@@ -211,6 +242,8 @@ def train_probe(args) -> dict:
                             input_size=int(size), classes=classes, val_top1=val["top1"], val_top5=val["top5"],
                             seconds=time.perf_counter() - t0, history=history)
     atomic_write_json(output.with_suffix(".json"), report)
+    if trained:
+        run.finish()
     print(f"teacher written to {output}: val top-1 {val['top1']:.2f}% (frozen {method} backbone, BN statistics "
           f"unchanged)", file=sys.stderr)
     print(f"linear probe: val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% -> {output}")

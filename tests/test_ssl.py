@@ -163,6 +163,32 @@ def _resnet18_sd():
     return m.state_dict()
 
 
+@pytest.mark.parametrize("aug", ["crop", "none"])
+def test_linear_probe_killed_then_rerun_equals_uninterrupted(ssl_run, aug, capsys):
+    base, data, full = ssl_run
+
+    def probe(out, *extra):
+        return linear_probe.main(["--backbone", str(full), "--data-path", str(data), "--epochs", "3",
+                                  "--batch-size", "8", "--train-aug", aug, "--device", "cpu", "--output", str(out),
+                                  *extra])
+
+    probe(base / f"whole_{aug}.pth")
+    part = base / f"part_{aug}.pth"
+    assert probe(part, "--max-epochs-this-run", "1") == {"stopped": True}
+    assert not part.exists() and (base / f"part_{aug}.pth.state" / "probe.pt").is_file()
+    with pytest.raises(UserError, match=r"--lr 0.1 there, 0.2 now.*--restart"):
+        probe(part, "--lr", "0.2")
+    capsys.readouterr()
+    probe(part)  # the same command continues after epoch 1
+    assert "resumed the linear probe from" in capsys.readouterr().err
+    a, b = read_checkpoint(base / f"whole_{aug}.pth"), read_checkpoint(part)
+    assert torch.equal(a["model"]["classifier.weight"], b["model"]["classifier.weight"])
+    assert a["meta"]["val_top1"] == b["meta"]["val_top1"]
+    hist = lambda p: [h["train_loss"] for h in json.loads(p.with_suffix(".json").read_text())["history"]]  # noqa: E731
+    assert hist(part) == hist(base / f"whole_{aug}.pth") and len(hist(part)) == 3
+    assert not (base / f"part_{aug}.pth.state").exists()
+
+
 def test_external_ssl_key_mappings(tmp_path):
     sd = _resnet18_sd()
     backbone = {k: v for k, v in sd.items() if not k.startswith("fc.")}
