@@ -87,7 +87,8 @@ def describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- ownership
 
 def output_owner(output: Path, kind: str, manifest_file: Path | None = None) -> str | None:
-    """The stage that wrote ``output`` (from its manifest), ``""`` when unknown, None when absent/empty."""
+    """The stage that wrote ``output`` (its manifest; before there is one, the ``run.json`` of the run of
+    ours writing it, beside it), ``""`` when unknown, None when absent or empty."""
     if not output.exists() and not output.is_symlink():
         return None
     if kind == "dir":
@@ -100,11 +101,16 @@ def output_owner(output: Path, kind: str, manifest_file: Path | None = None) -> 
         if output.is_dir():
             return ""
         manifest_file = manifest_file or output
-    try:
-        m = json.loads(Path(manifest_file).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return ""
-    return str(m.get("stage", "")) if isinstance(m, dict) else ""
+    for f in (Path(manifest_file), state_dir(output) / "run.json"):
+        # no manifest (yet): a run of ours writing this output (another shard, or one that was killed)
+        # keeps its run.json beside it
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(m, dict) and m.get("stage"):
+            return str(m["stage"])
+    return ""
 
 
 def check_output(output: str | os.PathLike, stages: str | Sequence[str], force: bool = False, kind: str = "dir",

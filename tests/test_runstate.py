@@ -100,6 +100,19 @@ def test_ownership_rules(tmp_path):
         check_output(tmp_path / "res.json", "squeeze", kind="file")
 
 
+def test_an_output_being_written_by_another_shard_is_ours(tmp_path):
+    # recover's shard 1 may have begun writing (temporary files, no manifest yet) when shard 0 checks
+    out = tmp_path / "syn"
+    out.mkdir()
+    (out / ".manifest.json.tmp-123").write_text("{")
+    with pytest.raises(UserError, match="no manifest of ours"):
+        check_output(out, "recover")
+    RunState(out, "recover", {"a": 1}, check=False).begin()
+    check_output(out, "recover")  # its run state beside it says whose it is
+    with pytest.raises(UserError, match="holds the output of recover, not rank_select"):
+        check_output(out, "rank_select")
+
+
 def test_unrelated_outputs_are_never_replaced(tmp_path):
     """relabel_eval.baselines random and relabel_eval.relabel used to delete an existing --output-dir."""
     from relabel_eval import baselines, relabel
