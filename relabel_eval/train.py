@@ -16,7 +16,6 @@ from common.accel import compile_model
 from common.atomic import atomic_torch_save, atomic_write_json
 from common.device import autocast
 from common.distributed import (
-    barrier,
     broadcast_buffers,
     cleanup,
     init_distributed,
@@ -353,14 +352,11 @@ def run(args: argparse.Namespace, ctx) -> dict:
     fp = fingerprint(args, NOT_RESULT)
     if ddp:
         fp["world_size"] = ctx.world_size  # a DDP run is reproducible for its number of processes
-    # the main process checks and opens the run state beside --output; the others attach to it
+    # the main process checks the run state beside --output (the others wait for it); state.running() opens it
     state = RunState(output, STAGE, fp, restart=args.restart, check=ctx.is_main)
 
     val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,
                  common.workers, pin_memory=common.device.type == "cuda")
-    if ctx.is_main:
-        state.begin()  # every input is valid: from here on the run can be resumed
-    barrier()  # the state folder is ready for every process
     if args.compile and common.teacher is not None:
         common.teacher = compile_model(common.teacher, True, "teacher")
     maker = BatchMaker(common, ctx.rank, ctx.world_size) if ddp else BatchMaker(common)
