@@ -2,7 +2,9 @@
 
 - ``--device auto|cpu|cuda|cuda:N`` and ``--gpu-device N``, the released scripts' GPU
   index, which means exactly ``--device cuda:N`` in every stage;
-- ``--workers``: the DataLoader worker flag; its default is ``common.accel.default_workers``.
+- ``--workers``: the DataLoader worker flag; its default is ``common.accel.default_workers``;
+- ``--dataset``, ``--data-path``, the architecture and ``--input-size`` of the commands that train on
+  an ImageFolder (resolved by ``common.dataconfig.resolve_data_config``).
 
 ``common.device.device_from_args`` turns the device flags into a ``torch.device``.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.argtypes import nonneg_int
+from common.argtypes import nonneg_int, positive_int
 from common.errors import UserError
 
 NO_GPU = (None, "", "-1")  # the released scripts pass --gpu-device -1 for "no GPU index given"
@@ -22,6 +24,16 @@ def add_device_args(parser, default: str = "auto") -> None:
                         help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--gpu-device", default=None, metavar="N",
                         help="the released scripts' GPU index: exactly --device cuda:N (-1: not given)")
+
+
+def add_data_args(parser, data_help: str, arch_default: str, arch_help: str, arch_flag: str = "--arch-name",
+                  dataset_help: str = "registry name (normalisation, default input size)",
+                  size_help: str = "default: the dataset's size for this arch") -> None:
+    """``--dataset``, ``--data-path``, the architecture (``arch_flag``) and ``--input-size``."""
+    parser.add_argument("--dataset", default="custom", help=dataset_help)
+    parser.add_argument("--data-path", required=True, help=data_help)
+    parser.add_argument(arch_flag, default=arch_default, help=arch_help)
+    parser.add_argument("--input-size", type=positive_int, default=None, help=size_help)
 
 
 def device_spec(args: argparse.Namespace) -> str:

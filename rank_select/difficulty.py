@@ -27,16 +27,14 @@ from pathlib import Path
 from typing import Sequence
 
 from common.argtypes import momentum_float, nonneg_int, positive_float, positive_int, seed_int
-from common.flags import add_device_args
+from common.flags import add_data_args, add_device_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rank_select.difficulty", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", required=True, help="training ImageFolder tree to score")
-    p.add_argument("--dataset", default="custom", help="registry name (normalisation, input size)")
-    p.add_argument("--arch", default="conv3_in", help="model trained briefly for the scores (default: %(default)s)")
-    p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for the arch")
+    add_data_args(p, "training ImageFolder tree to score", "conv3_in",
+                  "model trained briefly for the scores (default: %(default)s)", arch_flag="--arch")
     p.add_argument("--num-models", type=positive_int, default=4, help="k models whose scores are averaged")
     p.add_argument("--epochs", type=nonneg_int, default=10, help="training epochs of each model before scoring")
     p.add_argument("--lr", type=positive_float, default=0.01)

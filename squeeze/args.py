@@ -41,7 +41,7 @@ from common.argtypes import (
 )
 from common.cli import module_doc, require_paths
 from common.errors import UserError
-from common.flags import add_device_args
+from common.flags import add_data_args, add_device_args
 from common.runstate import add_run_args
 
 # (this module is torch-free: ``python -m squeeze --help`` and input errors answer before torch is imported)
@@ -50,10 +50,9 @@ from common.runstate import add_run_args
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m squeeze", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="custom", help="registry name (cifar10, tinyimagenet, imagenet-nette, ...)")
-    p.add_argument("--data-path", required=True, help="root with train/ and val/ ImageFolder trees")
-    p.add_argument("--arch-name", default="conv3", help="conv3..conv6, resnet18_modified, any torchvision name")
-    p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for this arch")
+    add_data_args(p, "root with train/ and val/ ImageFolder trees", "conv3",
+                  "conv3..conv6, resnet18_modified, any torchvision name",
+                  dataset_help="registry name (cifar10, tinyimagenet, imagenet-nette, ...)")
     p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--lr", type=positive_float, default=0.05)

@@ -39,7 +39,7 @@ from common.argtypes import (
     unit_float,
 )
 from common.errors import run_cli
-from common.flags import add_device_args
+from common.flags import add_data_args, add_device_args
 from common.paths import check_output_file
 from common.runstate import add_run_args
 
@@ -47,10 +47,8 @@ from common.runstate import add_run_args
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m squeeze.ssl", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="custom", help="registry name (normalisation, default input size)")
-    p.add_argument("--data-path", required=True, help="root with train/ (labels unused) and val/ (kNN check)")
-    p.add_argument("--arch-name", default="resnet18_modified", help="conv3..conv6, resnet18_modified, resnet50, ...")
-    p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for this arch")
+    add_data_args(p, "root with train/ (labels unused) and val/ (kNN check)", "resnet18_modified",
+                  "conv3..conv6, resnet18_modified, resnet50, ...")
     p.add_argument("--epochs", type=positive_int, default=200, help="MoCo v2: 200 (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=256,
                    help="per process (under torchrun the global batch is this x processes); default: %(default)s")

@@ -44,16 +44,14 @@ from common.argtypes import (
     seed_int,
     unit_float,
 )
-from common.flags import add_device_args
+from common.flags import add_data_args, add_device_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m squeeze.trajectories", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-path", required=True, help="root with train/ and val/ ImageFolder trees")
-    p.add_argument("--dataset", default="custom", help="registry name (normalisation, input size)")
-    p.add_argument("--arch", default="conv3_in", help="expert architecture (conv3_in; conv4_in for 64 px)")
-    p.add_argument("--input-size", type=positive_int, default=None, help="default: the dataset's size for the arch")
+    add_data_args(p, "root with train/ and val/ ImageFolder trees", "conv3_in",
+                  "expert architecture (conv3_in; conv4_in for 64 px)", arch_flag="--arch")
     p.add_argument("--num-experts", type=positive_int, default=100, help="(released README: 100)")
     p.add_argument("--epochs", type=positive_int, default=100, help="training epochs per expert (released README: 100)")
     p.add_argument("--lr-teacher", type=positive_float, default=0.01)
