@@ -37,10 +37,8 @@ class OutputDir:
         self.state = run.dir
         # a complete output keeps its per-class records in manifest.json only (the state is removed)
         m = read_manifest(self.root) if self.root.is_dir() else None
-        same = bool(m) and m.get("stage") == run.stage and m.get("settings") == run.fingerprint \
-            and m.get("status") == "complete" and not self.state.exists()
-        self.finished = {c: r for c, r in (m or {}).get("per_class", {}).items()
-                         if same and r.get("status") == "done"}
+        complete = bool(m) and m.get("status") == "complete" and not self.state.exists()
+        self.finished = self._done_in_manifest() if complete else {}
 
     # -- classes -------------------------------------------------------------------------------
     def record_path(self, cls: str) -> Path:
@@ -90,7 +88,7 @@ class OutputDir:
     def _done_in_manifest(self) -> dict[str, dict[str, Any]]:
         """The done records in the manifest on disk, when it is this run's (another shard may have
         completed the output and removed the state meanwhile)."""
-        m = read_manifest(self.root)
+        m = read_manifest(self.root) if self.root.is_dir() else None
         if not m or m.get("stage") != self.run.stage or m.get("settings") != self.run.fingerprint:
             return {}
         return {c: r for c, r in m.get("per_class", {}).items() if r.get("status") == "done"}
