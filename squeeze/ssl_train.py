@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.accel import default_workers
+from common.accel import default_workers, loader_kwargs
 from common.atomic import atomic_write_json
 from common.dataconfig import resolve_data_config
 from common.datasets import get_dataset
@@ -176,8 +176,8 @@ def _pretrain(args, ctx) -> dict:
             views.set_epoch(epoch)
             sampler.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(views, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                                 num_workers=workers, worker_init_fn=seed_worker,
-                                                 pin_memory=device.type == "cuda")
+                                                 worker_init_fn=seed_worker,
+                                                 **loader_kwargs(device.type, workers, persistent=False))
             t0 = time.perf_counter()
             loss, n = run_epoch(net, loader, optimizer, scheduler, device, args.moco_momentum,
                                 f"ssl epoch {epoch + 1}/{args.epochs}")
