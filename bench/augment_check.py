@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
     from PIL import Image
     from protocol_check import ReleasedShufflePatches, released_rand_augment
 
-    from common.imagefolder import find_classes, is_image_file
+    from common.data.imagefolder import find_classes, is_image_file
     from relabel_eval.augment import SampleTransform, sample_crops, shuffled_sizes
 
     torch.set_num_threads(1)
@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
         print(f"| {name} | {A[:, j].mean():.4f} | {B[:, j].mean():.4f} | {z:+.2f} |")
     out["max_abs_z"] = max(abs(v["z"]) for v in out["stats"].values())
     if args.output:
-        from common.atomic import atomic_write_json
+        from common.run.atomic import atomic_write_json
 
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(args.output), out)

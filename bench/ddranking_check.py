@@ -68,7 +68,7 @@ def lrs(alpha: float) -> float:
 
 def ddranking_blocker(args) -> str | None:
     """Why DD-Ranking 0.2.0 cannot score this data, found before spending CPU on it (None: it can)."""
-    from common.imagefolder import find_classes
+    from common.data.imagefolder import find_classes
 
     n = DDR_CLASSES[args.ddr_dataset]
     if args.ddr_dataset != "TinyImageNet":
@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     import torch
 
-    from common.atomic import atomic_write_json
+    from common.run.atomic import atomic_write_json
     from models import load_model
     from relabel_eval import export as export_mod
     from relabel_eval.baselines import dd_ranking

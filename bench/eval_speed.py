@@ -30,8 +30,8 @@ from torchvision.datasets.folder import default_loader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.flags import add_device_args, device_spec  # noqa: E402
-from common.imagefolder import find_classes  # noqa: E402
+from common.cli.flags import add_device_args, device_spec  # noqa: E402
+from common.data.imagefolder import find_classes  # noqa: E402
 from models import build_model, make_meta, save_checkpoint  # noqa: E402
 from relabel_eval import relabel as relabel_mod  # noqa: E402
 from relabel_eval import train as train_mod  # noqa: E402

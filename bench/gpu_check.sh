@@ -60,7 +60,7 @@ if [ "${DRY_RUN:-0}" != 1 ]; then
     rm -rf "${OUT}"; mkdir -p "${OUT}"
     "${PY}" - <<EOF >&2
 import torch
-from common.accel import cpu_has_native_bf16, cuda_has_bf16, default_workers
+from common.compute.accel import cpu_has_native_bf16, cuda_has_bf16, default_workers
 print(f"torch {torch.__version__}, cuda {torch.version.cuda}, device ${DEVICE}")
 if "${DEVICE}".startswith("cuda"):
     assert torch.cuda.is_available(), "DEVICE=${DEVICE} but CUDA is not available (DEVICE=cpu for the CPU fallback)"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from rank_speed import median_times  # noqa: E402  (bench/ is the script's folder)
 
-from common.dsa import dsa  # noqa: E402
+from common.ops.dsa import dsa  # noqa: E402
 from models import build_model  # noqa: E402
 from recover.matching import ParamLayout, batch_order, matching_loss, soft_cross_entropy, unroll  # noqa: E402
 

@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     import torch
 
-    from common.accel import cpu_has_native_bf16
+    from common.compute.accel import cpu_has_native_bf16
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from rank_speed import bench_inputs, median_times  # noqa: E402  (bench/ is the script's folder)
 
-from common.device import device_from_args  # noqa: E402
-from common.flags import add_device_args  # noqa: E402
-from common.imagefolder import find_classes, make_samples  # noqa: E402
+from common.cli.flags import add_device_args  # noqa: E402
+from common.compute.device import device_from_args  # noqa: E402
+from common.data.imagefolder import find_classes, make_samples  # noqa: E402
 from rank_select.patches import CropDataset, crop_losses  # noqa: E402
 
 

@@ -271,7 +271,7 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --protocol rded needs --factor")
     import torch
 
-    from common.imagefolder import find_classes
+    from common.data.imagefolder import find_classes
     from models import load_model
     from relabel_eval.protocol import adamw_lr_for, auto_batch_size
 
@@ -332,7 +332,7 @@ def main(argv=None) -> dict:
                                                    for m in ("final_top1", "best_top1")]
             print(f"| {name} | {arm} | {fm:.2f} | {bm:.2f} | {cells[0]} | {cells[1]} |")
     if args.output:
-        from common.atomic import atomic_write_json
+        from common.run.atomic import atomic_write_json
 
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(args.output), out)

@@ -25,11 +25,11 @@ from torch.utils.data import DataLoader, Subset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.datasets import get_dataset  # noqa: E402
-from common.device import device_from_args  # noqa: E402
-from common.flags import add_device_args  # noqa: E402
-from common.imagefolder import ImageFolder, find_classes  # noqa: E402
-from common.transforms import val_transform  # noqa: E402
+from common.cli.flags import add_device_args  # noqa: E402
+from common.compute.device import device_from_args  # noqa: E402
+from common.data.datasets import get_dataset  # noqa: E402
+from common.data.imagefolder import ImageFolder, find_classes  # noqa: E402
+from common.data.transforms import val_transform  # noqa: E402
 from rank_select.rank import score_dataset, score_logits  # noqa: E402
 from rank_select.ranker import load_ranker  # noqa: E402
 

@@ -34,11 +34,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.datasets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from common.device import device_from_args  # noqa: E402
-from common.flags import add_device_args  # noqa: E402
-from common.imagefolder import find_classes, list_class_files, load_rgb  # noqa: E402
-from common.transforms import pil_to_normalized, pixel_bounds  # noqa: E402
+from common.cli.flags import add_device_args  # noqa: E402
+from common.compute.device import device_from_args  # noqa: E402
+from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from common.data.imagefolder import find_classes, list_class_files, load_rgb  # noqa: E402
+from common.data.transforms import pil_to_normalized, pixel_bounds  # noqa: E402
 from models import build_model, load_model, make_meta, save_checkpoint  # noqa: E402
 from recover.cpu import keep_freed_memory  # noqa: E402
 from recover.loop import LoopConfig, prepare_teacher, recover_batch  # noqa: E402

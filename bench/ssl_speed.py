@@ -45,9 +45,9 @@ def main(argv=None) -> dict:
     import torchvision
     from lightly.transforms import MoCoV2Transform
 
-    from common.datasets import IMAGENET_MEAN, IMAGENET_STD
-    from common.device import resolve_device
-    from common.imagefolder import ImageFolder
+    from common.compute.device import resolve_device
+    from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+    from common.data.imagefolder import ImageFolder
     from models import build_backbone
     from squeeze.moco import MOCO_V2_BLUR_SIGMAS, MoCo, TwoViews, view_transform
     from squeeze.ssl_train import run_epoch
@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
            "ours_runs": ours, "reference_runs": ref, "loadavg": list(os.getloadavg())}
     print(json.dumps(res, indent=2))
     if args.output:
-        from common.atomic import atomic_write_json
+        from common.run.atomic import atomic_write_json
 
         atomic_write_json(args.output, res)
     return res

@@ -11,7 +11,7 @@ Tiny-ImageNet is read from the official zip (or its extracted folder) and val is
 regrouped by ``val_annotations.txt``. The ImageNet subsets (imagenet-nette,
 imagenet-woof, imagenet-10, imagenet-100) are cut from a local ImageNet-1K tree
 (``ROOT/train/<wnid>``, ``ROOT/val/<wnid>``) by the wnid lists shipped in
-``common/class_lists`` (symlinks by default, ``--copy`` to copy). Every output is
+``common/data/class_lists`` (symlinks by default, ``--copy`` to copy). Every output is
 built under a temporary name and renamed when complete.
 """
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common.argtypes import positive_int, seed_int
-from common.atomic import atomic_dir
-from common.datasets import get_dataset
-from common.errors import UserError
-from common.imagefolder import is_image_file, list_class_files
-from common.manifest import build_manifest, write_manifest
-from common.paths import check_output_dir
+from common.cli.argtypes import positive_int, seed_int
+from common.cli.errors import UserError
+from common.cli.paths import check_output_dir
+from common.data.datasets import get_dataset
+from common.data.imagefolder import is_image_file, list_class_files
+from common.run.atomic import atomic_dir
+from common.run.manifest import build_manifest, write_manifest
 
 SUBSETS = ("imagenet-nette", "imagenet-woof", "imagenet-10", "imagenet-100")
 
@@ -42,7 +42,7 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def prepare_shapes(out: Path, train_per_class: int, val_per_class: int, seed: int, force: bool) -> Path:
-    from common.shapes import generate
+    from common.data.shapes import generate
 
     _check_out(out, force)
     with atomic_dir(out) as tmp:
@@ -202,6 +202,6 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    from common.errors import run_cli
+    from common.cli.errors import run_cli
 
     sys.exit(run_cli(main))

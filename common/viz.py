@@ -7,9 +7,9 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from common.argtypes import positive_int
-from common.atomic import atomic_save_image
-from common.imagefolder import find_classes, list_class_files, load_rgb
+from common.cli.argtypes import positive_int
+from common.data.imagefolder import find_classes, list_class_files, load_rgb
+from common.run.atomic import atomic_save_image
 
 
 def image_grid(rows: Sequence[Sequence[Image.Image]], cell: int = 64, pad: int = 2,
@@ -77,6 +77,6 @@ def main(argv=None) -> Path:
 if __name__ == "__main__":
     import sys
 
-    from common.errors import run_cli
+    from common.cli.errors import run_cli
 
     sys.exit(run_cli(main))

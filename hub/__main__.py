@@ -1,6 +1,6 @@
 import sys
 
-from common.errors import run_cli
+from common.cli.errors import run_cli
 from hub.cli import main
 
 sys.exit(run_cli(main))

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from common.argtypes import nonneg_int, positive_float
-from common.paths import check_output_dir, check_output_file
+from common.cli.argtypes import nonneg_int, positive_float
+from common.cli.paths import check_output_dir, check_output_file
 from hub.download import DEFAULT_MAX_SIZE
 from hub.fetch import fetch
 from hub.pack import pack

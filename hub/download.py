@@ -14,8 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from common.atomic import atomic_write_json
-from common.errors import UserError
+from common.cli.errors import UserError
+from common.run.atomic import atomic_write_json
 from hub.text import human, log
 
 DEFAULT_MAX_SIZE = 20 << 30          # unpacked bytes; a distilled ImageNet-1K IPC 200 set is ~3 GB

@@ -16,7 +16,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from common.errors import UserError
+from common.cli.errors import UserError
 from hub.download import CHUNK
 
 JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db")
@@ -135,7 +135,7 @@ def list_archive(archive: Path) -> tuple[str, list[Member]]:
 
 def strip_wrappers(members: list[Member]) -> tuple[list[Member], str]:
     """Drop top-level folders that only wrap the data (``set_ipc50/new000/...`` -> ``new000/...``)."""
-    from common.imagefolder import is_image_file
+    from common.data.imagefolder import is_image_file
 
     prefix = ""
     while members:
@@ -238,7 +238,7 @@ def extract_members(archive: Path, kind: str, members: list[Member], links: dict
 
 def summarize_tree(members: list[Member]) -> tuple[dict[str, int], list[str]]:
     """Images per top-level folder (what ImageFolder will see) and the top-level image files."""
-    from common.imagefolder import is_image_file
+    from common.data.imagefolder import is_image_file
 
     counts: dict[str, int] = {}
     loose = []

@@ -11,9 +11,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_dir
-from common.errors import UserError
-from common.manifest import build_manifest, sha256_file, write_manifest
+from common.cli.errors import UserError
+from common.run.atomic import atomic_dir
+from common.run.manifest import build_manifest, sha256_file, write_manifest
 from hub.download import DEFAULT_MAX_SIZE, http_download, is_url, normalize_url
 from hub.extract import (
     Member,
@@ -35,7 +35,7 @@ def fetch(source: str, out: str | os.PathLike, sha256: str | None = None, datase
           force: bool = False, retries: int = 3, timeout: float = 60.0, retry_wait: float = 2.0,
           progress: bool = True, args: argparse.Namespace | dict | None = None) -> dict[str, Any]:
     """Download (or open) an archive, verify and unpack it safely into ``out``; returns the manifest."""
-    from common.imagefolder import list_class_files
+    from common.data.imagefolder import list_class_files
 
     out = Path(out)
     entry = None

@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.datasets import check_class_count, get_dataset
-from common.errors import UserError
+from common.cli.errors import UserError
+from common.data.datasets import check_class_count, get_dataset
 from hub.text import log
 
 NAMINGS = {"new000": re.compile(r"new(\d+)"), "00000": re.compile(r"(\d+)"), "wnid": re.compile(r"n\d{8}")}
@@ -84,7 +84,7 @@ def plan_class_mapping(folders: Sequence[str], order: Sequence[str] | None, orde
 
 def resolve_class_order(dataset: str | None, classes_from: str | os.PathLike | None) -> tuple[list[str] | None, str]:
     """Target class folder names (ImageFolder order) from ``--classes-from`` or the dataset's class list."""
-    from common.imagefolder import find_classes
+    from common.data.imagefolder import find_classes
 
     spec = get_dataset(dataset) if dataset else None
     if classes_from and Path(classes_from).is_file():         # a teacher checkpoint: its ordered class list

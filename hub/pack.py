@@ -11,9 +11,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common.atomic import atomic_path
-from common.errors import UserError
-from common.manifest import sha256_file
+from common.cli.errors import UserError
+from common.run.atomic import atomic_path
+from common.run.manifest import sha256_file
 from hub.mapping import _few
 from hub.text import human, log
 
@@ -36,7 +36,7 @@ def _pack_files(root: Path, skip: Path | None) -> tuple[list[str], list[str]]:
 def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = True,
          args: argparse.Namespace | dict | None = None, force: bool = False) -> str:
     """Deterministic ``.tar.gz`` of a distilled ImageFolder with its manifest; returns its sha256."""
-    from common.imagefolder import find_classes, list_class_files
+    from common.data.imagefolder import find_classes, list_class_files
 
     src, out_file = Path(src), Path(out_file)
     if out_file.exists() and not force:  # an archive cannot say who wrote it: never replaced silently

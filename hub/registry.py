@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common.errors import UserError
+from common.cli.errors import UserError
 
 REGISTRY_FILE = Path(__file__).resolve().parent / "registry.json"
 REGISTRY_ENV = "DD_HUB_REGISTRY"

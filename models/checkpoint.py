@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from common.atomic import atomic_torch_save
-from common.datasets import IMAGENET_MEAN, IMAGENET_STD
-from common.errors import UserError
+from common.cli.errors import UserError
+from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+from common.run.atomic import atomic_torch_save
 from models.registry import build_model, canonical_arch
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -125,7 +125,7 @@ def infer_conv_input_size(arch: str, sd: dict[str, torch.Tensor], width: int = 1
 
 
 def checkpoint_meta(path: str | os.PathLike, arch: str | None = None) -> dict[str, Any]:
-    """The checkpoint's meta for ``common.dataconfig.resolve_data_config``: as stored, plus the input
+    """The checkpoint's meta for ``common.data.dataconfig.resolve_data_config``: as stored, plus the input
     size a ConvNet's weights fix (the classifier's fan-in) when the meta does not record it."""
     ckpt = read_checkpoint(path)
     meta = dict(ckpt["meta"])
@@ -170,7 +170,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, classes: Sequen
     if not size:
         if canonical_arch(arch).startswith("conv"):  # a ConvNet's size is structural: never guessed
             raise UserError(f"{path}: the checkpoint does not record its input size; pass --input-size")
-        size = 224  # torchvision models' weights fit any size; the stages resolve theirs (common.dataconfig)
+        size = 224  # torchvision models' weights fit any size; the stages resolve theirs (common.data.dataconfig)
     model = build_model(arch, n, size)
     try:
         model.load_state_dict(sd, strict=True)

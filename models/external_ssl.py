@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from common.errors import UserError
+from common.cli.errors import UserError
 
 EXPECTED = ("encoder_q.* (MoCo v1/v2), base_encoder.* (MoCo v3), backbone.* (DINO/lightly), "
             "conv1.weight + layer1..4.* with projection_head.*/prototypes.* (SwAV) or without (bare backbone), "

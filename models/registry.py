@@ -13,7 +13,7 @@ import re
 import torch
 from torch import nn
 
-from common.errors import UserError
+from common.cli.errors import UserError
 from models.convnet import ConvNet
 
 _CONV = re.compile(r"^conv(?:net)?(?:_?d)?([3-6])(?:_(in|bn|instance|batch))?$")

@@ -26,10 +26,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from common.argtypes import nonneg_float, positive_int, seed_int
-from common.cli import module_doc, require_paths
-from common.flags import add_device_args, add_workers_arg
-from common.runstate import add_run_args
+from common.cli.argtypes import nonneg_float, positive_int, seed_int
+from common.cli.entry import module_doc, require_paths
+from common.cli.flags import add_device_args, add_workers_arg
+from common.run.state import add_run_args
 
 # torch-free: ``python -m rank_select --help`` and input errors answer before torch is imported
 CRITERIA = ("top", "min", "medium", "random")  # rank_select.select.select_indices

@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.argtypes import momentum_float, nonneg_int, positive_float, positive_int, seed_int
-from common.flags import add_data_args, add_device_args
+from common.cli.argtypes import momentum_float, nonneg_int, positive_float, positive_int, seed_int
+from common.cli.flags import add_data_args, add_device_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -89,8 +89,8 @@ def train_and_score(x, y, num_classes: int, arch: str, size: int, seed: int, epo
     """Train one model briefly from ``seed``; return its (el2n, grand) on every image."""
     import torch
 
-    from common.dsa import dsa, make_generator
-    from common.memdata import sgd_epoch
+    from common.ops.dsa import dsa, make_generator
+    from common.train.memdata import sgd_epoch
     from models import build_model, classifier_layer
 
     torch.manual_seed(seed)
@@ -131,12 +131,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import torch
     from tqdm import tqdm
 
-    from common.atomic import atomic_path, atomic_torch_save, atomic_write_json
-    from common.dataconfig import resolve_data_config
-    from common.datasets import check_class_count, get_dataset
-    from common.device import device_from_args
-    from common.manifest import build_manifest, write_manifest
-    from common.memdata import load_tensor_dataset
+    from common.compute.device import device_from_args
+    from common.data.dataconfig import resolve_data_config
+    from common.data.datasets import check_class_count, get_dataset
+    from common.run.atomic import atomic_path, atomic_torch_save, atomic_write_json
+    from common.run.manifest import build_manifest, write_manifest
+    from common.train.memdata import load_tensor_dataset
     from models.registry import canonical_arch
 
     spec = get_dataset(args.dataset)
@@ -192,12 +192,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def raise_user(msg: str):
-    from common.errors import UserError
+    from common.cli.errors import UserError
 
     raise UserError(msg)
 
 
 if __name__ == "__main__":
-    from common.errors import run_cli
+    from common.cli.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -12,15 +12,15 @@ the first ``ipc * factor^2`` are stitched: output image j, grid cell k (row-majo
 holds sorted crop ``k * ipc + j``. Unlike the released code every draw is seeded
 (per seed, class and image), so the same seed gives identical images. Finished
 classes survive an interruption in ``OUT.state/`` beside the output
-(``common.runstate``): the same command run again resumes.
+(``common.run.state``): the same command run again resumes.
 ``manifest.json`` records the source file and crop box of every patch.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli)
+if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli.entry)
     import sys
 
-    from common.cli import run_stage
+    from common.cli.entry import run_stage
 
     sys.exit(run_stage("rank_select.args:patches_parser", "rank_select.patches"))
 
@@ -40,23 +40,23 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from common.atomic import atomic_save_image
-from common.datasets import check_class_count, get_dataset
-from common.device import device_from_args
-from common.errors import UserError, bar_vanishes_on_error
-from common.flags import workers_from_args
-from common.imagefolder import find_classes, load_rgb, make_samples
-from common.manifest import build_manifest, sha256_file, write_manifest
-from common.paths import check_output_dir
-from common.runstate import RunState, check_not_inside, check_output, fingerprint, replace_output
-from common.seed import seed_everything
-from common.transforms import normalize
+from common.cli.errors import UserError, bar_vanishes_on_error
+from common.cli.flags import workers_from_args
+from common.cli.paths import check_output_dir
+from common.compute.device import device_from_args
+from common.data.datasets import check_class_count, get_dataset
+from common.data.imagefolder import find_classes, load_rgb, make_samples
+from common.data.transforms import normalize
+from common.run.atomic import atomic_save_image
+from common.run.manifest import build_manifest, sha256_file, write_manifest
+from common.run.state import RunState, check_not_inside, check_output, fingerprint, replace_output
+from common.train.seed import seed_everything
 from rank_select.args import patches_parser
 from rank_select.ranker import Ranker, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import rank_width
 
 STAGE = "rank_select.patches"
-# Arguments that do not change the images (besides common.runstate.NOT_RESULT).
+# Arguments that do not change the images (besides common.run.state.NOT_RESULT).
 NOT_RESULT = {"output_path", "batch_size"}
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (1.0, 1.0)

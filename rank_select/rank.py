@@ -17,18 +17,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from common.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
-from common.datasets import check_class_count, get_dataset
-from common.device import device_from_args
-from common.distributed import all_gather_object, cleanup, dist_info, init_distributed
-from common.errors import UserError, bar_vanishes_on_error
-from common.flags import device_spec, workers_from_args
-from common.imagefolder import ImageFolder, make_samples
-from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
-from common.paths import check_output_dir, check_output_file
-from common.runstate import RunState, check_not_inside, check_output, fingerprint
-from common.seed import seed_everything
-from common.transforms import val_transform
+from common.cli.errors import UserError, bar_vanishes_on_error
+from common.cli.flags import device_spec, workers_from_args
+from common.cli.paths import check_output_dir, check_output_file
+from common.compute.device import device_from_args
+from common.compute.distributed import all_gather_object, cleanup, dist_info, init_distributed
+from common.data.datasets import check_class_count, get_dataset
+from common.data.imagefolder import ImageFolder, make_samples
+from common.data.transforms import val_transform
+from common.run.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
+from common.run.manifest import build_manifest, read_manifest, sha256_file, write_manifest
+from common.run.state import RunState, check_not_inside, check_output, fingerprint
+from common.train.seed import seed_everything
 from rank_select.args import get_args_parser  # the torch-free parser (python -m rank_select parses with it first)
 from rank_select.ranker import Ranker, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import check_class_size, rank_width, select_indices
@@ -36,7 +36,7 @@ from rank_select.select import check_class_size, rank_width, select_indices
 CSV_COLUMNS = ["path", "class", "label", "score", "loss", "margin", "pred", "el2n"]
 METRICS = ["score", "loss", "margin", "pred", "el2n"]
 STAGE = "rank_select"
-# Arguments that do not change the selection (besides common.runstate.NOT_RESULT).
+# Arguments that do not change the selection (besides common.run.state.NOT_RESULT).
 NOT_RESULT = {"output_path", "ranking_file", "rerank", "store_rank_file", "batch_size"}
 
 
@@ -302,7 +302,7 @@ def score_sharded(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers
 
 
 def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
-    seed_everything(args.seed)  # flag ranges were checked by the parser (common.argtypes)
+    seed_everything(args.seed)  # flag ranges were checked by the parser (common.cli.argtypes)
     spec = get_dataset(args.dataset)
     data_root, out = Path(args.data_path), Path(args.output_path)
     check_output_dir(out, "--output-path")

@@ -17,11 +17,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from common.dataconfig import resolve_data_config
-from common.datasets import DatasetSpec
-from common.device import autocast
-from common.errors import UserError
-from common.optim import freeze
+from common.cli.errors import UserError
+from common.compute.device import autocast
+from common.data.dataconfig import resolve_data_config
+from common.data.datasets import DatasetSpec
+from common.train.optim import freeze
 from models import checkpoint_meta, load_model, read_checkpoint
 from models.registry import canonical_arch
 from rank_select.args import add_model_args  # noqa: F401  (torch-free; re-exported)
@@ -78,7 +78,7 @@ def load_ranker(path: str | os.PathLike, arch: str | None, classes: Sequence[str
                 input_size: int | None, device: torch.device, role: str = "ranker") -> Ranker:
     """Load the model for scoring, with normalisation and input size from its meta.
 
-    Input size, mean and std: ``common.dataconfig.resolve_data_config`` (the flag, else the
+    Input size, mean and std: ``common.data.dataconfig.resolve_data_config`` (the flag, else the
     checkpoint's meta or weights, else the dataset registry's default for the architecture).
     """
     if not path:

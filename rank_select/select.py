@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from common.errors import UserError
-from common.imagefolder import random_real_indices
+from common.cli.errors import UserError
+from common.data.imagefolder import random_real_indices
 from rank_select.args import CRITERIA
 
 
@@ -58,7 +58,7 @@ def select_medium(scores, k: int) -> np.ndarray:
 
 
 def select_random(scores, k: int, seed: int, label: int = 0) -> np.ndarray:
-    """``k`` images drawn without replacement: the random-real baseline (``common.imagefolder``)."""
+    """``k`` images drawn without replacement: the random-real baseline (``common.data.imagefolder``)."""
     return np.asarray(random_real_indices(len(_as_array(scores)), k, seed, label), dtype=np.int64)
 
 

@@ -1,13 +1,13 @@
 """``python -m recover``'s flags and input-path checks, torch-free: ``--help``, argument errors and a
-missing input path answer before torch is imported (``common.cli.run_stage``)."""
+missing input path answer before torch is imported (``common.cli.entry.run_stage``)."""
 from __future__ import annotations
 
 import argparse
 
-from common.argtypes import int_range, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
-from common.cli import require_paths
-from common.flags import add_device_args
-from common.runstate import add_run_args
+from common.cli.argtypes import int_range, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
+from common.cli.entry import require_paths
+from common.cli.flags import add_device_args
+from common.run.state import add_run_args
 
 EASY2HARD_MODES = ("step", "linear", "cosine")  # CDA's crop curriculum shapes (recover.augment.min_crop_scale)
 

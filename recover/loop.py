@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.device import autocast
-from common.optim import freeze
+from common.compute.device import autocast
+from common.train.optim import freeze
 from recover.augment import augment, min_crop_scale
 from recover.losses import BNStatLoss
 from recover.schedule import Schedule, lr_at

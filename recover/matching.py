@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from common.dsa import dsa
+from common.ops.dsa import dsa
 
 
 class ParamLayout:

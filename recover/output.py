@@ -1,8 +1,8 @@
 """The output folder of a recovery run: finished classes, resume state and manifest.json.
 
-Layout (the resume state lives beside the output, ``common.runstate``)::
+Layout (the resume state lives beside the output, ``common.run.state``)::
 
-    OUT/<class>/<file>                one folder per class, swapped in complete (common.atomic.atomic_dir)
+    OUT/<class>/<file>                one folder per class, swapped in complete (common.run.atomic.atomic_dir)
     OUT/manifest.json                 arguments, teacher sha256, per-class iterations and wall time
     OUT.state/run.json                the fingerprint of the run's result-changing arguments
     OUT.state/done/<class>.json       per-class record, written after its folder: the class is done
@@ -24,10 +24,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from common.atomic import atomic_write_json
-from common.imagefolder import is_image_file
-from common.manifest import read_manifest, write_manifest
-from common.runstate import RunState
+from common.data.imagefolder import is_image_file
+from common.run.atomic import atomic_write_json
+from common.run.manifest import read_manifest, write_manifest
+from common.run.state import RunState
 
 
 class OutputDir:

@@ -7,7 +7,7 @@ Writes ``--syn-data-path/--exp-name/<class>/<file>`` plus ``manifest.json``.
 Work is cut into groups of whole classes (see ``recover.schedule.plan_groups``); each
 group's result depends only on ``--seed`` and its class indices, so a killed run restarted
 with the same command skips finished classes and ends with the same images, and N shards
-(``--num-shards/--shard-index``, or the launch that ``common.distributed`` reads: torchrun's
+(``--num-shards/--shard-index``, or the launch that ``common.compute.distributed`` reads: torchrun's
 RANK/WORLD_SIZE on one or several nodes, srun's SLURM_PROCID/SLURM_NTASKS) write disjoint
 classes whose union is the single-process output. Shards never talk to each other (no
 process group); each takes the GPU of its local rank.
@@ -30,18 +30,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.accel import resolve_precision
-from common.atomic import atomic_dir, atomic_save_image
-from common.dataconfig import resolve_data_config
-from common.datasets import check_class_count, get_dataset
-from common.distributed import dist_info, init_distributed
-from common.errors import UserError, bar_vanishes_on_error
-from common.flags import device_spec
-from common.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
-from common.manifest import build_manifest, sha256_file
-from common.paths import check_output_dir, first_missing
-from common.runstate import RunState, check_output, fingerprint
-from common.transforms import pil_to_normalized, pixel_bounds, to_pil
+from common.cli.errors import UserError, bar_vanishes_on_error
+from common.cli.flags import device_spec
+from common.cli.paths import check_output_dir, first_missing
+from common.compute.accel import resolve_precision
+from common.compute.distributed import dist_info, init_distributed
+from common.data.dataconfig import resolve_data_config
+from common.data.datasets import check_class_count, get_dataset
+from common.data.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
+from common.data.transforms import pil_to_normalized, pixel_bounds, to_pil
+from common.run.atomic import atomic_dir, atomic_save_image
+from common.run.manifest import build_manifest, sha256_file
+from common.run.state import RunState, check_output, fingerprint
 from models import canonical_arch, checkpoint_meta, has_batchnorm, load_model, read_checkpoint
 from recover.args import get_args_parser  # noqa: F401  (the parser lives in the torch-free recover.args)
 from recover.cpu import keep_freed_memory
@@ -59,7 +59,7 @@ from recover.schedule import (
 )
 
 STAGE = "recover"
-# Arguments that do not decide the images (besides common.runstate.NOT_RESULT): where things are
+# Arguments that do not decide the images (besides common.run.state.NOT_RESULT): where things are
 # read and written (the inputs enter the fingerprint by content: teacher sha256, init file list,
 # classes, input size) and how the classes are spread over processes.
 NOT_RESULT = {"syn_data_path", "exp_name", "init_data_path", "train_data_path", "arch_path", "dataset",

@@ -25,7 +25,7 @@ a non-finite loss stops the run. Optimisers as the released configs: SGD momentu
 Outputs: ``OUT/<class>/<NNN>.png`` (an ImageFolder; ``OUT/manifest.json``), and
 beside it ``OUT.labels.pt`` (soft-label logits in file order, with paths and
 classes), ``OUT.lr.pt`` (learned lr), ``OUT.loss.json`` and ``OUT.loss.png`` (loss
-curve). The resume state (``OUT.state/matching.pt``, common.runstate) is written every
+curve). The resume state (``OUT.state/matching.pt``, common.run.state) is written every
 ``--checkpoint-every`` iterations; the same command continues from it (an unfinished run
 may also be given a larger ``--iterations``), other settings are refused by name,
 ``--restart`` starts over.
@@ -37,12 +37,20 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.argtypes import momentum_float, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
-from common.flags import add_device_args
-from common.runstate import add_run_args
+from common.cli.argtypes import (
+    momentum_float,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    unit_float,
+)
+from common.cli.flags import add_device_args
+from common.run.state import add_run_args
 
 STAGE = "recover.trajectory_matching"
-# besides common.runstate.NOT_RESULT: iteration k does not depend on the total, so a run can be extended
+# besides common.run.state.NOT_RESULT: iteration k does not depend on the total, so a run can be extended
 NOT_RESULT = {"checkpoint_every", "output_path", "iterations", "max_iterations_this_run"}
 
 
@@ -88,8 +96,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    from common.dsa import parse_strategy
-    from common.errors import UserError
+    from common.cli.errors import UserError
+    from common.ops.dsa import parse_strategy
 
     for flag in ("ipc", "iterations", "syn_steps", "expert_epochs", "checkpoint_every"):
         if getattr(args, flag) < 1:
@@ -115,7 +123,7 @@ def load_experts(root: Path):
 
     import torch
 
-    from common.errors import UserError
+    from common.cli.errors import UserError
 
     man_file = root / "manifest.json"
     if not man_file.is_file():
@@ -141,7 +149,7 @@ def plot_loss(history: list[dict], png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.atomic import atomic_path
+    from common.run.atomic import atomic_path
 
     it = [h["iteration"] for h in history]
     loss = [h["loss"] for h in history]
@@ -166,9 +174,9 @@ def plot_loss(history: list[dict], png: Path, title: str) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     check_args(args)
-    from common.errors import UserError
-    from common.paths import check_output_dir
-    from common.runstate import check_output, state_dir
+    from common.cli.errors import UserError
+    from common.cli.paths import check_output_dir
+    from common.run.state import check_output, state_dir
 
     out = Path(args.output_path)
     check_output_dir(out, "--output-path")
@@ -186,16 +194,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import torch
     from tqdm import tqdm
 
-    from common.atomic import atomic_dir, atomic_torch_save, atomic_write_json
-    from common.device import device_from_args
-    from common.dsa import make_generator
-    from common.imagefolder import check_same_classes, find_classes
-    from common.manifest import build_manifest, write_manifest
-    from common.memdata import load_tensor_dataset
-    from common.runstate import RunState, fingerprint
-    from common.seed import seed_everything
-    from common.transforms import to_pil
-    from common.zca import ZCA
+    from common.compute.device import device_from_args
+    from common.data.imagefolder import check_same_classes, find_classes
+    from common.data.transforms import to_pil
+    from common.ops.dsa import make_generator
+    from common.ops.zca import ZCA
+    from common.run.atomic import atomic_dir, atomic_torch_save, atomic_write_json
+    from common.run.manifest import build_manifest, write_manifest
+    from common.run.state import RunState, fingerprint
+    from common.train.memdata import load_tensor_dataset
+    from common.train.seed import seed_everything
     from models import build_model
     from recover.matching import (
         ParamLayout,
@@ -395,6 +403,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from common.errors import run_cli
+    from common.cli.errors import run_cli
 
     sys.exit(run_cli(main))

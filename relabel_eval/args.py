@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.argtypes import (
+from common.cli.argtypes import (
     float_range,
     momentum_float,
     nonneg_float,
@@ -33,9 +33,9 @@ from common.argtypes import (
     str2bool,
     unit_float,
 )
-from common.cli import module_doc, require_paths
-from common.flags import add_device_args
-from common.runstate import add_run_args
+from common.cli.entry import module_doc, require_paths
+from common.cli.flags import add_device_args
+from common.run.state import add_run_args
 from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_name
 
 # torch-free: ``python -m relabel_eval --help`` and input errors answer before torch is imported;

@@ -18,8 +18,8 @@ from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from common.errors import UserError
-from common.seed import seeded
+from common.cli.errors import UserError
+from common.train.seed import seeded
 
 RATIO = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's default aspect-ratio range
 RA_IMG_MEAN = (124, 116, 104)  # fill colour the released code passes to timm

@@ -22,13 +22,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.argtypes import positive_int, seed_int, unit_float
-from common.atomic import atomic_dir, atomic_write_json
-from common.errors import UserError
-from common.imagefolder import find_classes, list_class_files, load_rgb, random_real_indices
-from common.manifest import build_manifest, read_manifest, write_manifest
-from common.paths import check_output_dir, check_output_file
-from common.runstate import check_not_inside, check_output
+from common.cli.argtypes import positive_int, seed_int, unit_float
+from common.cli.errors import UserError
+from common.cli.paths import check_output_dir, check_output_file
+from common.data.imagefolder import find_classes, list_class_files, load_rgb, random_real_indices
+from common.run.atomic import atomic_dir, atomic_write_json
+from common.run.manifest import build_manifest, read_manifest, write_manifest
+from common.run.state import check_not_inside, check_output
 from relabel_eval.results import headline_accuracy
 
 STAGE = "relabel_eval.baselines"
@@ -140,6 +140,6 @@ def main(argv: Sequence[str] | None = None):
 
 
 if __name__ == "__main__":
-    from common.errors import run_cli
+    from common.cli.errors import run_cli
 
     sys.exit(run_cli(main))

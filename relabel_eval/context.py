@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.accel import Precision, default_workers, resolve_precision
-from common.dataconfig import resolve_data_config
-from common.datasets import DatasetSpec, check_class_count, get_dataset
-from common.device import autocast, device_from_args
-from common.errors import UserError
-from common.optim import freeze
+from common.cli.errors import UserError
+from common.compute.accel import Precision, default_workers, resolve_precision
+from common.compute.device import autocast, device_from_args
+from common.data.dataconfig import resolve_data_config
+from common.data.datasets import DatasetSpec, check_class_count, get_dataset
+from common.train.optim import freeze
 from models import check_arch, load_model
 from relabel_eval.args import add_common_args, mix_type  # noqa: F401  (torch-free; re-exported)
 from relabel_eval.augment import SampleTransform

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.accel import loader_kwargs
-from common.errors import UserError
-from common.imagefolder import ImageFolder, check_same_classes, find_classes, list_class_files
-from common.transforms import val_transform
+from common.cli.errors import UserError
+from common.compute.accel import loader_kwargs
+from common.data.imagefolder import ImageFolder, check_same_classes, find_classes, list_class_files
+from common.data.transforms import val_transform
 from relabel_eval.augment import SampleTransform
 from relabel_eval.plan import EpochPlan
 
@@ -101,7 +101,7 @@ class PlanBatchSampler:
 
 def make_train_loader(data: DistilledSet, transform: SampleTransform, workers: int,
                       device_type: str = "cpu") -> tuple[torch.utils.data.DataLoader, PlanBatchSampler]:
-    """Workers persist across epochs; on CUDA batches are pinned and prefetched (common.accel)."""
+    """Workers persist across epochs; on CUDA batches are pinned and prefetched (common.compute.accel)."""
     sampler = PlanBatchSampler()
     loader = torch.utils.data.DataLoader(PlannedDataset(data, transform), batch_sampler=sampler,
                                          **loader_kwargs(device_type, workers))

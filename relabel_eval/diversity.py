@@ -10,10 +10,10 @@ and the layer are recorded. Several sets in one call share one plot.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli)
+if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli.entry)
     import sys
 
-    from common.cli import run_stage
+    from common.cli.entry import run_stage
 
     sys.exit(run_stage("relabel_eval.args:diversity_parser", "relabel_eval.diversity"))
 
@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.atomic import atomic_path, atomic_write_json
-from common.device import device_from_args
-from common.errors import UserError
-from common.manifest import build_manifest, sha256_file
-from common.paths import check_output_file
-from common.runstate import check_output
-from common.transforms import pil_to_normalized
+from common.cli.errors import UserError
+from common.cli.paths import check_output_file
+from common.compute.device import device_from_args
+from common.data.transforms import pil_to_normalized
+from common.run.atomic import atomic_path, atomic_write_json
+from common.run.manifest import build_manifest, sha256_file
+from common.run.state import check_output
 from models import classifier_layer, classifier_name, load_model, penultimate_features
 from relabel_eval.args import diversity_parser
 from relabel_eval.data import load_distilled

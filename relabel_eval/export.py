@@ -32,8 +32,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.argtypes import positive_int
-from common.flags import add_device_args
+from common.cli.argtypes import positive_int
+from common.cli.flags import add_device_args
 
 FORMATS = ("ddranking",)
 STAGE = "relabel_eval.export"
@@ -58,13 +58,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import numpy as np
     import torch
 
-    from common.atomic import atomic_dir, atomic_torch_save
-    from common.datasets import IMAGENET_MEAN, IMAGENET_STD
-    from common.device import device_from_args
-    from common.errors import UserError
-    from common.imagefolder import ImageFolder
-    from common.manifest import build_manifest, read_manifest, sha256_file, write_manifest
-    from common.transforms import val_transform
+    from common.cli.errors import UserError
+    from common.compute.device import device_from_args
+    from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD
+    from common.data.imagefolder import ImageFolder
+    from common.data.transforms import val_transform
+    from common.run.atomic import atomic_dir, atomic_torch_save
+    from common.run.manifest import build_manifest, read_manifest, sha256_file, write_manifest
     from models import load_model
 
     syn, out = Path(args.syn_data_path), Path(args.output_dir)
@@ -131,6 +131,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from common.errors import run_cli
+    from common.cli.errors import run_cli
 
     sys.exit(run_cli(main))

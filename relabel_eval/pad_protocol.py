@@ -40,7 +40,7 @@ def lr_schedule(epochs: int, lr: float) -> list[float]:
 
 def soft_targets_for(paths: list[str], labels: dict, what: str):
     """Order the stored soft-label rows like ``paths`` (relative ``class/file`` names)."""
-    from common.errors import UserError
+    from common.cli.errors import UserError
 
     index = {p: i for i, p in enumerate(labels["paths"])}
     missing = [p for p in paths if p not in index]
@@ -58,8 +58,8 @@ def train_pad_student(model, x, targets, lr: float, epochs: int, batch: int, see
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from common.dsa import dsa, make_generator
-    from common.memdata import accuracy
+    from common.ops.dsa import dsa, make_generator
+    from common.train.memdata import accuracy
 
     gen = make_generator(seed)
     model = model.to(device)
@@ -81,7 +81,7 @@ def train_pad_student(model, x, targets, lr: float, epochs: int, batch: int, see
             else:
                 loss = F.cross_entropy(out, tb)
             if not torch.isfinite(loss):
-                from common.errors import UserError
+                from common.cli.errors import UserError
 
                 raise UserError(f"non-finite training loss at epoch {ep} (lr {lr:g}); the learned lr may be too "
                                 f"large for this student: pass --learning-rate with a set without lr.pt")
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> dict:
 
     One process does the work (the sets are small); under torchrun the other ranks return at once.
     """
-    from common.distributed import dist_info
-    from common.errors import UserError
+    from common.cli.errors import UserError
+    from common.compute.distributed import dist_info
 
     if dist_info().rank != 0:
         return {}
@@ -125,8 +125,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.label_mode == "fkd":
         raise UserError("--protocol pad trains on the set's own labels; use --label-mode soft or hard")
     # the output locations, before any work
-    from common.paths import check_output_file
-    from common.runstate import RunState, check_output
+    from common.cli.paths import check_output_file
+    from common.run.state import RunState, check_output
     from relabel_eval.context import default_output
     from relabel_eval.results import check_results_csv
 
@@ -138,12 +138,12 @@ def run(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from common.atomic import atomic_write_json
-    from common.device import device_from_args
-    from common.imagefolder import check_same_classes, find_classes
-    from common.manifest import build_manifest
-    from common.memdata import load_tensor_dataset
-    from common.zca import ZCA
+    from common.compute.device import device_from_args
+    from common.data.imagefolder import check_same_classes, find_classes
+    from common.ops.zca import ZCA
+    from common.run.atomic import atomic_write_json
+    from common.run.manifest import build_manifest
+    from common.train.memdata import load_tensor_dataset
     from models import build_model
     from relabel_eval.results import append_results_csv, summarize_runs
 
@@ -156,10 +156,10 @@ def run(args: argparse.Namespace) -> dict:
     if man_file.is_file():
         meta = json.loads(man_file.read_text())
     size = args.input_size or None
-    from common.imagefolder import infer_input_size
+    from common.data.imagefolder import infer_input_size
 
     size = size or infer_input_size(syn)
-    from common.datasets import get_dataset
+    from common.data.datasets import get_dataset
 
     spec = get_dataset(args.dataset)
     mean, std = spec.mean, spec.std
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     seeds = args.seeds or [args.seed]
     studs = args.stud_name or [meta.get("arch") or "conv3_in"]  # default: the experts' architecture
     studs = [s for part in studs for s in part.split(",") if s]
-    # resume per (student, seed) in <output>.state/, the shared run-state rules (common.runstate)
+    # resume per (student, seed) in <output>.state/, the shared run-state rules (common.run.state)
     state = RunState(output, "relabel_eval", {
         "protocol": "pad", "syn": str(syn.resolve()), "mode": mode, "lr": lr, "epochs": args.re_epochs,
         "batch": batch, "zca": str(args.zca), "size": size, "val": str(Path(args.val_dir).resolve())},

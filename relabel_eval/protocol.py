@@ -1,5 +1,5 @@
 """The DELT/RDED evaluation protocol as small functions: lr table, parameter groups,
-half-cosine schedule, batch-size table, temperature (the no-weight-decay rule is ``common.optim``).
+half-cosine schedule, batch-size table, temperature (the no-weight-decay rule is ``common.train.optim``).
 
 Values follow the released ``argument.py`` of RDED and DELT (docs/methods/delt.md,
 "Evaluation"); where the released code has no answer (an IPC outside its table,
@@ -13,7 +13,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from common.optim import param_groups
+from common.train.optim import param_groups
 from models import canonical_arch
 
 # AdamW lr per student, exactly the released table (DELT evaluation/argument.py).

@@ -11,10 +11,10 @@ same ``--seed`` draws, so replay and online training see identical batches.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli)
+if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli.entry)
     import sys
 
-    from common.cli import run_stage
+    from common.cli.entry import run_stage
 
     sys.exit(run_stage("relabel_eval.args:relabel_parser", "relabel_eval.relabel"))
 
@@ -26,12 +26,12 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from common.atomic import atomic_torch_save
-from common.errors import UserError
-from common.imagefolder import check_same_classes
-from common.manifest import build_manifest, read_manifest, write_manifest
-from common.paths import check_output_dir
-from common.runstate import RunState, check_output, fingerprint, replace_output, state_dir
+from common.cli.errors import UserError
+from common.cli.paths import check_output_dir
+from common.data.imagefolder import check_same_classes
+from common.run.atomic import atomic_torch_save
+from common.run.manifest import build_manifest, read_manifest, write_manifest
+from common.run.state import RunState, check_output, fingerprint, replace_output, state_dir
 from models import check_arch
 from relabel_eval.args import relabel_parser
 from relabel_eval.context import (
@@ -46,7 +46,7 @@ from relabel_eval.mix import topk_to_logits
 from relabel_eval.plan import EpochPlan, make_epoch_plan
 
 STAGE = "relabel_eval.relabel"
-# Arguments that do not change the stored labels (besides common.runstate.NOT_RESULT): the student
+# Arguments that do not change the stored labels (besides common.run.state.NOT_RESULT): the student
 # only picks the batch size, which is part of the fingerprint itself.
 NOT_RESULT = {"output_dir", "stud_name", "wandb_api_key", "wandb_project"}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.atomic import atomic_write_text
-from common.errors import UserError
+from common.cli.errors import UserError
+from common.run.atomic import atomic_write_text
 from relabel_eval.protocol import mean_std
 
 

@@ -12,10 +12,12 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from common.accel import compile_model
-from common.atomic import atomic_torch_save, atomic_write_json
-from common.device import autocast
-from common.distributed import (
+from common.cli.errors import UserError
+from common.cli.flags import device_spec
+from common.cli.paths import check_output_dir, check_output_file
+from common.compute.accel import compile_model
+from common.compute.device import autocast
+from common.compute.distributed import (
     broadcast_buffers,
     cleanup,
     init_distributed,
@@ -24,14 +26,12 @@ from common.distributed import (
     unwrap,
     wrap_ddp,
 )
-from common.errors import UserError
-from common.flags import device_spec
-from common.manifest import build_manifest, sha256_file
-from common.metrics import evaluate
-from common.optim import SCHEDULER_KEY
-from common.paths import check_output_dir, check_output_file
-from common.runstate import RunState, check_output, fingerprint, state_dir
-from common.seed import item_seed, seed_everything
+from common.run.atomic import atomic_torch_save, atomic_write_json
+from common.run.manifest import build_manifest, sha256_file
+from common.run.state import RunState, check_output, fingerprint, state_dir
+from common.train.metrics import evaluate
+from common.train.optim import SCHEDULER_KEY
+from common.train.seed import item_seed, seed_everything
 from models import build_model
 from relabel_eval.args import get_args_parser  # the torch-free parser (python -m relabel_eval parses with it first)
 from relabel_eval.context import (
@@ -61,7 +61,7 @@ from relabel_eval.relabel import SoftLabelStore
 from relabel_eval.results import append_results_csv, check_results_csv, summarize_runs, write_history_csv
 
 STAGE = "relabel_eval"
-# Arguments that do not change a run's result (besides common.runstate.NOT_RESULT); students and
+# Arguments that do not change a run's result (besides common.run.state.NOT_RESULT); students and
 # seeds are the units of work, each with its own done marker, so adding one does not restart the others.
 NOT_RESULT = {"output", "results_csv", "log_dir", "seeds", "seed", "stud_name", "wandb_api_key", "wandb_project",
               "exp_name", "amp", "compile", "seed_parallel"}
@@ -274,7 +274,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
 def recovery_teacher(syn_data_path) -> dict | None:
     """The teacher that recovered the distilled set (from recover's manifest.json beside the images), so
     a result records both teachers when soft labels come from another one (SC-DD: SSL vs supervised)."""
-    from common.manifest import read_manifest
+    from common.run.manifest import read_manifest
 
     m = read_manifest(Path(syn_data_path)) if Path(syn_data_path).is_dir() else None
     if not m or m.get("stage") != "recover":
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     try:
         if ctx.distributed:
             args.device, args.gpu_device = str(ctx.device), None
-        return run(args, ctx)  # the run state removes itself when nothing was done (common.runstate)
+        return run(args, ctx)  # the run state removes itself when nothing was done (common.run.state)
     finally:
         cleanup()
 

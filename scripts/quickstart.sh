@@ -29,7 +29,7 @@ source scripts/lib.sh
 setup_device
 # --amp where it is fast: a CPU with native bf16 (AVX512-BF16/AMX; elsewhere bf16 is emulated, so fp32),
 # and CUDA (squeeze and relabel_eval use AMP on CUDA by default anyway). AMP= (empty) turns it off.
-AMP=${AMP-$(python -c "from common.accel import cpu_has_native_bf16 as f; print('--amp' if f() else '')" \
+AMP=${AMP-$(python -c "from common.compute.accel import cpu_has_native_bf16 as f; print('--amp' if f() else '')" \
             2>/dev/null || true)}
 if [ "${DEVICE}" = cuda ]; then AMP=--amp; fi
 # Independent steps run side by side, each in its own process (one thread each on a CPU).

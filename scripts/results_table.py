@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file from the repository root
-from common.atomic import atomic_write_text  # noqa: E402
+from common.run.atomic import atomic_write_text  # noqa: E402
 
 
 def _runs(path: str | None) -> list[dict]:

@@ -8,7 +8,7 @@ warm-up then cosine (stepped per iteration), RandomCrop-with-padding + flip for
 small inputs or RandomResizedCrop + flip, optional label smoothing, AMP on CUDA
 (bf16 where the GPU has it, else fp16 with a GradScaler), optional ``--compile``.
 Every epoch writes ``<output>.state/last.pth`` (model, optimiser, scheduler, epoch) beside the
-output (``common.runstate``); the same command run again continues from it and gives the
+output (``common.run.state``); the same command run again continues from it and gives the
 same weights as an uninterrupted run,
 because each epoch's shuffling is seeded from (seed, epoch) and each image's
 augmentation from (seed, epoch, image index).
@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.argtypes import (
+from common.cli.argtypes import (
     float_range,
     momentum_float,
     nonneg_float,
@@ -39,10 +39,10 @@ from common.argtypes import (
     positive_int,
     seed_int,
 )
-from common.cli import module_doc, require_paths
-from common.errors import UserError
-from common.flags import add_data_args, add_device_args
-from common.runstate import add_run_args
+from common.cli.entry import module_doc, require_paths
+from common.cli.errors import UserError
+from common.cli.flags import add_data_args, add_device_args
+from common.run.state import add_run_args
 
 # (this module is torch-free: ``python -m squeeze --help`` and input errors answer before torch is imported)
 

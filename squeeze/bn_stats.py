@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.errors import UserError, run_cli
+from common.cli.errors import UserError, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -67,7 +67,7 @@ def plot(results: dict[str, list[dict]], png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from common.atomic import atomic_path
+    from common.run.atomic import atomic_path
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, rows in results.items():
@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
     print("\n".join(lines))
     out = {"checkpoints": dict(zip(names, args.checkpoints)), "summary": summary, "layers": results}
     if args.output:
-        from common.atomic import atomic_write_json, atomic_write_text
+        from common.run.atomic import atomic_write_json, atomic_write_text
 
         base = Path(args.output)
         atomic_write_text(base.with_name(base.name + ".csv"), "\n".join(

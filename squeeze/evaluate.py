@@ -8,10 +8,10 @@ classes do not match the data stops with one line.
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli)
+if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli.entry)
     import sys
 
-    from common.cli import run_stage
+    from common.cli.entry import run_stage
 
     sys.exit(run_stage("squeeze.args:evaluate_parser", "squeeze.evaluate"))
 
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from common.atomic import atomic_write_json
-from common.datasets import get_dataset
-from common.device import device_from_args
-from common.imagefolder import ImageFolder, find_classes
-from common.metrics import evaluate
-from common.paths import check_output_file
-from common.runstate import check_output
-from common.transforms import val_transform
+from common.cli.paths import check_output_file
+from common.compute.device import device_from_args
+from common.data.datasets import get_dataset
+from common.data.imagefolder import ImageFolder, find_classes
+from common.data.transforms import val_transform
+from common.run.atomic import atomic_write_json
+from common.run.state import check_output
+from common.train.metrics import evaluate
 from models import load_model
 from squeeze.args import evaluate_parser
 

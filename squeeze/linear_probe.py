@@ -15,7 +15,7 @@ taken from a released linear classifier (``--linear-path``, or the ``fc`` a MoCo
 file carries). ``--train-aug none`` computes the frozen features once and trains on them
 (the same result as running the frozen backbone every epoch on unaugmented images, in a
 fraction of the time). A trained classifier is checkpointed every epoch in
-``<output>.state/probe.pt`` (common.runstate): the same command continues a killed run.
+``<output>.state/probe.pt`` (common.run.state): the same command continues a killed run.
 
 The output is a normal teacher checkpoint (``"model"`` + ``"meta"``, with
 ``meta["teacher_kind"] = "ssl-linear-probe"`` and ``meta["ssl_method"]``): rank_select,
@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.argtypes import momentum_float, nonneg_float, nonneg_int, positive_float, positive_int, seed_int
-from common.errors import run_cli
-from common.flags import add_device_args
-from common.paths import check_output_file
-from common.runstate import add_run_args
+from common.cli.argtypes import momentum_float, nonneg_float, nonneg_int, positive_float, positive_int, seed_int
+from common.cli.errors import run_cli
+from common.cli.flags import add_device_args
+from common.cli.paths import check_output_file
+from common.run.state import add_run_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     parser = get_args_parser()
-    args = parser.parse_args(argv)  # every numeric flag's range is checked here (common.argtypes)
+    args = parser.parse_args(argv)  # every numeric flag's range is checked here (common.cli.argtypes)
     check_output_file(args.output, "--output")
     from squeeze.probe import train_probe
 

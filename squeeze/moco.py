@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from common.seed import seeded
+from common.train.seed import seeded
 
 MOCO_V2_BLUR_SIGMAS = (0.1, 2.0)  # at 224 px
 

@@ -9,25 +9,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.accel import default_workers
-from common.atomic import atomic_torch_save, atomic_write_json
-from common.dataconfig import resolve_data_config
-from common.datasets import get_dataset
-from common.errors import UserError
-from common.imagefolder import ImageFolder, check_train_val
-from common.manifest import build_manifest, sha256_file
-from common.metrics import evaluate
-from common.optim import SCHEDULER_KEY, freeze
-from common.runstate import RunState, check_output, fingerprint
-from common.seed import seed_everything, seed_worker
-from common.transforms import train_transform, val_transform
+from common.cli.errors import UserError
+from common.compute.accel import default_workers
+from common.data.dataconfig import resolve_data_config
+from common.data.datasets import get_dataset
+from common.data.imagefolder import ImageFolder, check_train_val
+from common.data.transforms import train_transform, val_transform
+from common.run.atomic import atomic_torch_save, atomic_write_json
+from common.run.manifest import build_manifest, sha256_file
+from common.run.state import RunState, check_output, fingerprint
+from common.train.metrics import evaluate
+from common.train.optim import SCHEDULER_KEY, freeze
+from common.train.seed import seed_everything, seed_worker
 from models import build_model, classifier_layer, classifier_name, make_meta, penultimate_features, save_checkpoint
 from models.external_ssl import read_linear_classifier, read_ssl_checkpoint
 from models.registry import canonical_arch
 from squeeze.train import lr_at
 
 STAGE = "squeeze.linear_probe"
-# Arguments that do not change the classifier (besides common.runstate.NOT_RESULT); the backbone enters by content.
+# Arguments that do not change the classifier (besides common.run.state.NOT_RESULT); the backbone enters by content.
 NOT_RESULT = {"output", "cache"}
 
 SSL_METHOD = {"mocov2": "mocov2", "mocov3": "mocov3", "swav": "swav", "dino": "dino", "lightly": "lightly",
@@ -134,7 +134,7 @@ def fit_classifier(model: nn.Module, fc: nn.Linear, batches_of_epoch, steps_per_
 
 
 def train_probe(args) -> dict:
-    from common.device import device_from_args
+    from common.compute.device import device_from_args
 
     device = device_from_args(args)
     spec = get_dataset(args.dataset)

@@ -12,7 +12,7 @@ with a cosine schedule and no warm-up.
 
 Every epoch writes ``<output>.state/last.pth`` (model, optimiser, scheduler, queue, epoch,
 history); running the same command again continues from it with the same weights as an
-uninterrupted run, exactly as ``python -m squeeze`` does (common.runstate: other settings are
+uninterrupted run, exactly as ``python -m squeeze`` does (common.run.state: other settings are
 refused by name, ``--restart`` starts over). Under ``torchrun`` the query encoder trains with
 DistributedDataParallel: ``--batch-size`` is per process, each process takes every N-th image
 of the epoch's permutation, and the keys of every process enter the one queue.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.argtypes import (
+from common.cli.argtypes import (
     float_range,
     momentum_float,
     nonneg_float,
@@ -38,10 +38,10 @@ from common.argtypes import (
     seed_int,
     unit_float,
 )
-from common.errors import run_cli
-from common.flags import add_data_args, add_device_args
-from common.paths import check_output_file
-from common.runstate import add_run_args
+from common.cli.errors import run_cli
+from common.cli.flags import add_data_args, add_device_args
+from common.cli.paths import check_output_file
+from common.run.state import add_run_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -83,7 +83,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> dict:
-    args = get_args_parser().parse_args(argv)  # every numeric flag's range is checked here (common.argtypes)
+    args = get_args_parser().parse_args(argv)  # every numeric flag's range is checked here (common.cli.argtypes)
     if args.batch_size < 2:
         get_args_parser().error("argument --batch-size: must be >= 2 (MoCo contrasts the images of a batch)")
     check_output_file(args.output, "--output")

@@ -8,11 +8,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.accel import default_workers, loader_kwargs
-from common.atomic import atomic_write_json
-from common.dataconfig import resolve_data_config
-from common.datasets import get_dataset
-from common.distributed import (
+from common.cli.errors import UserError
+from common.compute.accel import default_workers, loader_kwargs
+from common.compute.distributed import (
     all_gather_object,
     broadcast_buffers,
     shard,
@@ -20,13 +18,15 @@ from common.distributed import (
     unwrap,
     wrap_ddp,
 )
-from common.errors import UserError
-from common.imagefolder import ImageFolder, check_train_val
-from common.manifest import build_manifest
-from common.optim import SCHEDULER_KEY
-from common.runstate import RunState, fingerprint, state_dir
-from common.seed import seed_everything, seed_worker
-from common.transforms import val_transform
+from common.data.dataconfig import resolve_data_config
+from common.data.datasets import get_dataset
+from common.data.imagefolder import ImageFolder, check_train_val
+from common.data.transforms import val_transform
+from common.run.atomic import atomic_write_json
+from common.run.manifest import build_manifest
+from common.run.state import RunState, fingerprint, state_dir
+from common.train.optim import SCHEDULER_KEY
+from common.train.seed import seed_everything, seed_worker
 from models import build_backbone, make_meta, save_checkpoint
 from models.registry import canonical_arch
 from squeeze.moco import MoCo, TwoViews, extract_features, knn_top1, train_step, view_transform
@@ -95,7 +95,7 @@ def run_epoch(model: MoCo, loader, optimizer, scheduler, device, moco_momentum: 
 
 
 STAGE = "squeeze.ssl"
-# Arguments that do not change the backbone (besides common.runstate.NOT_RESULT). The worker count
+# Arguments that do not change the backbone (besides common.run.state.NOT_RESULT). The worker count
 # does not: every view is seeded by (seed, epoch, image, view), wherever it is drawn.
 NOT_RESULT = {"output", "cache", "knn_every"}
 

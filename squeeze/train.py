@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.accel import compile_model, default_workers, loader_kwargs, resolve_precision
-from common.atomic import atomic_write_json
-from common.dataconfig import resolve_data_config
-from common.datasets import check_class_count, get_dataset
-from common.distributed import (
+from common.cli.errors import UserError
+from common.cli.flags import device_spec
+from common.cli.paths import check_output_dir, check_output_file
+from common.compute.accel import compile_model, default_workers, loader_kwargs, resolve_precision
+from common.compute.distributed import (
     broadcast_buffers,
     cleanup,
     init_distributed,
@@ -25,22 +25,22 @@ from common.distributed import (
     unwrap,
     wrap_ddp,
 )
-from common.errors import UserError
-from common.flags import device_spec
-from common.imagefolder import ImageFolder, check_train_val
-from common.manifest import build_manifest
-from common.metrics import evaluate
-from common.optim import SCHEDULER_KEY, param_groups
-from common.paths import check_output_dir, check_output_file
-from common.runstate import RunState, check_output, fingerprint, state_dir
-from common.seed import SeededItems, seed_everything, seed_worker
-from common.transforms import train_transform, val_transform
+from common.data.dataconfig import resolve_data_config
+from common.data.datasets import check_class_count, get_dataset
+from common.data.imagefolder import ImageFolder, check_train_val
+from common.data.transforms import train_transform, val_transform
+from common.run.atomic import atomic_write_json
+from common.run.manifest import build_manifest
+from common.run.state import RunState, check_output, fingerprint, state_dir
+from common.train.metrics import evaluate
+from common.train.optim import SCHEDULER_KEY, param_groups
+from common.train.seed import SeededItems, seed_everything, seed_worker
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
 from models.registry import check_arch
 from squeeze.args import get_args_parser  # the torch-free parser (python -m squeeze parses with it first)
 
 STAGE = "squeeze"
-# Arguments that do not change the teacher (besides common.runstate.NOT_RESULT). The worker count
+# Arguments that do not change the teacher (besides common.run.state.NOT_RESULT). The worker count
 # does (augmentation draws move into worker processes), so it enters the fingerprint resolved.
 NOT_RESULT = {"output", "cache", "compile"}
 
@@ -61,7 +61,7 @@ def report_path(output: str | Path) -> Path:
 
 def train_one_epoch(model, loader, optimizer, scheduler, device, scaler, precision, label_smoothing,
                     epoch: int, epochs: int) -> dict[str, float]:
-    """One epoch; ``precision`` is a :class:`common.accel.Precision` (autocast dtype, GradScaler or not)."""
+    """One epoch; ``precision`` is a :class:`common.compute.accel.Precision` (autocast dtype, GradScaler or not)."""
     model.train()
     loss_sum = correct = total = 0
     t0 = time.perf_counter()
@@ -258,6 +258,6 @@ def train(args: argparse.Namespace, ctx) -> dict:
 
 
 if __name__ == "__main__":
-    from common.errors import run_cli
+    from common.cli.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.argtypes import (
+from common.cli.argtypes import (
     float_range,
     momentum_float,
     nonneg_float,
@@ -44,7 +44,7 @@ from common.argtypes import (
     seed_int,
     unit_float,
 )
-from common.flags import add_data_args, add_device_args
+from common.cli.flags import add_data_args, add_device_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -108,7 +108,7 @@ def read_order(path: str | os.PathLike, classes: Sequence[str], rel_paths: Seque
     """Map an order file's per-class path lists onto dataset indices; it must list exactly the data's images."""
     import json
 
-    from common.errors import UserError
+    from common.cli.errors import UserError
 
     try:
         with open(path) as f:
@@ -133,9 +133,9 @@ def read_order(path: str | os.PathLike, classes: Sequence[str], rel_paths: Seque
 
 
 def resolve_shard(num_shards: int | None, shard_index: int | None) -> tuple[int, int]:
-    """``--num-shards/--shard-index``, else the launch (torchrun/srun) as common.distributed reads it."""
-    from common.distributed import dist_info
-    from common.errors import UserError
+    """``--num-shards/--shard-index``, else the launch (torchrun/srun) as common.compute.distributed reads it."""
+    from common.cli.errors import UserError
+    from common.compute.distributed import dist_info
 
     launch = dist_info()
     num_shards = launch.world_size if num_shards is None else num_shards
@@ -162,9 +162,9 @@ def train_expert(i: int, args, x, y, xv, yv, orders, num_classes: int, arch: str
     import torch
     from tqdm import tqdm
 
-    from common.atomic import atomic_torch_save, atomic_write_json
-    from common.dsa import dsa, make_generator
-    from common.memdata import accuracy, sgd_epoch
+    from common.ops.dsa import dsa, make_generator
+    from common.run.atomic import atomic_torch_save, atomic_write_json
+    from common.train.memdata import accuracy, sgd_epoch
     from models import build_model
 
     partial = out / f".expert_{i:03d}.partial.pt"
@@ -214,7 +214,7 @@ def train_expert(i: int, args, x, y, xv, yv, orders, num_classes: int, arch: str
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    from common.errors import UserError
+    from common.cli.errors import UserError
 
     for flag in ("num_experts", "epochs", "batch_train"):
         if getattr(args, flag) < 1:
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     for flag in ("rm_easy_ratio_first", "rm_easy_ratio_second"):
         if not 0 <= getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be in [0, 1)")
-    from common.dsa import parse_strategy
+    from common.ops.dsa import parse_strategy
 
     try:
         parse_strategy(args.dsa_strategy)
@@ -242,15 +242,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     import json
 
-    from common.atomic import atomic_write_json
-    from common.dataconfig import resolve_data_config
-    from common.datasets import check_class_count, get_dataset
-    from common.device import device_from_args
-    from common.imagefolder import check_train_val
-    from common.manifest import build_manifest, read_manifest
-    from common.memdata import load_tensor_dataset
-    from common.runstate import describe_diff, fingerprint
-    from common.zca import ZCA
+    from common.compute.device import device_from_args
+    from common.data.dataconfig import resolve_data_config
+    from common.data.datasets import check_class_count, get_dataset
+    from common.data.imagefolder import check_train_val
+    from common.ops.zca import ZCA
+    from common.run.atomic import atomic_write_json
+    from common.run.manifest import build_manifest, read_manifest
+    from common.run.state import describe_diff, fingerprint
+    from common.train.memdata import load_tensor_dataset
     from models import build_model
     from models.registry import canonical_arch
 
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     orders = read_order(args.difficulty, classes, rel) if args.difficulty else None
     model = build_model(arch, len(classes), size)
     layout = [[n, list(p.shape)] for n, p in model.named_parameters()]
-    # the experts' settings (common.runstate's rule); more experts or other shards may join a folder later
+    # the experts' settings (common.run.state's rule); more experts or other shards may join a folder later
     result_args = fingerprint(args, ("num_shards", "shard_index", "output_dir", "num_experts"))
     old = read_manifest(out)
     if old is not None:
@@ -305,6 +305,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from common.errors import run_cli
+    from common.cli.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -21,7 +21,7 @@ torch.set_num_threads(2)
 def make_tree(root: Path, num_classes: int = 3, per_class: int = 8, size: int = 32, split: int = 0,
               seed: int = 0) -> Path:
     """An ImageFolder of ``shapes`` images: ``root/<NN_name>/img_XXX.png``."""
-    from common.shapes import CLASSES, render
+    from common.data.shapes import CLASSES, render
 
     for c in range(num_classes):
         d = root / f"{c:02d}_{CLASSES[c]}"
@@ -34,8 +34,8 @@ def make_tree(root: Path, num_classes: int = 3, per_class: int = 8, size: int = 
 def make_teacher(path: Path, classes: list[str], arch: str = "conv3", input_size: int = 32,
                  data_root: Path | None = None, seed: int = 0) -> Path:
     """A randomly initialised teacher whose BN running statistics were set on real batches."""
-    from common.imagefolder import ImageFolder
-    from common.transforms import val_transform
+    from common.data.imagefolder import ImageFolder
+    from common.data.transforms import val_transform
     from models import build_model, make_meta, save_checkpoint
 
     torch.manual_seed(seed)
@@ -64,7 +64,7 @@ def tiny_data(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tiny_teacher(tmp_path: Path, tiny_data: Path) -> Path:
-    from common.imagefolder import find_classes
+    from common.data.imagefolder import find_classes
 
     classes = find_classes(tiny_data / "train")
     return make_teacher(tmp_path / "teacher.pth", classes, data_root=tiny_data / "train")

@@ -1,4 +1,4 @@
-"""common.accel: --amp resolved by the hardware (both CPU branches, both GPU branches), the
+"""common.compute.accel: --amp resolved by the hardware (both CPU branches, both GPU branches), the
 --compile fallback, DataLoader sizing, and the stages honouring the CPU decision."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import common.accel as accel
-from common.accel import Precision, compile_model, default_workers, loader_kwargs, resolve_precision
+import common.compute.accel as accel
+from common.compute.accel import Precision, compile_model, default_workers, loader_kwargs, resolve_precision
 from tests.conftest import make_teacher, make_tree
 
 NATIVE_BF16 = accel.cpu_has_native_bf16  # the cached detector (tests below patch the name)

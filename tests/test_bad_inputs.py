@@ -1,7 +1,7 @@
 """Bad input against every command: exit code 2, one ``error:`` line, no traceback, nothing touched.
 
 A table of (command x kind of bad input). Each case runs the command in-process
-through :func:`common.errors.run_cli` (as ``python -m`` does) on tiny generated data
+through :func:`common.cli.errors.run_cli` (as ``python -m`` does) on tiny generated data
 and asserts: exit status 2; exactly one line on stderr, starting with ``error:``;
 no traceback; and the workspace (data, checkpoints and every output location)
 byte-identical to before the call (names, sizes and bytes of every file, hidden
@@ -18,8 +18,8 @@ from typing import Callable
 
 import pytest
 
-from common.argtypes import float_range, int_range, nonneg_int, positive_float, positive_int, str2bool, unit_float
-from common.errors import run_cli
+from common.cli.argtypes import float_range, int_range, nonneg_int, positive_float, positive_int, str2bool, unit_float
+from common.cli.errors import run_cli
 
 # --------------------------------------------------------------------------- commands
 
@@ -34,7 +34,7 @@ COMMANDS = {
     "relabel_eval.baselines": "relabel_eval.baselines",
     "relabel_eval.diversity": "relabel_eval.diversity",
     "common.prepare": "common.prepare",
-    "hub": "hub" if importlib.util.find_spec("hub") is not None else "common.hub",
+    "hub": "hub",
     "squeeze.ssl": "squeeze.ssl",
     "squeeze.linear_probe": "squeeze.linear_probe",
     "squeeze.trajectories": "squeeze.trajectories",
@@ -183,7 +183,7 @@ def shared(tmp_path_factory) -> dict[str, Path]:
     import pickle
     import zipfile
 
-    from common.imagefolder import find_classes
+    from common.data.imagefolder import find_classes
     from tests.conftest import make_teacher, make_tree
 
     root = tmp_path_factory.mktemp("shared")
@@ -722,7 +722,7 @@ def test_json_outputs_never_hold_bare_nan(shared, tmp_path, monkeypatch):
     import json
     import shutil
 
-    from common.atomic import atomic_write_json
+    from common.run.atomic import atomic_write_json
     from tests.conftest import make_teacher
 
     atomic_write_json(tmp_path / "x.json", {"a": float("nan"), "b": [1.0, float("inf")]})
@@ -746,7 +746,7 @@ def test_json_outputs_never_hold_bare_nan(shared, tmp_path, monkeypatch):
 
 def test_every_image_mode_and_junk_are_read(shared, tmp_path, capsys, monkeypatch):
     """A set whose images come in every Pillow mode, among junk files and nested folders, is read
-    correctly by the stages (diversity and squeeze.evaluate here; all use common.imagefolder)."""
+    correctly by the stages (diversity and squeeze.evaluate here; all use common.data.imagefolder)."""
     import numpy as np
     from PIL import Image
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from common.atomic import atomic_dir, atomic_write_json
-from common.dataconfig import resolve_data_config
-from common.datasets import get_dataset
-from common.device import resolve_device
-from common.errors import UserError, one_line, run_cli
-from common.imagefolder import ImageFolder, check_same_classes, check_train_val, find_classes, load_rgb
-from common.manifest import build_manifest, sha256_file, write_manifest
-from common.transforms import pixel_bounds, to_pil, val_resize_size, val_transform
+from common.cli.errors import UserError, one_line, run_cli
+from common.compute.device import resolve_device
+from common.data.dataconfig import resolve_data_config
+from common.data.datasets import get_dataset
+from common.data.imagefolder import ImageFolder, check_same_classes, check_train_val, find_classes, load_rgb
+from common.data.transforms import pixel_bounds, to_pil, val_resize_size, val_transform
+from common.run.atomic import atomic_dir, atomic_write_json
+from common.run.manifest import build_manifest, sha256_file, write_manifest
 
 
 def test_registry_names_and_aliases():
@@ -177,7 +177,7 @@ def test_device_resolution():
 def test_gpu_device_means_exactly_cuda_n_in_every_stage():
     import argparse
 
-    from common.flags import add_device_args, device_spec
+    from common.cli.flags import add_device_args, device_spec
     from rank_select.patches import get_args_parser as patches_parser
     from rank_select.rank import get_args_parser as rank_parser
     from recover.synthesize import get_args_parser as recover_parser

@@ -1,12 +1,12 @@
-"""Every image mode Pillow opens decodes to the right 8-bit RGB (common.imagefolder.to_rgb)."""
+"""Every image mode Pillow opens decodes to the right 8-bit RGB (common.data.imagefolder.to_rgb)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from common.errors import UserError
-from common.imagefolder import load_rgb
+from common.cli.errors import UserError
+from common.data.imagefolder import load_rgb
 
 H, W = 6, 8
 GRAY = (np.arange(H * W).reshape(H, W) * 5 + 3).astype(np.uint8)                 # 3 .. 238

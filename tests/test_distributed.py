@@ -1,4 +1,4 @@
-"""common.distributed: launch parsing, the single-process no-op, and a real 2-process gloo group."""
+"""common.compute.distributed: launch parsing, the single-process no-op, and a real 2-process gloo group."""
 from __future__ import annotations
 
 import builtins
@@ -8,8 +8,8 @@ import textwrap
 import pytest
 import torch
 
-from common import distributed as D
-from common.errors import UserError
+from common.cli.errors import UserError
+from common.compute import distributed as D
 from tests.multiproc import launch
 
 
@@ -57,7 +57,7 @@ WORKER = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from tqdm import tqdm
-    from common import distributed as D
+    from common.compute import distributed as D
     ctx = D.init_distributed("cpu")
     import torch
     out = Path(sys.argv[1])

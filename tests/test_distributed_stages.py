@@ -110,7 +110,7 @@ def test_squeeze_ssl_ddp_equals_one_process_same_global_batch(data, tmp_path):
 KILL_AFTER_FIRST_CHECKPOINT = textwrap.dedent("""
     import os, signal, sys
     import squeeze.train as t
-    from common.errors import run_cli
+    from common.cli.errors import run_cli
     save = t.save_checkpoint
     def save_then_die(path, *args, **kwargs):
         save(path, *args, **kwargs)
@@ -122,7 +122,7 @@ KILL_AFTER_FIRST_CHECKPOINT = textwrap.dedent("""
 
 
 def test_squeeze_killed_ddp_run_resumes_exactly(data, squeeze_ddp, tmp_path):
-    from common.runstate import state_dir
+    from common.run.state import state_dir
 
     script = tmp_path / "kill.py"
     script.write_text(KILL_AFTER_FIRST_CHECKPOINT)

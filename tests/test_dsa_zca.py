@@ -1,11 +1,11 @@
-"""DSA ops (common.dsa) and ZCA whitening (common.zca)."""
+"""DSA ops (common.ops.dsa) and ZCA whitening (common.ops.zca)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from common.dsa import FAMILIES, DSAParams, dsa, make_generator, parse_strategy
-from common.zca import ZCA
+from common.ops.dsa import FAMILIES, DSAParams, dsa, make_generator, parse_strategy
+from common.ops.zca import ZCA
 
 
 def _x(n=4, seed=0, dtype=torch.float32):
@@ -44,7 +44,7 @@ def test_ops_match_hand_computed_values():
     p = DSAParams()
     g = make_generator(5)
     r = torch.rand(2, generator=make_generator(5))
-    from common.dsa import rand_brightness, rand_contrast, rand_crop, rand_flip
+    from common.ops.dsa import rand_brightness, rand_contrast, rand_crop, rand_flip
     torch.testing.assert_close(rand_brightness(x, p, g), x + (r - 0.5).view(-1, 1, 1, 1) * p.brightness)
     m = x.mean(dim=[1, 2, 3], keepdim=True)
     torch.testing.assert_close(rand_contrast(x, p, make_generator(5)), (x - m) * (r.view(-1, 1, 1, 1) + 0.5) + m)
@@ -65,7 +65,7 @@ def test_ops_match_hand_computed_values():
 def test_scale_and_rotate_identity_at_neutral_params():
     x = _x(2)
     p = DSAParams(ratio_scale=1.0, ratio_rotate=0.0)
-    from common.dsa import rand_rotate, rand_scale
+    from common.ops.dsa import rand_rotate, rand_scale
     torch.testing.assert_close(rand_scale(x, p, make_generator(0)), x, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(rand_rotate(x, p, make_generator(0)), x, atol=1e-5, rtol=1e-5)
 

@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 import hub
-from common.datasets import get_dataset
-from common.errors import UserError, run_cli
-from common.imagefolder import ImageFolder, check_same_classes, find_classes
+from common.cli.errors import UserError, run_cli
+from common.data.datasets import get_dataset
+from common.data.imagefolder import ImageFolder, check_same_classes, find_classes
 
 NETTE = get_dataset("imagenet-nette").wnids()
 

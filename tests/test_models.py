@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.errors import UserError
+from common.cli.errors import UserError
 from models import build_model, has_batchnorm, load_model, make_meta, penultimate_features, save_checkpoint
 from models.checkpoint import infer_conv_input_size, read_checkpoint
 

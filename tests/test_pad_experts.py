@@ -80,14 +80,14 @@ def test_difficulty_then_curriculum_experts_resume(tiny_data, tmp_path):
     # more experts join the folder with other device flags; other training settings are refused, named
     trajectories(common[:3] + ["2"] + common[4:] + ["--output-dir", str(tmp_path / "cut"), "--device", "cpu",
                                                    "--gpu-device", "-1", "--max-epochs-this-run", "1"])
-    from common.errors import UserError
+    from common.cli.errors import UserError
 
     with pytest.raises(UserError, match=r"other settings \(--lr-teacher 0.01 there, 0.02 now\)"):
         trajectories(common + ["--output-dir", str(tmp_path / "cut"), "--lr-teacher", "0.02"])
 
 
 def test_shards_follow_flags_or_the_launch(monkeypatch):
-    from common.errors import UserError
+    from common.cli.errors import UserError
     from squeeze.trajectories import resolve_shard
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID"):

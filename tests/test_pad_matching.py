@@ -147,7 +147,7 @@ def test_cli_outputs_and_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert full["iterations_timed"] == 2
     assert match(common + ["--output-path", str(tmp_path / "b"), "--max-iterations-this-run", "1"])["finished"] is False
     assert (tmp_path / "b.state" / "matching.pt").is_file() and not (tmp_path / "b").exists()
-    from common.errors import UserError
+    from common.cli.errors import UserError
 
     with pytest.raises(UserError, match=r"--lr-img 10.0 there, 20.0 now.*--restart"):  # other settings: refused
         match([*common, "--output-path", str(tmp_path / "b"), "--lr-img", "20"])

@@ -98,7 +98,7 @@ def test_an_interrupted_pad_evaluation_resumes_per_seed_and_refuses_other_settin
 
     import pytest
 
-    from common.errors import UserError
+    from common.cli.errors import UserError
     from relabel_eval import pad_protocol
     from relabel_eval.train import main
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from common import prepare
-from common.errors import UserError
-from common.imagefolder import ImageFolder, find_classes
-from common.shapes import CLASSES, render
+from common.cli.errors import UserError
+from common.data.imagefolder import ImageFolder, find_classes
+from common.data.shapes import CLASSES, render
 
 
 def _digest(root: Path) -> str:
@@ -90,7 +90,7 @@ def test_tinyimagenet_from_official_zip(tmp_path):
 
 
 def test_imagenet_subset_from_local_tree(tmp_path):
-    from common.datasets import get_dataset
+    from common.data.datasets import get_dataset
 
     wnids = get_dataset("imagenet-nette").wnids()
     root = tmp_path / "imagenet"

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from common.errors import UserError, run_cli
-from common.imagefolder import ImageFolder, find_classes
-from common.transforms import val_transform
+from common.cli.errors import UserError, run_cli
+from common.data.imagefolder import ImageFolder, find_classes
+from common.data.transforms import val_transform
 from rank_select import rank as rank_mod
 from rank_select.select import (
     check_class_size,
@@ -223,7 +223,7 @@ def test_released_csv_format_is_read(tmp_path, tiny_data):
 
 
 def test_scoring_resumes_to_the_same_result(tmp_path, tiny_data, tiny_teacher):
-    from common.datasets import get_dataset
+    from common.data.datasets import get_dataset
     from rank_select.ranker import load_ranker
 
     train = tiny_data / "train"

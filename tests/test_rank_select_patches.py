@@ -10,9 +10,9 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from common.errors import run_cli
-from common.imagefolder import find_classes, load_rgb
-from common.runstate import state_dir
+from common.cli.errors import run_cli
+from common.data.imagefolder import find_classes, load_rgb
+from common.run.state import state_dir
 from rank_select import patches as P
 
 
@@ -58,8 +58,8 @@ def test_pad_is_centred_zero_padding():
 
 
 def test_crop_losses_equal_reference(tiny_data, tiny_teacher):
-    from common.datasets import get_dataset
-    from common.transforms import normalize
+    from common.data.datasets import get_dataset
+    from common.data.transforms import normalize
     from rank_select.ranker import load_ranker
 
     train = tiny_data / "train"

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 import recover.synthesize as synth
-from common.errors import UserError, run_cli
-from common.manifest import sha256_file
-from common.runstate import state_dir
+from common.cli.errors import UserError, run_cli
+from common.run.manifest import sha256_file
+from common.run.state import state_dir
 from recover.loop import NonFiniteLoss
 from tests.conftest import ROOT, make_teacher, make_tree
 
@@ -210,7 +210,7 @@ def test_parser_accepts_released_flags():
 def test_the_last_two_shards_finishing_together_leave_a_complete_manifest(tmp_path):
     # shard 1 completes the output (and removes the state) while shard 0 is about to rewrite the
     # manifest: shard 0 must find the classes in the manifest, not report them pending
-    from common.runstate import RunState, state_dir
+    from common.run.state import RunState, state_dir
     from recover.output import OutputDir
 
     root, settings = tmp_path / "syn", {"ipc": 1}

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from common.transforms import pixel_bounds
+from common.data.transforms import pixel_bounds
 from models import build_model
 from recover.augment import crop_flip_roll
 from recover.loop import ADAM_BETAS, LoopConfig, NonFiniteLoss, prepare_teacher, recover_batch

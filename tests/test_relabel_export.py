@@ -7,9 +7,9 @@ import pytest
 import torch
 from torchvision.datasets import ImageFolder as TVImageFolder
 
-from common.errors import UserError
-from common.imagefolder import find_classes
-from common.transforms import val_transform
+from common.cli.errors import UserError
+from common.data.imagefolder import find_classes
+from common.data.transforms import val_transform
 from models import load_model
 from relabel_eval import export as export_mod
 from relabel_eval import relabel as relabel_mod

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.optim import split_decay_params
+from common.train.optim import split_decay_params
 from models import build_model
 from relabel_eval.augment import (
     SampleTransform,

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.errors import UserError
+from common.cli.errors import UserError
 from models import build_model
 from relabel_eval import train as train_mod
 from relabel_eval.augment import SampleTransform, shuffle_patches, shuffled_sizes, strip_bounds

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from common.errors import run_cli
+from common.cli.errors import run_cli
 from relabel_eval import baselines, diversity
 from relabel_eval import relabel as relabel_mod
 from relabel_eval import train as train_mod
@@ -133,7 +133,7 @@ def test_errors_are_one_line(tiny_data, tiny_teacher, tmp_path, capsys):
     other_val = make_tree(tmp_path / "val4", 4, 2, split=1)
     err = _one_line_error(capsys, base + ["--val-dir", str(other_val)])
     assert "4 classes" in err and "3" in err
-    from common.imagefolder import find_classes
+    from common.data.imagefolder import find_classes
     t4 = make_teacher(tmp_path / "t4.pth", find_classes(other_val))
     assert "4-class classifier" in _one_line_error(capsys, base + ["--teacher-path", str(t4)])
     assert "--nclass 5" in _one_line_error(capsys, base + ["--nclass", "5"])

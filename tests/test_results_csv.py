@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from common.errors import UserError
+from common.cli.errors import UserError
 from relabel_eval.results import append_results_csv, check_results_csv
 
 

@@ -1,4 +1,4 @@
-"""One run-state mechanism (common.runstate): fingerprint, restart policy, ownership, and a SIGKILL test
+"""One run-state mechanism (common.run.state): fingerprint, restart policy, ownership, and a SIGKILL test
 per long-running command: killed mid-run, the same command finishes with the uninterrupted output."""
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 import torch
 from torchvision.datasets import ImageFolder as TVImageFolder
 
-from common.errors import UserError
-from common.imagefolder import find_classes
-from common.runstate import NOT_RESULT, RunState, check_output, fingerprint, state_dir
+from common.cli.errors import UserError
+from common.data.imagefolder import find_classes
+from common.run.state import NOT_RESULT, RunState, check_output, fingerprint, state_dir
 from tests.conftest import ROOT, make_teacher, make_tree
 
 CLASSES = ["00_circle", "01_square", "02_triangle"]

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from common.errors import run_cli
-from common.optim import param_groups
-from common.runstate import state_dir
+from common.cli.errors import run_cli
+from common.run.state import state_dir
+from common.train.optim import param_groups
 from models import build_model, load_model, make_meta, read_checkpoint, save_checkpoint
 from squeeze import evaluate as squeeze_eval
 from squeeze import train as squeeze_train
@@ -118,8 +118,8 @@ def test_resume_checkpoint_for_other_classes_refused(tiny_data, tmp_path, capsys
 
 
 def test_evaluate_matches_manual_accuracy(tiny_data, tmp_path):
-    from common.imagefolder import ImageFolder
-    from common.transforms import val_transform
+    from common.data.imagefolder import ImageFolder
+    from common.data.transforms import val_transform
 
     classes = ["00_circle", "01_square", "02_triangle"]
     torch.manual_seed(0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import UserError, run_cli
-from common.imagefolder import ImageFolder
+from common.cli.errors import UserError, run_cli
+from common.data.imagefolder import ImageFolder
 from models import build_backbone, build_model, make_meta, read_checkpoint, save_checkpoint
 from models.external_ssl import map_ssl_state_dict, read_linear_classifier, read_ssl_checkpoint
 from squeeze import bn_stats, linear_probe, ssl
@@ -86,7 +86,7 @@ def test_ssl_writes_backbone_and_resume_equals_uninterrupted(ssl_run):
     part = base / "part.pth"
     ssl.main(_ssl_args(data, part, "--max-epochs-this-run", "1"))
     assert not part.exists() and read_checkpoint(last_path(part))["epoch"] == 0
-    assert last_path(part) == base / "part.pth.state" / "last.pth"  # beside the output (common.runstate)
+    assert last_path(part) == base / "part.pth.state" / "last.pth"  # beside the output (common.run.state)
     with pytest.raises(UserError, match=r"--lr 0.03 there, 0.1 now.*--restart"):  # other settings: refused
         ssl.main(_ssl_args(data, part, "--lr", "0.1"))
     ssl.main(_ssl_args(data, part))  # the same command continues (the queue is restored with the weights)

@@ -1,7 +1,7 @@
 """``--device auto|cpu|cuda|cuda:N``: the device is a flag, never hard-coded.
 
 The flags themselves (``--device``, ``--gpu-device N`` = ``cuda:N``) are defined in the
-torch-free ``common.flags``; this module turns them into a :class:`torch.device` (torch is
+torch-free ``common.cli.flags``; this module turns them into a :class:`torch.device` (torch is
 imported inside the functions).
 """
 from __future__ import annotations
@@ -9,19 +9,21 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from common.errors import UserError
+from common.cli.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
+    from common.compute.launch import DistInfo
+
 
 def device_from_args(args: argparse.Namespace) -> torch.device:
     """The device of ``--device`` / ``--gpu-device``; under torchrun, ``auto`` means ``cuda:LOCAL_RANK``
-    (``common.distributed``'s rule)."""
-    from common.distributed import _device_for, dist_info
-    from common.flags import device_spec
+    (``common.compute.distributed``'s rule)."""
+    from common.cli.flags import device_spec
+    from common.compute.launch import dist_info
 
-    return _device_for(device_spec(args), dist_info())
+    return device_for(device_spec(args), dist_info())
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -51,13 +53,30 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 def autocast(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
     """AMP context for the device; a no-op when disabled. Default dtype: what ``--amp`` means there
-    (:func:`common.accel.amp_dtype`: bf16 on GPUs that have it, else fp16; bf16 on CPU)."""
+    (:func:`common.compute.accel.amp_dtype`: bf16 on GPUs that have it, else fp16; bf16 on CPU)."""
     import torch
 
     if not enabled:
         return torch.autocast(device_type=device.type, enabled=False)
     if dtype is None:
-        from common.accel import amp_dtype
+        from common.compute.accel import amp_dtype
 
         dtype = amp_dtype(device) or torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def device_for(spec, info: DistInfo):
+    """``--device`` resolved for this rank: a bare ``cuda`` (or ``auto`` with CUDA) means ``cuda:LOCAL_RANK``."""
+    import torch
+
+
+    if isinstance(spec, torch.device):
+        device = spec
+    else:
+        s = (spec or "auto").strip().lower()
+        if info.distributed and s in ("auto", "cuda") and torch.cuda.is_available():
+            s = f"cuda:{info.local_rank % torch.cuda.device_count()}"
+        device = resolve_device(s)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
+    return device

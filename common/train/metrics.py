@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from common.device import autocast
+from common.compute.device import autocast
 
 
 @torch.inference_mode()

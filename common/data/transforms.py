@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from common.datasets import IMAGENET_MEAN, IMAGENET_STD
+from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 
 def val_resize_size(size: int) -> int:

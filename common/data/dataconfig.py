@@ -5,7 +5,7 @@ has it, in this order:
 
 1. an explicit flag (``--input-size``);
 2. the checkpoint's meta (``meta["input_size"]``, ``meta["mean"]``, ``meta["classes"]``, ...);
-3. the dataset registry (``common.datasets``: the size for the architecture, the
+3. the dataset registry (``common.data.datasets``: the size for the architecture, the
    dataset's mean/std);
 4. the images themselves (the shorter side of the first image, for custom data).
 
@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from common.datasets import DatasetSpec
-from common.errors import UserError
+from common.cli.errors import UserError
+from common.data.datasets import DatasetSpec
 
 DEFAULT_INTERPOLATION = "bilinear"  # torchvision's Resize / RandomResizedCrop default
 
@@ -53,7 +53,7 @@ def resolve_data_config(spec: DatasetSpec, arch: str | None = None, input_size: 
     elif spec.default_input_size(arch):
         size, source["input_size"] = int(spec.default_input_size(arch)), f"dataset {spec.name}"
     elif image_root is not None:
-        from common.imagefolder import infer_input_size  # reads one image
+        from common.data.imagefolder import infer_input_size  # reads one image
 
         size, source["input_size"] = infer_input_size(image_root, skip_corrupt=skip_corrupt), "images"
     else:

@@ -2,18 +2,18 @@
 
 - ``--device auto|cpu|cuda|cuda:N`` and ``--gpu-device N``, the released scripts' GPU
   index, which means exactly ``--device cuda:N`` in every stage;
-- ``--workers``: the DataLoader worker flag; its default is ``common.accel.default_workers``;
+- ``--workers``: the DataLoader worker flag; its default is ``common.compute.accel.default_workers``;
 - ``--dataset``, ``--data-path``, the architecture and ``--input-size`` of the commands that train on
-  an ImageFolder (resolved by ``common.dataconfig.resolve_data_config``).
+  an ImageFolder (resolved by ``common.data.dataconfig.resolve_data_config``).
 
-``common.device.device_from_args`` turns the device flags into a ``torch.device``.
+``common.compute.device.device_from_args`` turns the device flags into a ``torch.device``.
 """
 from __future__ import annotations
 
 import argparse
 
-from common.argtypes import nonneg_int, positive_int
-from common.errors import UserError
+from common.cli.argtypes import nonneg_int, positive_int
+from common.cli.errors import UserError
 
 NO_GPU = (None, "", "-1")  # the released scripts pass --gpu-device -1 for "no GPU index given"
 
@@ -59,7 +59,7 @@ def add_workers_arg(parser, help_extra: str = "") -> None:
 
 
 def workers_from_args(args: argparse.Namespace, device_type: str) -> int:
-    from common.accel import default_workers
+    from common.compute.accel import default_workers
 
     w = getattr(args, "workers", None)
     if w is None:

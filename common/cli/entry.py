@@ -5,7 +5,7 @@ Every stage's ``__main__`` is ``sys.exit(run_stage("<stage>.args", "<stage>.<mod
 errors, and its optional ``check_paths(args)`` stops a missing input path with one line,
 all before ``torch`` or ``torchvision`` is imported (about 8 s on a 2-core CPU). Only then
 is ``<stage>.<module>`` imported and its ``main(argv)`` run (it parses the same argv again,
-which costs nothing). Exit codes and messages are :func:`common.errors.run_cli`'s.
+which costs nothing). Exit codes and messages are :func:`common.cli.errors.run_cli`'s.
 
 A sub-command run as ``python -m <stage>.<module>`` (``relabel_eval.relabel``, ...) starts
 its file with ``if __name__ == "__main__": sys.exit(run_stage("<stage>.args:<name>_parser",
@@ -19,7 +19,7 @@ import importlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from common.errors import UserError, run_cli
+from common.cli.errors import UserError, run_cli
 
 
 def require_paths(args, flags: Iterable[tuple[str, str]], kind: str = "exist") -> None:

@@ -36,8 +36,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from common.atomic import atomic_write_json
-from common.errors import UserError
+from common.cli.errors import UserError
+from common.run.atomic import atomic_write_json
 
 # Arguments no stage's result depends on: where things go, how fast, and these flags themselves.
 NOT_RESULT = frozenset({"device", "gpu_device", "workers", "restart", "force", "resume", "no_resume", "save_every",
@@ -179,7 +179,7 @@ class RunState:
             self._check(restart)
         # under torchrun every process waits for the main one's check (which may discard the state) before any
         # of them reads or writes in it; without a process group (recover's shards) this is a no-op
-        from common.distributed import barrier
+        from common.compute.distributed import barrier
 
         barrier()
 

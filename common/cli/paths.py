@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common.errors import UserError
+from common.cli.errors import UserError
 
 
 def first_missing(path: str | os.PathLike) -> Path | None:

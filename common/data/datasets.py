@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import UserError
+from common.cli.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,7 +26,7 @@ class DatasetSpec:
     conv_input_size: int | None      # default for ConvNet-D models
     val_per_class: int | None
     family: str                      # cifar | tiny | imagenet | custom: selects recipes and tables
-    class_list: str | None = None    # file in common/class_lists with the wnids
+    class_list: str | None = None    # file in common/data/class_lists with the wnids
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     description: str = ""

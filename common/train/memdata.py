@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.datasets import IMAGENET_MEAN, IMAGENET_STD
+from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 
 def load_tensor_dataset(root: str | os.PathLike, size: int, mean: Sequence[float] = IMAGENET_MEAN,
@@ -24,8 +24,8 @@ def load_tensor_dataset(root: str | os.PathLike, size: int, mean: Sequence[float
     """``(x [N,3,s,s] float32, y [N] int64, rel_paths, classes)`` in file order (class, then name)."""
     from tqdm import tqdm
 
-    from common.imagefolder import ImageFolder
-    from common.transforms import val_transform
+    from common.data.imagefolder import ImageFolder
+    from common.data.transforms import val_transform
 
     ds = ImageFolder(root, val_transform(size, mean, std), classes=classes, what=what)
     xs = [ds[i][0] for i in tqdm(range(len(ds)), desc=f"loading {Path(root).name}", unit="img",

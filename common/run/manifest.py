@@ -13,8 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_write_json
-from common.errors import UserError
+from common.cli.errors import UserError
+from common.run.atomic import atomic_write_json
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 REPO_ROOT = Path(__file__).resolve().parent.parent

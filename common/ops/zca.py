@@ -53,7 +53,7 @@ class ZCA:
         return cls(sd["mean"], sd["transform"], sd["inverse"], sd.get("eps", ZCA_EPS))
 
     def save(self, path: str | os.PathLike) -> None:
-        from common.atomic import atomic_torch_save
+        from common.run.atomic import atomic_torch_save
 
         atomic_torch_save(self.state_dict(), path)
 

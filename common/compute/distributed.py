@@ -28,50 +28,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from common.errors import UserError
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits in the launch (torch-free: read from the environment)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    launcher: str = "single"  # single, torchrun or slurm
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def _env_int(env, name: str) -> int:
-    try:
-        return int(env[name])
-    except ValueError:
-        raise UserError(f"environment variable {name}={env[name]!r} is not an integer") from None
-
-
-def dist_info(environ=None) -> DistInfo:
-    """The launch as torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) or srun (``SLURM_*``) describes it."""
-    env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
-        local = _env_int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else rank
-        launcher = "torchrun"
-    elif "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
-        rank = _env_int(env, "SLURM_PROCID")
-        # the tasks of this srun step, not the allocation's SLURM_NTASKS: a plain `python` in an
-        # sbatch script (no srun) must not wait for peers that never start
-        world = _env_int(env, "SLURM_STEP_NUM_TASKS")
-        local = _env_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
-        launcher = "slurm"
-    else:
-        return DistInfo()
-    if world < 1 or not 0 <= rank < world or local < 0:
-        raise UserError(f"distributed environment: rank {rank} / world size {world} / local rank {local} "
-                        f"is not a valid launch (launcher: {launcher})")
-    return DistInfo(rank, world, local, launcher if world > 1 else "single")
+from common.cli.errors import UserError
+from common.compute.device import device_for
+from common.compute.launch import DistInfo, dist_info
 
 
 @dataclass
@@ -107,24 +66,6 @@ _CTX: DistContext | None = None
 _ORIG_PRINT = builtins.print
 _ORIG_TQDM_INIT = None
 _PRINT_PATCHED = False
-
-
-def _device_for(spec, info: DistInfo):
-    """``--device`` resolved for this rank: a bare ``cuda`` (or ``auto`` with CUDA) means ``cuda:LOCAL_RANK``."""
-    import torch
-
-    from common.device import resolve_device
-
-    if isinstance(spec, torch.device):
-        device = spec
-    else:
-        s = (spec or "auto").strip().lower()
-        if info.distributed and s in ("auto", "cuda") and torch.cuda.is_available():
-            s = f"cuda:{info.local_rank % torch.cuda.device_count()}"
-        device = resolve_device(s)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
-    return device
 
 
 def _mute(muted: bool) -> None:
@@ -180,7 +121,7 @@ def init_distributed(device="auto", *, process_group: bool = True, mute: bool = 
     """
     global _CTX
     info = dist_info(environ)
-    dev = _device_for(device, info)
+    dev = device_for(device, info)
     backend = None
     if info.distributed:
         import torch
@@ -273,7 +214,7 @@ def on_main(fn: Callable, *args, **kwargs):
 def save_on_main(obj, path) -> None:
     """``torch.save`` (atomically) on rank 0 only."""
     if is_main_process():
-        from common.atomic import atomic_torch_save
+        from common.run.atomic import atomic_torch_save
 
         atomic_torch_save(obj, path)
 
@@ -345,7 +286,7 @@ def broadcast_object(obj, src: int = 0):
 
 
 def reduce_metrics(res: dict) -> dict:
-    """Combine :func:`common.metrics.evaluate` results of disjoint shards into the whole set's."""
+    """Combine :func:`common.train.metrics.evaluate` results of disjoint shards into the whole set's."""
     if not is_initialized():
         return res
     n = res["images"]

@@ -1,0 +1,1 @@
+"""Where and how fast: devices, the launch and process group, precision and loader sizing."""

@@ -1,0 +1,1 @@
+"""Data: dataset registry, data configuration, image folders, transforms, the built-in shapes set."""

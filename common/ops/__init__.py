@@ -1,0 +1,1 @@
+"""Differentiable image operations: DSA augmentation, ZCA whitening."""

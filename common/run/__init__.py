@@ -1,0 +1,1 @@
+"""Run bookkeeping: resume state and output ownership, manifests, atomic writes."""
