@@ -6,7 +6,7 @@ import argparse
 
 from common.cli.argtypes import int_range, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
 from common.cli.entry import require_paths
-from common.cli.flags import add_device_args
+from common.cli.flags import add_curve_args, add_device_args
 from common.run.state import add_run_args
 
 EASY2HARD_MODES = ("step", "linear", "cosine")  # CDA's crop curriculum shapes (recover.augment.min_crop_scale)
@@ -68,6 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="split classes over N processes (default: WORLD_SIZE)")
     g.add_argument("--shard-index", type=nonneg_int, default=None, help="this process's shard (default: RANK)")
     g.add_argument("-j", "--workers", type=nonneg_int, default=0, help="accepted for compatibility (unused)")
+    add_curve_args(g)
     return p
 
 

@@ -42,6 +42,7 @@ from common.data.transforms import pil_to_normalized, pixel_bounds, to_pil
 from common.run.atomic import atomic_dir, atomic_save_image
 from common.run.manifest import build_manifest, sha256_file
 from common.run.state import RunState, check_output, fingerprint
+from common.train.curves import Curves, write_series
 from models import canonical_arch, checkpoint_meta, has_batchnorm, load_model, read_checkpoint
 from recover.args import get_args_parser  # noqa: F401  (the parser lives in the torch-free recover.args)
 from recover.cpu import keep_freed_memory
@@ -203,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         args.init = "real" if args.init_data_path else "noise"
     plan = check_args(args)
     check_output_dir(output_dir(args), "--syn-data-path" + ("/--exp-name" if args.exp_name else ""))
+    if args.log_dir:
+        check_output_dir(args.log_dir, "--log-dir")
     device = pick_device(args)
     if device.type == "cpu":
         keep_freed_memory()
@@ -271,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     job = GroupJob(classes=list(classes), init_root=Path(args.init_data_path) if init_files is not None else None,
                    init_files=init_files, names=names, teacher=teacher, loop=cfg, size=size, mean=tuple(mean),
                    std=tuple(std), device=device, schedule_of=schedule_of, seed=args.seed, ipc=args.ipc,
-                   save_format=args.save_format)
+                   save_format=args.save_format, log_dir=Path(args.log_dir) if args.log_dir else None,
+                   curves=Curves(None, f"recover{shard_tag.replace(' ', '_').replace('/', 'of')}",
+                                 wandb_project=args.wandb_project, config=settings))
     bar = tqdm(total=total_its, unit="it", desc=f"recover{shard_tag}", mininterval=2.0, dynamic_ncols=True)
     t_start = time.perf_counter()
     done_its = 0
@@ -288,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise
     finally:
         bar.close()
+        job.curves.close()
     elapsed = time.perf_counter() - t_start
     manifest = out.update_manifest(base, classes)  # the shard completing the output removes the state
     rate = f", {done_its / elapsed:.1f} image-iterations/s" if done_its and elapsed > 0 else ""
@@ -313,11 +319,24 @@ class GroupJob:
     seed: int
     ipc: int
     save_format: str
+    log_dir: Path | None = None  # each batch's loss curve as a TensorBoard run (common.train.curves)
+    curves: Curves | None = None  # W&B: first and last loss of every batch
 
 
 def pick_device(args: argparse.Namespace) -> torch.device:
     """The shared setup's device (``cuda:LOCAL_RANK`` under torchrun); shards need no process group."""
     return init_distributed(device_spec(args), process_group=False, mute=False).device
+
+
+def log_batch_curve(job: GroupJob, batch: Sequence[Item], losses: torch.Tensor) -> None:
+    """The batch's loss per iteration under ``--log-dir`` (a redone batch replaces its curve), and
+    its first and last loss to W&B."""
+    c0, i0 = batch[0]
+    if job.log_dir is not None:
+        write_series(job.log_dir, f"batch_{job.classes[c0]}_{i0:04d}", "recover/loss", losses.tolist())
+    if job.curves is not None:
+        job.curves.log(c0 * job.ipc + i0, {"recover/loss_first": float(losses[0]),
+                                             "recover/loss_last": float(losses[-1])})
 
 
 def run_group(group: Group, job: GroupJob, out: OutputDir, bar) -> int:
@@ -359,6 +378,7 @@ def run_group(group: Group, job: GroupJob, out: OutputDir, bar) -> int:
                 atomic_save_image(to_pil(images[pos], mean, std), tmp[c] / names[c][i], **save_kwargs)
                 iterations[c][i] = schedule.iterations[pos]
             losses.append([float(result.losses[0]), float(result.losses[-1])])
+            log_batch_curve(job, batch, result.losses)
     wall = time.perf_counter() - t0
     saturated = {classes[c]: sum(v) / len(v) for c, v in clipped.items() if sum(v) / len(v) > SATURATION_WARN}
     if saturated:

@@ -67,3 +67,39 @@ def test_wandb_offline_without_key(tmp_path, monkeypatch):
     assert calls["init"]["mode"] == "offline" and calls["init"]["project"] == "proj"
     assert calls["init"]["config"] == {"lr": 0.1} and calls["init"]["dir"] == str(tmp_path)
     assert calls["log"] == [(5, {"loss": 2.0})] and calls["finished"]
+
+
+def test_series_written_again_replaces_the_first(tmp_path):
+    from common.train.curves import write_series
+
+    write_series(tmp_path, "batch_0000", "loss", [9.0, 9.0, 9.0, 9.0])  # a killed run's batch
+    write_series(tmp_path, "batch_0000", "loss", [3.0, 2.0, 1.0])       # the redone batch
+    assert read_scalars(tmp_path / "batch_0000") == {"loss": [(0, 3.0), (1, 2.0), (2, 1.0)]}
+
+
+def test_recover_writes_each_batch_loss_curve(tmp_path):
+    """recover --log-dir: one TensorBoard run per batch whose curve ends on the manifest's last loss,
+    and the images equal a run without --log-dir (curves are not part of the result)."""
+    import json
+
+    import recover.synthesize as synth
+    from tests.conftest import make_teacher, make_tree
+
+    make_tree(tmp_path / "train", 2, 3)
+    teacher = make_teacher(tmp_path / "t.pth", ["00_circle", "01_square"], data_root=tmp_path / "train")
+    base = ["--init-data-path", str(tmp_path / "train"), "--arch-path", str(teacher), "--ipc", "2",
+            "--iteration", "3", "--batch-size", "2", "--jitter", "2", "--device", "cpu"]
+    synth.main(base + ["--syn-data-path", str(tmp_path / "a"), "--log-dir", str(tmp_path / "logs")])
+    synth.main(base + ["--syn-data-path", str(tmp_path / "b")])
+    runs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert runs == ["batch_00_circle_0000", "batch_01_square_0000"]
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    for run, cls in zip(runs, ("00_circle", "01_square")):
+        curve = read_scalars(tmp_path / "logs" / run)["recover/loss"]
+        assert [s for s, _ in curve] == [0, 1, 2]
+        first, last = manifest["per_class"][cls]["loss_first_last"][0]
+        assert curve[0][1] == pytest.approx(first, rel=1e-6) and curve[-1][1] == pytest.approx(last, rel=1e-6)
+    for cls in ("00_circle", "01_square"):
+        a = sorted((tmp_path / "a" / cls).iterdir())
+        b = sorted((tmp_path / "b" / cls).iterdir())
+        assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]

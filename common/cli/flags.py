@@ -67,3 +67,12 @@ def workers_from_args(args: argparse.Namespace, device_type: str) -> int:
     if w < 0:
         raise UserError(f"--workers {w}: must be 0 or more")
     return int(w)
+
+
+def add_curve_args(parser) -> None:
+    """``--log-dir`` (TensorBoard event files, ``common.train.curves``) and ``--wandb-project``."""
+    parser.add_argument("--log-dir", default=None,
+                        help="write training curves here as TensorBoard event files (tensorboard --logdir DIR)")
+    parser.add_argument("--wandb-project", default=None,
+                        help="also log the curves to this Weights & Biases project (needs `pip install wandb`; "
+                             "offline under --log-dir unless WANDB_API_KEY or WANDB_MODE is set)")

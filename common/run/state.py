@@ -41,7 +41,7 @@ from common.run.atomic import atomic_write_json
 
 # Arguments no stage's result depends on: where things go, how fast, and these flags themselves.
 NOT_RESULT = frozenset({"device", "gpu_device", "workers", "restart", "force", "resume", "no_resume", "save_every",
-                        "max_epochs_this_run", "quiet"})
+                        "max_epochs_this_run", "quiet", "log_dir", "wandb_project", "wandb_api_key"})
 
 
 def add_run_args(parser, force: bool = True) -> None:

@@ -74,6 +74,17 @@ class Curves:
         self.close()
 
 
+def write_series(log_dir: str | os.PathLike, run_name: str, tag: str, values, first_step: int = 0) -> None:
+    """One finished curve (e.g. a recover batch's loss per iteration) as its own TensorBoard run;
+    written again (a redone batch after a kill), it replaces the earlier events (``purge_step``)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(Path(log_dir) / run_name), purge_step=first_step) as w:
+        for i, v in enumerate(values):
+            if math.isfinite(float(v)):
+                w.add_scalar(tag, float(v), global_step=first_step + i)
+
+
 def _wandb_id(project: str, run_name: str) -> str:
     """A stable run id, so the same command resumes the same W&B run."""
     import hashlib
