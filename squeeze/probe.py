@@ -20,7 +20,7 @@ from common.run.manifest import build_manifest, sha256_file
 from common.run.state import RunState, check_output, fingerprint
 from common.train.metrics import evaluate
 from common.train.optim import SCHEDULER_KEY, freeze
-from common.train.seed import seed_everything, seed_worker
+from common.train.seed import epoch_seed, seed_everything, seed_worker
 from models import build_model, classifier_layer, classifier_name, make_meta, penultimate_features, save_checkpoint
 from models.external_ssl import read_linear_classifier, read_ssl_checkpoint
 from models.registry import canonical_arch
@@ -204,15 +204,15 @@ def train_probe(args) -> dict:
                                                                              num_workers=workers), device)
 
             def batches(epoch):
-                g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+                g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))
                 order = torch.randperm(len(labels), generator=g).to(device)
                 for i in range(0, len(order), args.batch_size):
                     idx = order[i:i + args.batch_size]
                     yield feats[idx], labels[idx]
         else:
             def batches(epoch):
-                seed_everything(args.seed * 100003 + epoch)
-                g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+                seed_everything(epoch_seed(args.seed, epoch))
+                g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))
                 return tqdm(torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True,
                                                         num_workers=workers, generator=g,
                                                         worker_init_fn=seed_worker),

@@ -26,7 +26,7 @@ from common.run.atomic import atomic_write_json
 from common.run.manifest import build_manifest
 from common.run.state import RunState, fingerprint, state_dir
 from common.train.optim import SCHEDULER_KEY
-from common.train.seed import seed_everything, seed_worker
+from common.train.seed import epoch_seed, sampler_seed, seed_everything, seed_worker
 from models import build_backbone, make_meta, save_checkpoint
 from models.registry import canonical_arch
 from squeeze.moco import MoCo, TwoViews, extract_features, knn_top1, train_step, view_transform
@@ -147,7 +147,7 @@ def _pretrain(args, ctx) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, 0, 1.0))
     # each process takes every world_size-th index of the epoch's permutation: together, one global batch
     sampler = torch.utils.data.DistributedSampler(views, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                                  seed=args.seed * 100003, drop_last=True)
+                                                  seed=sampler_seed(args.seed), drop_last=True)
 
     run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run", "restart", "force")}
     run = RunState(output, STAGE, fingerprint(args, NOT_RESULT), restart=args.restart, check=ctx.is_main)
@@ -172,7 +172,7 @@ def _pretrain(args, ctx) -> dict:
             if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
                 print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
                 return {"stopped_at_epoch": epoch, "history": history}
-            seed_everything(args.seed * 100003 + epoch + 7919 * ctx.rank)
+            seed_everything(epoch_seed(args.seed, epoch, ctx.rank))
             views.set_epoch(epoch)
             sampler.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(views, batch_size=args.batch_size, sampler=sampler, drop_last=True,

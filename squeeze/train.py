@@ -34,7 +34,7 @@ from common.run.manifest import build_manifest
 from common.run.state import RunState, check_output, fingerprint, state_dir
 from common.train.metrics import evaluate
 from common.train.optim import SCHEDULER_KEY, param_groups
-from common.train.seed import SeededItems, seed_everything, seed_worker
+from common.train.seed import SeededItems, epoch_seed, sampler_seed, seed_everything, seed_worker
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
 from models.registry import check_arch
 from squeeze.args import get_args_parser  # the torch-free parser (python -m squeeze parses with it first)
@@ -177,7 +177,7 @@ def train(args: argparse.Namespace, ctx) -> dict:
     # every image's augmentation is a function of (seed, epoch, index): the same in any process or worker
     train_items = SeededItems(train_ds, args.seed)
     sampler = torch.utils.data.DistributedSampler(train_items, num_replicas=ctx.world_size, rank=ctx.rank,
-                                                  shuffle=True, seed=args.seed * 100003, drop_last=True)
+                                                  shuffle=True, seed=sampler_seed(args.seed), drop_last=True)
     steps_per_epoch = len(train_ds) // global_batch  # drop_last: every step has a full batch
     total_steps = steps_per_epoch * args.epochs
     warmup_steps = min(int(args.warmup_epochs * steps_per_epoch), max(0, total_steps - 1))
@@ -216,7 +216,7 @@ def train(args: argparse.Namespace, ctx) -> dict:
                 print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
                 return {"stopped_at_epoch": epoch, "history": history}
             # each epoch is a pure function of (weights, optimiser state, seed, epoch): resume is exact
-            seed_everything(args.seed * 100003 + epoch + 7919 * ctx.rank)
+            seed_everything(epoch_seed(args.seed, epoch, ctx.rank))
             sampler.set_epoch(epoch)
             train_items.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(train_items, batch_size=args.batch_size, sampler=sampler,
