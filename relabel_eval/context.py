@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from common.cli.errors import UserError
-from common.compute.accel import Precision, default_workers, resolve_precision
+from common.cli.flags import workers_from_args
+from common.compute.accel import Precision, resolve_precision
 from common.compute.device import autocast, device_from_args
 from common.data.dataconfig import resolve_data_config
 from common.data.datasets import DatasetSpec, check_class_count, get_dataset
@@ -102,7 +103,7 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
                         f"{int(data.sizes.min())} of {args.syn_data_path}")
     if aug.rand_augment:
         SampleTransform(aug.input_size, aug.rand_augment)._ra_for(32)  # a bad config string fails here, not in a worker
-    workers = default_workers(device.type) if args.workers is None else args.workers
+    workers = workers_from_args(args, device.type)
     return Common(device, amp, spec, data, teacher, meta, int(input_size), tuple(mean), tuple(std), aug, workers,
                   precision)
 

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from common.cli.errors import UserError
-from common.compute.accel import default_workers
+from common.cli.flags import workers_from_args
 from common.data.dataconfig import resolve_data_config
 from common.data.datasets import get_dataset
 from common.data.imagefolder import ImageFolder, check_train_val
@@ -161,7 +161,7 @@ def train_probe(args) -> dict:
     mean, std = data_cfg.mean, data_cfg.std
     if args.linear_path:
         head = read_linear_classifier(args.linear_path)
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
+    workers = workers_from_args(args, device.type, cpu_in_main=True)
 
     seed_everything(args.seed)
     model = build_model(arch, len(classes), int(size))

@@ -9,7 +9,8 @@ import torch
 from tqdm import tqdm
 
 from common.cli.errors import UserError
-from common.compute.accel import default_workers, loader_kwargs
+from common.cli.flags import workers_from_args
+from common.compute.accel import loader_kwargs
 from common.compute.distributed import (
     all_gather_object,
     broadcast_buffers,
@@ -118,7 +119,7 @@ def _pretrain(args, ctx) -> dict:
     arch = canonical_arch(args.arch_name)
     data_cfg = resolve_data_config(spec, arch, args.input_size, image_root=data / "train", classes=classes)
     size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
+    workers = workers_from_args(args, device.type, cpu_in_main=True)
     output = Path(args.output)
 
     n_train = sum(1 for f in (data / "train").rglob("*") if f.is_file())

@@ -12,9 +12,9 @@ from torch import nn
 from tqdm import tqdm
 
 from common.cli.errors import UserError
-from common.cli.flags import device_spec
+from common.cli.flags import device_spec, workers_from_args
 from common.cli.paths import check_output_dir, check_output_file
-from common.compute.accel import compile_model, default_workers, loader_kwargs, resolve_precision
+from common.compute.accel import compile_model, loader_kwargs, resolve_precision
 from common.compute.distributed import (
     broadcast_buffers,
     cleanup,
@@ -159,7 +159,7 @@ def train(args: argparse.Namespace, ctx) -> dict:
     precision = resolve_precision(device, args.amp)
     amp = precision.enabled
     # CPU: the decoded images are cached and augmenting them in the main process is cheaper than workers
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
+    workers = workers_from_args(args, device.type, cpu_in_main=True)
 
     n_train = sum(1 for _ in (data / "train").rglob("*") if _.is_file())
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
