@@ -47,3 +47,78 @@ def test_no_stage_has_its_own_worker_rule():
     offenders = [str(p.relative_to(root)) for d in ("squeeze", "recover", "rank_select", "relabel_eval")
                  for p in (root / d).glob("*.py") if own_rule.search(p.read_text())]
     assert offenders == []
+
+
+# --------------------------------------------------------------------------- error lines after a progress bar
+
+def _fails_mid_bar(close_first: bool):
+    def main(argv):
+        from tqdm import tqdm
+
+        from common.cli.errors import UserError
+
+        bar = tqdm(range(10), desc="epoch 1/3", leave=False, mininterval=0)
+        for i in bar:
+            if i == 4:
+                if close_first:
+                    bar.close()
+                raise UserError("non-finite loss at batch 4: the training diverged; lower --lr")
+    return main
+
+
+def test_error_starts_its_own_line_after_an_open_or_closed_bar(capsys):
+    from common.cli.errors import run_cli
+    from tests.test_bad_inputs import assert_one_line_error, visible_lines
+
+    for close_first in (False, True):
+        capsys.readouterr()
+        code = run_cli(_fails_mid_bar(close_first), [])
+        err = capsys.readouterr().err
+        assert "epoch 1/3" in err  # the bar did draw
+        assert "\nerror: non-finite loss at batch 4" in err and err.endswith("lower --lr\n"), repr(err)
+        assert err.count("error:") == 1 and "epoch 1/3" not in err.split("\nerror:")[1]  # not redrawn after it
+        assert_one_line_error(code, visible_lines(err), "diverged", late=True)
+
+
+def test_error_without_a_bar_is_the_only_output(capsys):
+    from common.cli.errors import UserError, run_cli
+
+    def main(argv):
+        import sys
+
+        print("a log line", file=sys.stderr)
+        raise UserError(f"{argv[0]}: no such file")
+
+    assert run_cli(main, ["x.pth"]) == 2
+    assert capsys.readouterr().err == "a log line\nerror: x.pth: no such file\n"  # no blank line added
+
+    def bad_flag(argv):
+        raise UserError("--epochs 0: must be 1 or more")
+
+    assert run_cli(bad_flag, []) == 2
+    assert capsys.readouterr().err == "error: --epochs 0: must be 1 or more\n"
+
+
+def test_diverged_relabel_eval_error_on_its_own_line(tmp_path, capsys, monkeypatch):
+    """A diverged relabel_eval fails while its progress bar is drawing: the raw stderr has the error at
+    the start of a line (log files and pipes keep the bar's text), and nothing follows it."""
+    from common.cli.errors import run_cli
+    from common.data.imagefolder import find_classes
+    from relabel_eval.train import main
+    from tests.conftest import make_teacher, make_tree
+    from tests.test_bad_inputs import assert_one_line_error, visible_lines
+
+    make_tree(tmp_path / "data" / "train", 3, 4, size=16, split=0)
+    make_tree(tmp_path / "data" / "val", 3, 2, size=16, split=1)
+    classes = find_classes(tmp_path / "data" / "train")
+    make_teacher(tmp_path / "teacher.pth", classes, input_size=16, data_root=tmp_path / "data" / "train")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    code = run_cli(main, ["--syn-data-path", "data/train", "--val-dir", "data/val", "--teacher-path", "teacher.pth",
+                          "--re-epochs", "1", "--re-batch-size", "4", "--workers", "0", "--device", "cpu",
+                          "--output", "out/eval.json", "--adamw-lr", "1e30"])
+    err = capsys.readouterr().err
+    assert "conv3 seed 42:" in err  # the bar drew
+    assert "\nerror: student conv3 seed 42: non-finite training loss" in err, repr(err[-300:])
+    assert_one_line_error(code, visible_lines(err), "lower --adamw-lr", late=True)
+    assert not (tmp_path / "out" / "eval.json").exists()
