@@ -22,7 +22,6 @@ from common.data.dataconfig import resolve_data_config
 from common.data.datasets import DatasetSpec, check_class_count, get_dataset
 from common.train.optim import freeze
 from models import check_arch, load_model
-from relabel_eval.args import add_common_args, mix_type  # noqa: F401  (torch-free; re-exported)
 from relabel_eval.augment import SampleTransform
 from relabel_eval.data import DistilledSet, load_distilled, make_train_loader
 from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, get_protocol, resolve_aug
