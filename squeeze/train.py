@@ -41,8 +41,8 @@ from models.registry import check_arch
 from squeeze.args import get_args_parser  # the torch-free parser (python -m squeeze parses with it first)
 
 STAGE = "squeeze"
-# Arguments that do not change the teacher (besides common.run.state.NOT_RESULT). The worker count
-# does (augmentation draws move into worker processes), so it enters the fingerprint resolved.
+# Arguments that do not change the teacher (besides common.run.state.NOT_RESULT, which holds --workers:
+# every image's augmentation is a function of (seed, epoch, index) wherever it is drawn, SeededItems).
 NOT_RESULT = {"output", "cache", "compile"}
 
 
@@ -158,7 +158,7 @@ def train(args: argparse.Namespace, ctx) -> dict:
                                                   shuffle=True, seed=sampler_seed(args.seed), drop_last=True)
     optimizer, scheduler = make_schedule(args, model, len(train_ds) // global_batch)
     scaler = precision.grad_scaler()
-    run = RunState(output, STAGE, fingerprint(args, NOT_RESULT, workers=workers), restart=args.restart,
+    run = RunState(output, STAGE, fingerprint(args, NOT_RESULT), restart=args.restart,
                    check=ctx.is_main)
 
     def load_scaler(ck):

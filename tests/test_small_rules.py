@@ -122,3 +122,26 @@ def test_diverged_relabel_eval_error_on_its_own_line(tmp_path, capsys, monkeypat
     assert "\nerror: student conv3 seed 42: non-finite training loss" in err, repr(err[-300:])
     assert_one_line_error(code, visible_lines(err), "lower --adamw-lr", late=True)
     assert not (tmp_path / "out" / "eval.json").exists()
+
+
+def test_squeeze_workers_change_nothing_and_are_not_in_the_fingerprint(tiny_data, tmp_path):
+    """The same teacher with 0 or 2 DataLoader workers, and a run killed with one worker count continues
+    with another (--workers is not a result flag), ending with the uninterrupted teacher bit for bit."""
+    import torch
+
+    from common.run.state import state_dir
+    from models import read_checkpoint
+    from squeeze import train as squeeze_train
+
+    def argv(out, *extra):
+        return ["--data-path", str(tiny_data), "--arch-name", "conv3", "--input-size", "16", "--epochs", "2",
+                "--batch-size", "8", "--lr", "0.05", "--warmup-epochs", "1", "--device", "cpu",
+                "--output", str(out), *extra]
+
+    squeeze_train.main(argv(tmp_path / "w0.pth", "--workers", "0"))
+    part = tmp_path / "w2.pth"
+    squeeze_train.main(argv(part, "--workers", "2", "--max-epochs-this-run", "1"))
+    assert (state_dir(part) / "last.pth").is_file() and not part.exists()
+    squeeze_train.main(argv(part, "--workers", "0"))  # not refused: the same run
+    a, b = read_checkpoint(tmp_path / "w0.pth")["model"], read_checkpoint(part)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
