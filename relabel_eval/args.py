@@ -1,7 +1,7 @@
 """``python -m relabel_eval``: train fresh students on a distilled set and validate them.
 
-The DELT/RDED protocol (ALGORITHMS.md, "relabel_eval"): per-image RandAugment /
-RandomResizedCrop / flip, one CutMix box (or Mixup) per batch, the teacher in eval
+The DELT/RDED protocol (docs/methods/delt.md, "relabel_eval", and docs/stages/relabel_eval.md):
+per-image RandAugment / RandomResizedCrop / flip, one CutMix box (or Mixup) per batch, the teacher in eval
 mode on the mixed batch, ``KL(log_softmax(s/T) || softmax(t/T))`` batchmean, AdamW
 with weight decay on conv/linear weights only, a half cosine stepped per epoch, and
 DELT's batch-size table. ``--label-mode hard`` trains with (mixed) cross-entropy on

@@ -145,3 +145,24 @@ def test_squeeze_workers_change_nothing_and_are_not_in_the_fingerprint(tiny_data
     squeeze_train.main(argv(part, "--workers", "0"))  # not refused: the same run
     a, b = read_checkpoint(tmp_path / "w0.pth")["model"], read_checkpoint(part)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_contracts_resume_table_is_one_table_with_every_long_command():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "contracts.md").read_text()
+    lines = text[text.index("## Run state"):].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith("| command"))
+    rows = []
+    for line in lines[first:]:
+        if not line.strip().startswith("|"):
+            break
+        rows.append(line.strip())
+    assert rows[1].startswith("|---")
+    commands = [r.split("|")[1].strip() for r in rows[2:]]
+    assert sorted(commands) == sorted([
+        "squeeze", "squeeze.ssl", "squeeze.linear_probe", "squeeze.trajectories", "squeeze.bn_stats", "rank_select",
+        "rank_select.patches", "rank_select.difficulty", "recover", "recover.trajectory_matching", "relabel_eval",
+        "relabel_eval --protocol pad", "relabel_eval.relabel"])
+    # the table ends there: no second table of the same columns further down
+    assert sum(line.strip().startswith("| command") for line in lines) == 1
