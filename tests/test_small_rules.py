@@ -1,6 +1,8 @@
 """One rule for each small thing: the per-epoch seed, the DataLoader worker default, error lines."""
 from __future__ import annotations
 
+import pytest
+
 from common.train.seed import epoch_seed, sampler_seed
 
 
@@ -166,3 +168,22 @@ def test_contracts_resume_table_is_one_table_with_every_long_command():
         "relabel_eval --protocol pad", "relabel_eval.relabel"])
     # the table ends there: no second table of the same columns further down
     assert sum(line.strip().startswith("| command") for line in lines) == 1
+
+
+@pytest.mark.parametrize("command, argv, message", [
+    ("squeeze.ssl", ["--data-path", "d", "--output", "o.pth", "--epochs", "0"], "argument --epochs"),
+    ("relabel_eval.baselines", ["random", "--train-dir", "/nonexistent/dd", "--ipc", "2", "--output-dir", "o"],
+     "/nonexistent/dd: --train-dir does not exist"),
+    ("common.viz", ["/nonexistent/dd", "--out", "g.png"], "/nonexistent/dd: ImageFolder root does not exist"),
+])
+def test_commands_through_run_stage_answer_before_torch(command, argv, message, tmp_path):
+    """These commands, too, go through common.cli.entry.run_stage: --help, argument errors and missing
+    paths end before torch is imported, with one error line and nothing written."""
+    from tests.test_cli_fast import HEAVY, run
+
+    res, imported, _ = run(["-m", command, "--help"], tmp_path)
+    assert res.returncode == 0 and "usage" in res.stdout.lower() and not imported & set(HEAVY)
+    res, imported, errors = run(["-m", command, *argv], tmp_path)
+    assert res.returncode == 2 and len(errors) == 1 and message in errors[0], res.stderr[-300:]
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    assert list(tmp_path.iterdir()) == []
