@@ -194,24 +194,10 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     """
     dev, E = common.device, cfg.epochs
     rank, world = maker.rank, maker.world_size  # world 1 unless DDP under torchrun
-    seed_everything(seed)
-    student = build_model(stud_name, common.num_classes, common.input_size)
-    if cfg.bn_double_update:
-        apply_bn_double_update(student)
-    student = student.to(dev).to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(student, cfg.sgd, cfg.lr, cfg.adamw_weight_decay, cfg.lr, cfg.momentum,
-                               cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, E, cfg.cos)
-    scaler = common.precision.grad_scaler()  # enabled only for fp16 (GPUs without bf16)
+    student, optimizer, scheduler, scaler = new_student(common, stud_name, seed, cfg)
     start, history, train_time = 0, [], 0.0
     if state_path is not None and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        student.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st[SCHEDULER_KEY])
-        scaler.load_state_dict(st["scaler"])
-        _set_rng_state(st["rng"])
-        start, history, train_time = int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
+        start, history, train_time = load_progress(state_path, student, optimizer, scheduler, scaler)
     evals = set(eval_epochs(E, cfg.eval_every))
     online = OnlineTeacher(common) if cfg.label_mode == "soft" else None
     bar = tqdm(range(start, E), desc=f"{stud_name} seed {seed}", leave=False,
@@ -242,33 +228,74 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         rec = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "train_top1_mixed": stats["train_top1_mixed"],
                "epoch_time_s": dt, "images_per_s": stats["images"] / dt if dt > 0 else None}
         if epoch in evals:
-            if world > 1:
-                broadcast_buffers(student)  # rank 0's BatchNorm statistics are validated and saved
-            res = evaluate(fast_student, val.batches(rank, world), dev, common.amp)
-            if world > 1:
-                res = reduce_metrics(res)  # each process validated every world-th image
-            rec["val_top1"], rec["val_top5"] = res["top1"], res["top5"]
+            rec.update(validate(student, fast_student, val, common, rank, world))
             bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
         history.append(rec)
-        if epoch in evals or epoch == E - 1:
-            if state_path is not None and rank == 0:
-                atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                                   SCHEDULER_KEY: scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                   "rng": _rng_state(), "epoch": epoch + 1, "history": json.dumps(history),
-                                   "train_time": train_time}, state_path)
-            if log_csv is not None and rank == 0:
+        if (epoch in evals or epoch == E - 1) and rank == 0:
+            if state_path is not None:
+                save_progress(state_path, student, optimizer, scheduler, scaler, epoch, history, train_time)
+            if log_csv is not None:
                 write_history_csv(history, log_csv)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     bar.close()
+    return run_summary(stud_name, seed, E, history, train_time), unwrap(net)
+
+
+def new_student(common: Common, stud_name: str, seed: int, cfg: TrainConfig) -> tuple:
+    """A fresh student (its initial weights a function of ``seed``), its optimiser, schedule and GradScaler."""
+    seed_everything(seed)
+    student = build_model(stud_name, common.num_classes, common.input_size)
+    if cfg.bn_double_update:
+        apply_bn_double_update(student)
+    student = student.to(common.device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(student, cfg.sgd, cfg.lr, cfg.adamw_weight_decay, cfg.lr, cfg.momentum,
+                               cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.epochs, cfg.cos)
+    scaler = common.precision.grad_scaler()  # enabled only for fp16 (GPUs without bf16)
+    return student, optimizer, scheduler, scaler
+
+
+def save_progress(state_path: Path, student, optimizer, scheduler, scaler, epoch: int, history: list[dict],
+                  train_time: float) -> None:
+    """The student's checkpoint after ``epoch``: weights, optimiser, schedule, scaler, RNG, history."""
+    atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                       SCHEDULER_KEY: scheduler.state_dict(), "scaler": scaler.state_dict(),
+                       "rng": _rng_state(), "epoch": epoch + 1, "history": json.dumps(history),
+                       "train_time": train_time}, state_path)
+
+
+def load_progress(state_path: Path, student, optimizer, scheduler, scaler) -> tuple[int, list[dict], float]:
+    """Load :func:`save_progress`'s checkpoint: ``(first epoch to run, history, training seconds so far)``."""
+    st = torch.load(state_path, map_location="cpu", weights_only=True)
+    student.load_state_dict(st["model"])
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st[SCHEDULER_KEY])
+    scaler.load_state_dict(st["scaler"])
+    _set_rng_state(st["rng"])
+    return int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
+
+
+def validate(student, fast_student, val: ValSet, common: Common, rank: int, world: int) -> dict:
+    """Top-1 and top-5 on the validation images (each process validates every world-th image)."""
+    if world > 1:
+        broadcast_buffers(student)  # rank 0's BatchNorm statistics are validated and saved
+    res = evaluate(fast_student, val.batches(rank, world), common.device, common.amp)
+    if world > 1:
+        res = reduce_metrics(res)
+    return {"val_top1": res["top1"], "val_top5": res["top5"]}
+
+
+def run_summary(stud_name: str, seed: int, epochs: int, history: list[dict], train_time: float) -> dict:
+    """One run's result: final and best validated accuracy, timings and the history."""
     evaluated = [h for h in history if "val_top1" in h]
     final = evaluated[-1]
     best = max(evaluated, key=lambda h: h["val_top1"])
     images = sum(h["images_per_s"] * h["epoch_time_s"] for h in history if h["images_per_s"])
     return {"student": stud_name, "seed": seed, "final_top1": final["val_top1"], "final_top5": final["val_top5"],
-            "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": E,
+            "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": epochs,
             "train_time_s": train_time, "images_per_s": images / train_time if train_time > 0 else None,
-            "history": history}, unwrap(net)
+            "history": history}
 
 
 def recovery_teacher(syn_data_path) -> dict | None:
