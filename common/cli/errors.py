@@ -101,15 +101,18 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         with one_line_argparse():
             main(argv)
     except UserError as exc:
+        _end_progress_line(tracker)
         if os.environ.get("DD_TRACEBACK"):
             raise
-        _end_progress_line(tracker)
         print(f"error: {one_line(exc)}", file=original)
         return 2
     except KeyboardInterrupt:
         _end_progress_line(tracker)
         print("interrupted", file=original)
         return 130
+    except Exception:  # a bug: its traceback, too, starts on its own line
+        _end_progress_line(tracker)
+        raise
     finally:
         if sys.stderr is tracker:
             sys.stderr = original
