@@ -34,7 +34,7 @@ from common.train.seed import epoch_seed, sampler_seed, seed_everything, seed_wo
 from models import build_backbone, make_meta, save_checkpoint
 from models.registry import canonical_arch
 from squeeze.moco import MoCo, TwoViews, extract_features, knn_top1, train_step, view_transform
-from squeeze.train import check_then_train, lr_at, report_path, resume_training
+from squeeze.train import check_then_train, lr_at, report_path, resume_training, run_args_of
 
 
 def last_path(output: str | Path) -> Path:
@@ -189,11 +189,6 @@ def load_views(args, ctx, data: Path, classes: list[str], data_cfg):
     train_plain = Plain(base, val_transform(size, mean, std))
     val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache)
     return base, views, train_plain, val_ds
-
-
-def run_args_of(args) -> dict:
-    """The flags a checkpoint and the report record (not those that only steer this call)."""
-    return {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run", "restart", "force")}
 
 
 @dataclass
