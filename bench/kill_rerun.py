@@ -108,7 +108,7 @@ def main() -> int:
 
         full, part = work / "sq_full.pth", work / "sq_killed.pth"
         run([*sq, "--output", str(full)], log)
-        last = part.with_name(part.stem + ".last.pth")
+        last = part.with_name(part.name + ".state") / "last.pth"  # the run state beside the output (common.run.state)
         s = run_and_kill([*sq, "--output", str(part)], log, lambda: last.exists())
         run([*sq, "--output", str(part), "--resume"], log)
         wa = torch.load(full, weights_only=True)["model"]

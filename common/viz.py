@@ -1,4 +1,5 @@
-"""Figures written as PNG: sample grids of ImageFolder trees."""
+"""Figures written as PNG: sample grids of ImageFolder trees (``python -m common.viz``; torch is imported
+only to read the images, after the arguments and paths were checked)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,6 @@ from typing import Sequence
 from PIL import Image, ImageDraw
 
 from common.cli.argtypes import positive_int
-from common.data.imagefolder import find_classes, list_class_files, load_rgb
 from common.run.atomic import atomic_save_image
 
 
@@ -34,6 +34,8 @@ def folder_grid(root: str | os.PathLike, out_png: str | os.PathLike, per_class: 
                 max_classes: int = 10, cell: int = 64, label: bool = True) -> Path:
     """A PNG grid of the first ``per_class`` images of the first ``max_classes`` classes."""
     root = Path(root)
+    from common.data.imagefolder import find_classes, list_class_files, load_rgb
+
     classes = find_classes(root)[:max_classes]
     rows = [[load_rgb(root / c / f) for f in list_class_files(root / c)[:per_class]] for c in classes]
     grid = image_grid(rows, cell=cell, labels=classes if label else None, label_width=90 if label else 0)
@@ -44,6 +46,8 @@ def folder_grid(root: str | os.PathLike, out_png: str | os.PathLike, per_class: 
 def sets_grid(roots: list[str | os.PathLike], out_png: str | os.PathLike, names: list[str] | None = None,
               per_class: int = 10, max_classes: int = 10, cell: int = 32) -> Path:
     """One PNG comparing several ImageFolder sets: for each set, one row per class (titled by set name)."""
+    from common.data.imagefolder import find_classes, list_class_files, load_rgb
+
     rows, labels = [], []
     for k, root in enumerate(roots):
         root = Path(root)
@@ -69,6 +73,13 @@ def get_args_parser():
     return p
 
 
+def check_paths(args) -> None:
+    """Every root must be a folder."""
+    from common.cli.entry import require_paths
+
+    require_paths(args, [("roots", "ImageFolder root")], kind="dir")
+
+
 def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
     return sets_grid(args.roots, args.out, args.names, args.per_class, args.max_classes, args.cell)
@@ -77,6 +88,6 @@ def main(argv=None) -> Path:
 if __name__ == "__main__":
     import sys
 
-    from common.cli.errors import run_cli
+    from common.cli.entry import run_stage
 
-    sys.exit(run_cli(main))
+    sys.exit(run_stage("common.viz", "common.viz"))  # this module is torch-free until it reads images

@@ -24,7 +24,6 @@ from common.data.datasets import DatasetSpec
 from common.train.optim import freeze
 from models import checkpoint_meta, load_model, read_checkpoint
 from models.registry import canonical_arch
-from rank_select.args import add_model_args  # noqa: F401  (torch-free; re-exported)
 
 _PLAIN_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 

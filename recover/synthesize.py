@@ -44,7 +44,7 @@ from common.run.manifest import build_manifest, sha256_file
 from common.run.state import RunState, check_output, fingerprint
 from common.train.curves import Curves, write_series
 from models import canonical_arch, checkpoint_meta, has_batchnorm, load_model, read_checkpoint
-from recover.args import get_args_parser  # noqa: F401  (the parser lives in the torch-free recover.args)
+from recover.args import get_args_parser  # the parser lives in the torch-free recover.args
 from recover.cpu import keep_freed_memory
 from recover.loop import LoopConfig, NonFiniteLoss, prepare_teacher, recover_batch
 from recover.output import OutputDir

@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from common.cli.errors import UserError
-from common.compute.accel import Precision, default_workers, resolve_precision
+from common.cli.flags import workers_from_args
+from common.compute.accel import Precision, resolve_precision
 from common.compute.device import autocast, device_from_args
 from common.data.dataconfig import resolve_data_config
 from common.data.datasets import DatasetSpec, check_class_count, get_dataset
 from common.train.optim import freeze
 from models import check_arch, load_model
-from relabel_eval.args import add_common_args, mix_type  # noqa: F401  (torch-free; re-exported)
 from relabel_eval.augment import SampleTransform
 from relabel_eval.data import DistilledSet, load_distilled, make_train_loader
 from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, get_protocol, resolve_aug
@@ -102,7 +102,7 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
                         f"{int(data.sizes.min())} of {args.syn_data_path}")
     if aug.rand_augment:
         SampleTransform(aug.input_size, aug.rand_augment)._ra_for(32)  # a bad config string fails here, not in a worker
-    workers = default_workers(device.type) if args.workers is None else args.workers
+    workers = workers_from_args(args, device.type)
     return Common(device, amp, spec, data, teacher, meta, int(input_size), tuple(mean), tuple(std), aug, workers,
                   precision)
 

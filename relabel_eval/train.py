@@ -45,7 +45,7 @@ from relabel_eval.context import (
     warn_ignored,
 )
 from relabel_eval.data import ValSet
-from relabel_eval.eval_protocols import get_protocol
+from relabel_eval.eval_protocols import EvalProtocol, get_protocol
 from relabel_eval.mix import kd_loss, mixed_ce, target_lambda
 from relabel_eval.plan import make_epoch_plan
 from relabel_eval.protocol import (
@@ -194,24 +194,10 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     """
     dev, E = common.device, cfg.epochs
     rank, world = maker.rank, maker.world_size  # world 1 unless DDP under torchrun
-    seed_everything(seed)
-    student = build_model(stud_name, common.num_classes, common.input_size)
-    if cfg.bn_double_update:
-        apply_bn_double_update(student)
-    student = student.to(dev).to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(student, cfg.sgd, cfg.lr, cfg.adamw_weight_decay, cfg.lr, cfg.momentum,
-                               cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, E, cfg.cos)
-    scaler = common.precision.grad_scaler()  # enabled only for fp16 (GPUs without bf16)
+    student, optimizer, scheduler, scaler = new_student(common, stud_name, seed, cfg)
     start, history, train_time = 0, [], 0.0
     if state_path is not None and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        student.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st[SCHEDULER_KEY])
-        scaler.load_state_dict(st["scaler"])
-        _set_rng_state(st["rng"])
-        start, history, train_time = int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
+        start, history, train_time = load_progress(state_path, student, optimizer, scheduler, scaler)
     evals = set(eval_epochs(E, cfg.eval_every))
     online = OnlineTeacher(common) if cfg.label_mode == "soft" else None
     bar = tqdm(range(start, E), desc=f"{stud_name} seed {seed}", leave=False,
@@ -242,33 +228,74 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         rec = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "train_top1_mixed": stats["train_top1_mixed"],
                "epoch_time_s": dt, "images_per_s": stats["images"] / dt if dt > 0 else None}
         if epoch in evals:
-            if world > 1:
-                broadcast_buffers(student)  # rank 0's BatchNorm statistics are validated and saved
-            res = evaluate(fast_student, val.batches(rank, world), dev, common.amp)
-            if world > 1:
-                res = reduce_metrics(res)  # each process validated every world-th image
-            rec["val_top1"], rec["val_top5"] = res["top1"], res["top5"]
+            rec.update(validate(student, fast_student, val, common, rank, world))
             bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
         history.append(rec)
-        if epoch in evals or epoch == E - 1:
-            if state_path is not None and rank == 0:
-                atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                                   SCHEDULER_KEY: scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                   "rng": _rng_state(), "epoch": epoch + 1, "history": json.dumps(history),
-                                   "train_time": train_time}, state_path)
-            if log_csv is not None and rank == 0:
+        if (epoch in evals or epoch == E - 1) and rank == 0:
+            if state_path is not None:
+                save_progress(state_path, student, optimizer, scheduler, scaler, epoch, history, train_time)
+            if log_csv is not None:
                 write_history_csv(history, log_csv)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     bar.close()
+    return run_summary(stud_name, seed, E, history, train_time), unwrap(net)
+
+
+def new_student(common: Common, stud_name: str, seed: int, cfg: TrainConfig) -> tuple:
+    """A fresh student (its initial weights a function of ``seed``), its optimiser, schedule and GradScaler."""
+    seed_everything(seed)
+    student = build_model(stud_name, common.num_classes, common.input_size)
+    if cfg.bn_double_update:
+        apply_bn_double_update(student)
+    student = student.to(common.device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(student, cfg.sgd, cfg.lr, cfg.adamw_weight_decay, cfg.lr, cfg.momentum,
+                               cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.epochs, cfg.cos)
+    scaler = common.precision.grad_scaler()  # enabled only for fp16 (GPUs without bf16)
+    return student, optimizer, scheduler, scaler
+
+
+def save_progress(state_path: Path, student, optimizer, scheduler, scaler, epoch: int, history: list[dict],
+                  train_time: float) -> None:
+    """The student's checkpoint after ``epoch``: weights, optimiser, schedule, scaler, RNG, history."""
+    atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                       SCHEDULER_KEY: scheduler.state_dict(), "scaler": scaler.state_dict(),
+                       "rng": _rng_state(), "epoch": epoch + 1, "history": json.dumps(history),
+                       "train_time": train_time}, state_path)
+
+
+def load_progress(state_path: Path, student, optimizer, scheduler, scaler) -> tuple[int, list[dict], float]:
+    """Load :func:`save_progress`'s checkpoint: ``(first epoch to run, history, training seconds so far)``."""
+    st = torch.load(state_path, map_location="cpu", weights_only=True)
+    student.load_state_dict(st["model"])
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st[SCHEDULER_KEY])
+    scaler.load_state_dict(st["scaler"])
+    _set_rng_state(st["rng"])
+    return int(st["epoch"]), json.loads(st["history"]), float(st["train_time"])
+
+
+def validate(student, fast_student, val: ValSet, common: Common, rank: int, world: int) -> dict:
+    """Top-1 and top-5 on the validation images (each process validates every world-th image)."""
+    if world > 1:
+        broadcast_buffers(student)  # rank 0's BatchNorm statistics are validated and saved
+    res = evaluate(fast_student, val.batches(rank, world), common.device, common.amp)
+    if world > 1:
+        res = reduce_metrics(res)
+    return {"val_top1": res["top1"], "val_top5": res["top5"]}
+
+
+def run_summary(stud_name: str, seed: int, epochs: int, history: list[dict], train_time: float) -> dict:
+    """One run's result: final and best validated accuracy, timings and the history."""
     evaluated = [h for h in history if "val_top1" in h]
     final = evaluated[-1]
     best = max(evaluated, key=lambda h: h["val_top1"])
     images = sum(h["images_per_s"] * h["epoch_time_s"] for h in history if h["images_per_s"])
     return {"student": stud_name, "seed": seed, "final_top1": final["val_top1"], "final_top5": final["val_top5"],
-            "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": E,
+            "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": epochs,
             "train_time_s": train_time, "images_per_s": images / train_time if train_time > 0 else None,
-            "history": history}, unwrap(net)
+            "history": history}
 
 
 def recovery_teacher(syn_data_path) -> dict | None:
@@ -312,24 +339,77 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cleanup()
 
 
+@dataclass
+class EvalSetup:
+    """What relabel_eval resolves from its flags before training: data and teacher, soft labels, students
+    and seeds, the labels' temperature, the protocol, and where the results go."""
+    common: Common
+    store: SoftLabelStore | None
+    students: list[str]
+    seeds: list[int]
+    temperature: float | None
+    protocol: EvalProtocol
+    bn_double: bool
+    output: Path
+    results_csv: Path
+    ddp: bool  # every seed trained by all processes (DDP), rather than whole seeds per process
+
+
 def run(args: argparse.Namespace, ctx) -> dict:
+    """Resolve the setup, train every (student, seed) not done yet, then write the result and its CSV row."""
+    setup = resolve_setup(args, ctx)
+    common = setup.common
+    fp = fingerprint(args, NOT_RESULT)
+    if setup.ddp:
+        fp["world_size"] = ctx.world_size  # a DDP run is reproducible for its number of processes
+    # the main process checks the run state beside --output (the others wait for it); state.running() opens it
+    state = RunState(setup.output, STAGE, fp, restart=args.restart, check=ctx.is_main)
+
+    val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,
+                 common.workers, pin_memory=common.device.type == "cuda")
+    if args.compile and common.teacher is not None:
+        common.teacher = compile_model(common.teacher, True, "teacher")
+    maker = BatchMaker(common, ctx.rank, ctx.world_size) if setup.ddp else BatchMaker(common)
+    _print_setup(args, ctx, setup, val)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    configs = {stud: student_config(args, setup, stud) for stud in setup.students}
+    train_all(args, ctx, setup, state, maker, val, configs)
+    if not ctx.is_main:
+        return {}
+    per_student = {stud: student_summary(args, setup, state, stud, configs[stud]) for stud in setup.students}
+    result = result_record(args, ctx, setup, val, per_student, started)
+    atomic_write_json(setup.output, result)
+    append_results_csv(setup.results_csv, result, setup.output, force=args.force)
+    state.finish()
+    print(f"results: {setup.output} (table: {setup.results_csv})")
+    return result
+
+
+def _soft_label_store(args: argparse.Namespace) -> SoftLabelStore | None:
+    """``--label-mode fkd``'s stored soft labels (and the IPC they were made for); None for the other modes."""
+    if args.label_mode != "fkd":
+        if args.soft_label_dir:
+            raise UserError("--soft-label-dir is only used with --label-mode fkd")
+        return None
+    if not args.soft_label_dir:
+        raise UserError("--label-mode fkd needs --soft-label-dir (made by python -m relabel_eval.relabel)")
+    store = SoftLabelStore(args.soft_label_dir)
+    if args.ipc is None:
+        args.ipc = int(store.manifest["ipc"])
+    if args.re_epochs > store.epochs:
+        raise UserError(f"--re-epochs {args.re_epochs} but {args.soft_label_dir} holds {store.epochs} epochs "
+                        f"of soft labels")
+    return store
+
+
+def resolve_setup(args: argparse.Namespace, ctx) -> EvalSetup:
+    """Check the flags against each other and the data; every refusal comes before any training."""
     warn_ignored(args)
     if args.re_epochs < 1:
         raise UserError("--re-epochs must be at least 1")
     if args.re_accum_steps < 1:
         raise UserError("--re-accum-steps must be at least 1")
-    store = None
-    if args.label_mode == "fkd":
-        if not args.soft_label_dir:
-            raise UserError("--label-mode fkd needs --soft-label-dir (made by python -m relabel_eval.relabel)")
-        store = SoftLabelStore(args.soft_label_dir)
-        if args.ipc is None:
-            args.ipc = int(store.manifest["ipc"])
-        if args.re_epochs > store.epochs:
-            raise UserError(f"--re-epochs {args.re_epochs} but {args.soft_label_dir} holds {store.epochs} epochs "
-                            f"of soft labels")
-    elif args.soft_label_dir:
-        raise UserError("--soft-label-dir is only used with --label-mode fkd")
+    store = _soft_label_store(args)
     hint = args.stud_name[0].split(",")[0] if args.stud_name else args.arch_name
     common = resolve_common(args, need_teacher=args.label_mode == "soft",
                             stored=store.manifest if store else None, student_hint=hint)
@@ -348,103 +428,106 @@ def run(args: argparse.Namespace, ctx) -> dict:
     output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
     # the output was checked in main(), before any work
-    ddp = ctx.distributed and args.seed_parallel == "ddp"
-    fp = fingerprint(args, NOT_RESULT)
-    if ddp:
-        fp["world_size"] = ctx.world_size  # a DDP run is reproducible for its number of processes
-    # the main process checks the run state beside --output (the others wait for it); state.running() opens it
-    state = RunState(output, STAGE, fp, restart=args.restart, check=ctx.is_main)
+    return EvalSetup(common, store, students, seeds, temperature, protocol, bn_double, output, results_csv,
+                     ddp=ctx.distributed and args.seed_parallel == "ddp")
 
-    val = ValSet(args.val_dir, common.data.classes, common.input_size, common.mean, common.std, args.val_ipc,
-                 common.workers, pin_memory=common.device.type == "cuda")
-    if args.compile and common.teacher is not None:
-        common.teacher = compile_model(common.teacher, True, "teacher")
-    maker = BatchMaker(common, ctx.rank, ctx.world_size) if ddp else BatchMaker(common)
-    data = common.data
+
+def _print_setup(args: argparse.Namespace, ctx, setup: EvalSetup, val: ValSet) -> None:
+    common, data = setup.common, setup.common.data
     print(f"distilled set {args.syn_data_path}: {len(data)} images, {common.num_classes} classes, IPC {data.ipc}; "
           f"val {len(val)} images; input {common.input_size}; labels: {args.label_mode}; device {common.device}"
           f" ({common.precision.name}); workers {common.workers}", file=sys.stderr, flush=True)
     if ctx.distributed:
         print(f"torchrun: {ctx.world_size} processes ({ctx.backend}); "
               + ("each seed trained by all of them (DDP); the batch below is the global batch, "
-                 f"1/{ctx.world_size} of it per process" if ddp else
+                 f"1/{ctx.world_size} of it per process" if setup.ddp else
                  "each process trains whole seeds (--seed-parallel ranks)"), file=sys.stderr, flush=True)
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    configs = {}
-    for stud in students:
-        lr, lr_source = (args.learning_rate, "flag (sgd)") if args.sgd else \
-            ((args.adamw_lr, "flag") if args.adamw_lr > 0 else adamw_lr_for(stud))
-        special = released_special_case(common.spec.name, args.arch_name or common.teacher_meta.get("arch"), stud)
-        if not args.sgd and args.adamw_lr <= 0 and "adamw_lr" in special:
-            lr, lr_source = special["adamw_lr"], "released special case"
-        if store is not None:
-            bs, bs_source = int(store.manifest["batch_size"]), "soft labels"
-        else:
-            bs, bs_source = batch_size_for(args, common, stud)
-        cfg = TrainConfig(epochs=args.re_epochs, batch_size=bs, lr=lr, temperature=temperature,
-                          label_mode=args.label_mode, eval_every=args.eval_every, accum_steps=args.re_accum_steps,
-                          sgd=args.sgd, adamw_weight_decay=args.adamw_weight_decay, momentum=args.momentum,
-                          weight_decay=args.weight_decay, cos=args.cos, compile=args.compile,
-                          bn_double_update=bn_double)
-        print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
-              f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
-              f"{args.re_epochs} epochs, seeds {seeds}; protocol {protocol.name}, BN momentum "
-              f"{'0.19 (double update, as released)' if bn_double else '0.1 (--no-bn-double-update)'}",
-              file=sys.stderr, flush=True)
-        configs[stud] = (bs, bs_source, lr, lr_source, cfg)
 
-    # this process's runs: all of them (one process, or DDP), or every world-th (--seed-parallel ranks)
-    pairs = [(stud, seed) for stud in students for seed in seeds]
+
+def student_config(args: argparse.Namespace, setup: EvalSetup, stud: str) -> tuple:
+    """``(batch, its source, lr, its source, TrainConfig)`` of one student, printed as one line."""
+    common, store, temperature, bn_double = setup.common, setup.store, setup.temperature, setup.bn_double
+    lr, lr_source = (args.learning_rate, "flag (sgd)") if args.sgd else \
+        ((args.adamw_lr, "flag") if args.adamw_lr > 0 else adamw_lr_for(stud))
+    special = released_special_case(common.spec.name, args.arch_name or common.teacher_meta.get("arch"), stud)
+    if not args.sgd and args.adamw_lr <= 0 and "adamw_lr" in special:
+        lr, lr_source = special["adamw_lr"], "released special case"
+    if store is not None:
+        bs, bs_source = int(store.manifest["batch_size"]), "soft labels"
+    else:
+        bs, bs_source = batch_size_for(args, common, stud)
+    cfg = TrainConfig(epochs=args.re_epochs, batch_size=bs, lr=lr, temperature=temperature,
+                      label_mode=args.label_mode, eval_every=args.eval_every, accum_steps=args.re_accum_steps,
+                      sgd=args.sgd, adamw_weight_decay=args.adamw_weight_decay, momentum=args.momentum,
+                      weight_decay=args.weight_decay, cos=args.cos, compile=args.compile,
+                      bn_double_update=bn_double)
+    print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
+          f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
+          f"{args.re_epochs} epochs, seeds {setup.seeds}; protocol {setup.protocol.name}, BN momentum "
+          f"{'0.19 (double update, as released)' if bn_double else '0.1 (--no-bn-double-update)'}",
+          file=sys.stderr, flush=True)
+    return bs, bs_source, lr, lr_source, cfg
+
+
+def train_all(args: argparse.Namespace, ctx, setup: EvalSetup, state: RunState, maker: BatchMaker, val: ValSet,
+              configs: dict) -> None:
+    """Train this process's (student, seed) runs that are not done yet: all of them (one process, or DDP),
+    or every world-th (``--seed-parallel ranks``); each finished run is marked done in the run state."""
+    pairs = [(stud, seed) for stud in setup.students for seed in setup.seeds]
     with state.running():  # a failure before the first checkpoint leaves no state behind
         for i, (stud, seed) in enumerate(pairs):
-            if ctx.distributed and not ddp and i % ctx.world_size != ctx.rank:
+            if ctx.distributed and not setup.ddp and i % ctx.world_size != ctx.rank:
                 continue
             tag = f"{stud}_seed{seed}"
             if state.done(tag) is not None:
                 print(f"  {stud} seed {seed}: already done (resumed call)", file=sys.stderr)
                 continue
-            log_csv = Path(args.log_dir) / f"{output.stem}_{tag}.csv" if args.log_dir else None
-            run, _ = train_student(common, maker, val, stud, seed, configs[stud][4], state.path(f"{tag}.pt"),
-                                   log_csv, store)
+            log_csv = Path(args.log_dir) / f"{setup.output.stem}_{tag}.csv" if args.log_dir else None
+            run, _ = train_student(setup.common, maker, val, stud, seed, configs[stud][4], state.path(f"{tag}.pt"),
+                                   log_csv, setup.store)
             if maker.rank == 0:  # the one writer of this run
                 state.mark_done(tag, run)
                 state.path(f"{tag}.pt").unlink(missing_ok=True)
-    if not ctx.is_main:
-        return {}
 
-    per_student = {}
-    for stud in students:
-        bs, bs_source, lr, lr_source, cfg = configs[stud]
-        runs = []
-        for seed in seeds:
-            run = _wait_for(state.marker(f"{stud}_seed{seed}"))
-            runs.append(run)
-            print(f"  {stud} seed {seed}: FINAL top-1 {run['final_top1']:.2f} (top-5 {run['final_top5']:.2f}) | "
-                  f"best top-1 during training {run['best_top1']:.2f} @ epoch {run['best_top1_epoch']} | "
-                  f"{run['train_time_s']:.1f} s, {run['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
-        summary = summarize_runs(runs)
-        per_student[stud] = {"batch_size": bs, "batch_size_source": bs_source, "lr": lr, "lr_source": lr_source,
-                             "summary": summary, "runs": runs}
-        print(f"{stud} [{args.label_mode} labels, {len(seeds)} seed(s)]: FINAL top-1 "
-              f"{summary['final_top1_mean']:.2f} +- {summary['final_top1_std']:.2f} "
-              f"(top-5 {summary['final_top5_mean']:.2f}); best during training {summary['best_top1_mean']:.2f} "
-              f"+- {summary['best_top1_std']:.2f}", flush=True)
 
+def student_summary(args: argparse.Namespace, setup: EvalSetup, state: RunState, stud: str, config: tuple) -> dict:
+    """One student's runs (each seed's, waiting for those other processes train) and their mean and spread."""
+    bs, bs_source, lr, lr_source, _ = config
+    runs = []
+    for seed in setup.seeds:
+        run = _wait_for(state.marker(f"{stud}_seed{seed}"))
+        runs.append(run)
+        print(f"  {stud} seed {seed}: FINAL top-1 {run['final_top1']:.2f} (top-5 {run['final_top5']:.2f}) | "
+              f"best top-1 during training {run['best_top1']:.2f} @ epoch {run['best_top1_epoch']} | "
+              f"{run['train_time_s']:.1f} s, {run['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
+    summary = summarize_runs(runs)
+    print(f"{stud} [{args.label_mode} labels, {len(setup.seeds)} seed(s)]: FINAL top-1 "
+          f"{summary['final_top1_mean']:.2f} +- {summary['final_top1_std']:.2f} "
+          f"(top-5 {summary['final_top5_mean']:.2f}); best during training {summary['best_top1_mean']:.2f} "
+          f"+- {summary['best_top1_std']:.2f}", flush=True)
+    return {"batch_size": bs, "batch_size_source": bs_source, "lr": lr, "lr_source": lr_source,
+            "summary": summary, "runs": runs}
+
+
+def result_record(args: argparse.Namespace, ctx, setup: EvalSetup, val: ValSet, per_student: dict,
+                  started: str) -> dict:
+    """The results JSON: data, teachers, protocol, each student's runs and the manifest."""
+    common, data, protocol, bn_double = setup.common, setup.common.data, setup.protocol, setup.bn_double
     teacher_info = None
     if args.teacher_path:
         teacher_info = {"path": str(args.teacher_path), "sha256": sha256_file(args.teacher_path),
                         "arch": common.teacher_meta.get("arch"), "val_top1": common.teacher_meta.get("val_top1")}
-    result = {
-        "stage": STAGE, "name": args.exp_name or output.stem, "syn_data_path": str(args.syn_data_path),
+    return {
+        "stage": STAGE, "name": args.exp_name or setup.output.stem, "syn_data_path": str(args.syn_data_path),
         "recovery_teacher": recovery_teacher(args.syn_data_path),
         "val_dir": str(args.val_dir), "label_mode": args.label_mode, "soft_label_dir": args.soft_label_dir,
         "num_images": len(data), "num_classes": common.num_classes, "ipc": data.ipc, "val_images": len(val),
         "input_size": common.input_size, "mean": list(common.mean), "std": list(common.std),
-        "teacher": teacher_info, "seeds": seeds,
+        "teacher": teacher_info, "seeds": setup.seeds,
         "protocol": {"name": protocol.name, "source": protocol.source, "factor": args.factor
                      if protocol.needs_factor else None, "bn_double_update": bn_double,
                      "bn_momentum": "1-(1-m)^2 (0.19 for 0.1)" if bn_double else "model default (0.1)",
-                     "epochs": args.re_epochs, "temperature": temperature, "aug": common.aug.to_dict(),
+                     "epochs": args.re_epochs, "temperature": setup.temperature, "aug": common.aug.to_dict(),
                      "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
                      "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp,
                      "precision": common.precision.name, "processes": ctx.world_size,
@@ -454,8 +537,3 @@ def run(args: argparse.Namespace, ctx) -> dict:
         "manifest": build_manifest(STAGE, args, inputs={"teacher": args.teacher_path}, started=started,
                                    finished=time.strftime("%Y-%m-%dT%H:%M:%S%z")),
     }
-    atomic_write_json(output, result)
-    append_results_csv(results_csv, result, output, force=args.force)
-    state.finish()
-    print(f"results: {output} (table: {results_csv})")
-    return result

@@ -80,7 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--output", required=True, help="teacher checkpoint to write (e.g. runs/teacher.pth)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from <output>.last.pth (or the given training checkpoint)")
+                   help="continue from the run state <output>.state/last.pth (the same command continues "
+                        "anyway), or from the given training checkpoint")
     p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
                    help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
     add_device_args(p)

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from common.cli.errors import UserError
-from common.compute.accel import default_workers
+from common.cli.flags import workers_from_args
 from common.data.dataconfig import resolve_data_config
 from common.data.datasets import get_dataset
 from common.data.imagefolder import ImageFolder, check_train_val
@@ -20,7 +20,7 @@ from common.run.manifest import build_manifest, sha256_file
 from common.run.state import RunState, check_output, fingerprint
 from common.train.metrics import evaluate
 from common.train.optim import SCHEDULER_KEY, freeze
-from common.train.seed import seed_everything, seed_worker
+from common.train.seed import epoch_seed, seed_everything, seed_worker
 from models import build_model, classifier_layer, classifier_name, make_meta, penultimate_features, save_checkpoint
 from models.external_ssl import read_linear_classifier, read_ssl_checkpoint
 from models.registry import canonical_arch
@@ -161,7 +161,7 @@ def train_probe(args) -> dict:
     mean, std = data_cfg.mean, data_cfg.std
     if args.linear_path:
         head = read_linear_classifier(args.linear_path)
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
+    workers = workers_from_args(args, device.type, cpu_in_main=True)
 
     seed_everything(args.seed)
     model = build_model(arch, len(classes), int(size))
@@ -204,15 +204,15 @@ def train_probe(args) -> dict:
                                                                              num_workers=workers), device)
 
             def batches(epoch):
-                g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+                g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))
                 order = torch.randperm(len(labels), generator=g).to(device)
                 for i in range(0, len(order), args.batch_size):
                     idx = order[i:i + args.batch_size]
                     yield feats[idx], labels[idx]
         else:
             def batches(epoch):
-                seed_everything(args.seed * 100003 + epoch)
-                g = torch.Generator().manual_seed(args.seed * 100003 + epoch)
+                seed_everything(epoch_seed(args.seed, epoch))
+                g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))
                 return tqdm(torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True,
                                                         num_workers=workers, generator=g,
                                                         worker_init_fn=seed_worker),

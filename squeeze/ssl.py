@@ -38,7 +38,7 @@ from common.cli.argtypes import (
     seed_int,
     unit_float,
 )
-from common.cli.errors import run_cli
+from common.cli.entry import run_stage
 from common.cli.flags import add_data_args, add_device_args
 from common.cli.paths import check_output_file
 from common.run.state import add_run_args
@@ -93,4 +93,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(run_stage("squeeze.ssl", "squeeze.ssl"))  # the parser here is torch-free: main imports torch

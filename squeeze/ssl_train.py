@@ -1,15 +1,19 @@
 """The MoCo v2 pre-training loop behind ``python -m squeeze.ssl`` (checkpoint and resume as squeeze)."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from common.cli.errors import UserError
-from common.compute.accel import default_workers, loader_kwargs
+from common.cli.flags import workers_from_args
+from common.compute.accel import loader_kwargs
 from common.compute.distributed import (
     all_gather_object,
     broadcast_buffers,
@@ -26,11 +30,11 @@ from common.run.atomic import atomic_write_json
 from common.run.manifest import build_manifest
 from common.run.state import RunState, fingerprint, state_dir
 from common.train.optim import SCHEDULER_KEY
-from common.train.seed import seed_everything, seed_worker
+from common.train.seed import epoch_seed, sampler_seed, seed_everything, seed_worker
 from models import build_backbone, make_meta, save_checkpoint
 from models.registry import canonical_arch
 from squeeze.moco import MoCo, TwoViews, extract_features, knn_top1, train_step, view_transform
-from squeeze.train import check_then_train, lr_at, report_path, resume_training
+from squeeze.train import check_then_train, lr_at, report_path, resume_training, run_args_of
 
 
 def last_path(output: str | Path) -> Path:
@@ -108,6 +112,7 @@ def pretrain(args) -> dict:
 
 
 def _pretrain(args, ctx) -> dict:
+    """MoCo v2 on ``--data-path``/train: resumes from the run state beside ``--output`` when one matches."""
     spec = get_dataset(args.dataset)
     device = ctx.device
     data = Path(args.data_path)
@@ -118,14 +123,61 @@ def _pretrain(args, ctx) -> dict:
     arch = canonical_arch(args.arch_name)
     data_cfg = resolve_data_config(spec, arch, args.input_size, image_root=data / "train", classes=classes)
     size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
+    workers = workers_from_args(args, device.type, cpu_in_main=True)
     output = Path(args.output)
+    base, views, train_plain, val_ds = load_views(args, ctx, data, classes, data_cfg)
+    global_batch = args.batch_size * ctx.world_size  # --batch-size is per process
 
+    seed_everything(args.seed)  # initial weights and the initial (random) queue are functions of --seed
+    model, feature_dim, head_name = build_moco(arch, size, args, gather=ctx.distributed)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
+    total_steps = len(base) // global_batch * args.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, 0, 1.0))
+    # each process takes every world_size-th index of the epoch's permutation: together, one global batch
+    sampler = torch.utils.data.DistributedSampler(views, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                                  seed=sampler_seed(args.seed), drop_last=True)
+    run = RunState(output, STAGE, fingerprint(args, NOT_RESULT), restart=args.restart, check=ctx.is_main)
+    start_epoch, history = resume_training(args.resume, last_path(output), model, optimizer, scheduler, arch,
+                                           classes, ctx.world_size, lambda ck: model.load_queue_state(ck["queue"]))
+    meta_base = dict(arch=arch, num_classes=0, input_size=size, classes=classes, dataset=spec.name, mean=mean,
+                     std=std, teacher_kind="ssl-backbone", ssl_method="mocov2", feature_dim=feature_dim,
+                     classifier_name=head_name)
+    # the bank (up to 65536 keys) is kept equal by gathering the keys of every process before enqueueing,
+    # the BatchNorm statistics by one broadcast per epoch: no buffer broadcast on every step
+    net = wrap_ddp(model, broadcast_buffers=False)
+    loop = SslEpochLoop(args, ctx, unwrap(net), net, optimizer, scheduler, views, sampler, train_plain, val_ds,
+                        len(classes), workers, last_path(output), meta_base)
+    procs = f" x {ctx.world_size} processes ({ctx.backend}), global batch {global_batch}" if ctx.distributed else ""
+    print(f"squeeze.ssl: MoCo v2 {arch} on {data / 'train'} ({len(base)} images, input {size}, device {device}"
+          f"{procs}, {args.epochs} epochs, batch {args.batch_size}, queue {args.queue_size})", file=sys.stderr)
+    t_start = time.perf_counter()
+    with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
+        for epochs_run, epoch in enumerate(range(start_epoch, args.epochs)):
+            if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
+                print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
+                return {"stopped_at_epoch": epoch, "history": history}
+            history.append(loop.run_epoch(epoch, history))
+    if not ctx.is_main:
+        knns = [h for h in history if "knn_top1" in h]
+        return {"knn_top1": knns[-1]["knn_top1"] if knns else None, "history": history}
+    report = write_backbone(output, loop, history, global_batch, time.perf_counter() - t_start)
+    run.finish()
+    print(f"backbone written to {output}: kNN top-1 {report['knn_top1']:.2f}% "
+          f"(next: python -m squeeze.linear_probe --backbone {output} ...)")  # the result line: stdout
+    return report
+
+
+def load_views(args, ctx, data: Path, classes: list[str], data_cfg):
+    """The training images (decoded once when ``--cache`` says so) as MoCo's two seeded views and as plain
+    images for the kNN check, and the val images: ``(images, views, plain, val)``. Caps ``--queue-size``
+    at the number of images."""
+    size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
     n_train = sum(1 for f in (data / "train").rglob("*") if f.is_file())
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
     base = ImageFolder(data / "train", None, classes=classes, cache=cache)
-    global_batch = args.batch_size * ctx.world_size  # --batch-size is per process
-    if len(base) < global_batch:
+    if len(base) < args.batch_size * ctx.world_size:
         raise UserError(f"{data / 'train'}: {len(base)} images, fewer than --batch-size {args.batch_size}"
                         + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
     if args.queue_size > len(base):
@@ -136,87 +188,78 @@ def _pretrain(args, ctx) -> dict:
     views = TwoViews(base, view_transform(size, mean, std, args.min_scale, args.blur_prob), seed=args.seed)
     train_plain = Plain(base, val_transform(size, mean, std))
     val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache)
+    return base, views, train_plain, val_ds
 
-    seed_everything(args.seed)  # initial weights and the initial (random) queue are functions of --seed
-    model, feature_dim, head_name = build_moco(arch, size, args, gather=ctx.distributed)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                momentum=args.momentum, weight_decay=args.weight_decay)
-    steps_per_epoch = len(base) // global_batch
-    total_steps = steps_per_epoch * args.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, 0, 1.0))
-    # each process takes every world_size-th index of the epoch's permutation: together, one global batch
-    sampler = torch.utils.data.DistributedSampler(views, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                                  seed=args.seed * 100003, drop_last=True)
 
-    run_args = {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run", "restart", "force")}
-    run = RunState(output, STAGE, fingerprint(args, NOT_RESULT), restart=args.restart, check=ctx.is_main)
-    state_file = last_path(output)
-    start_epoch, history = resume_training(args.resume, state_file, model, optimizer, scheduler, arch, classes,
-                                           ctx.world_size, lambda ck: model.load_queue_state(ck["queue"]))
+@dataclass
+class SslEpochLoop:
+    """What one MoCo epoch touches; :meth:`run_epoch` is a function of (weights, optimiser, queue, seed,
+    epoch), so a resumed run equals an uninterrupted one."""
+    args: argparse.Namespace
+    ctx: object
+    model: MoCo  # the plain module: validated and saved
+    net: nn.Module  # what trains (DDP under torchrun), sharing its parameters with ``model``
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    views: TwoViews
+    sampler: torch.utils.data.DistributedSampler
+    train_plain: Plain
+    val_ds: ImageFolder
+    num_classes: int
+    workers: int
+    state_file: Path
+    meta_base: dict
 
-    meta_base = dict(arch=arch, num_classes=0, input_size=size, classes=classes, dataset=spec.name, mean=mean,
-                     std=std, teacher_kind="ssl-backbone", ssl_method="mocov2", feature_dim=feature_dim,
-                     classifier_name=head_name)
-    # the bank (up to 65536 keys) is kept equal by gathering the keys of every process before enqueueing,
-    # the BatchNorm statistics by one broadcast per epoch: no buffer broadcast on every step
-    net = wrap_ddp(model, broadcast_buffers=False)
-    model = unwrap(net)
-    procs = f" x {ctx.world_size} processes ({ctx.backend}), global batch {global_batch}" if ctx.distributed else ""
-    print(f"squeeze.ssl: MoCo v2 {arch} on {data / 'train'} ({len(base)} images, input {size}, device {device}"
-          f"{procs}, {args.epochs} epochs, batch {args.batch_size}, queue {args.queue_size})", file=sys.stderr)
-    t_start = time.perf_counter()
-    epochs_run = 0
-    with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
-        for epoch in range(start_epoch, args.epochs):
-            if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
-                print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
-                return {"stopped_at_epoch": epoch, "history": history}
-            seed_everything(args.seed * 100003 + epoch + 7919 * ctx.rank)
-            views.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(views, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                                 worker_init_fn=seed_worker,
-                                                 **loader_kwargs(device.type, workers, persistent=False))
-            t0 = time.perf_counter()
-            loss, n = run_epoch(net, loader, optimizer, scheduler, device, args.moco_momentum,
-                                f"ssl epoch {epoch + 1}/{args.epochs}")
-            loss_sum, n = sum_over_ranks(loss * n, n)
-            loss = loss_sum / max(n, 1)
-            broadcast_buffers(model)  # rank 0's BatchNorm statistics (and the same bank) everywhere
-            dt = time.perf_counter() - t0
-            stats = {"epoch": epoch + 1, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
-                     "epoch_seconds": dt, "images_per_second": n / max(dt, 1e-9)}
-            last = epoch + 1 == args.epochs
-            if last or (args.knn_every > 0 and (epoch + 1) % args.knn_every == 0):
-                stats["knn_top1"] = knn_eval(model.backbone, train_plain, val_ds, len(classes), device, workers)
-            history.append(stats)
-            knn = f" | kNN top-1 {stats['knn_top1']:.2f}%" if "knn_top1" in stats else ""
-            print(f"ssl epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}{knn} | {dt:.1f}s "
-                  f"({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
-            if ctx.is_main:
-                save_checkpoint(state_file, model, make_meta(**meta_base), epoch=epoch,
-                                optimizer=optimizer.state_dict(), **{SCHEDULER_KEY: scheduler.state_dict()},
-                                queue=model.queue_state(), history=history, args=run_args, world_size=ctx.world_size)
-            epochs_run += 1
+    def run_epoch(self, epoch: int, history: list[dict]) -> dict:
+        """Train epoch ``epoch`` (and score kNN when due), print its line and checkpoint it: its stats."""
+        args, ctx, device = self.args, self.ctx, self.ctx.device
+        seed_everything(epoch_seed(args.seed, epoch, ctx.rank))
+        self.views.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(self.views, batch_size=args.batch_size, sampler=self.sampler,
+                                             drop_last=True, worker_init_fn=seed_worker,
+                                             **loader_kwargs(device.type, self.workers, persistent=False))
+        t0 = time.perf_counter()
+        loss, n = run_epoch(self.net, loader, self.optimizer, self.scheduler, device, args.moco_momentum,
+                            f"ssl epoch {epoch + 1}/{args.epochs}")
+        loss_sum, n = sum_over_ranks(loss * n, n)
+        loss = loss_sum / max(n, 1)
+        broadcast_buffers(self.model)  # rank 0's BatchNorm statistics (and the same bank) everywhere
+        dt = time.perf_counter() - t0
+        stats = {"epoch": epoch + 1, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                 "epoch_seconds": dt, "images_per_second": n / max(dt, 1e-9)}
+        if epoch + 1 == args.epochs or (args.knn_every > 0 and (epoch + 1) % args.knn_every == 0):
+            stats["knn_top1"] = knn_eval(self.model.backbone, self.train_plain, self.val_ds, self.num_classes,
+                                         device, self.workers)
+        knn = f" | kNN top-1 {stats['knn_top1']:.2f}%" if "knn_top1" in stats else ""
+        print(f"ssl epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f}{knn} | {dt:.1f}s "
+              f"({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
+        if ctx.is_main:
+            save_checkpoint(self.state_file, self.model, make_meta(**self.meta_base), epoch=epoch,
+                            optimizer=self.optimizer.state_dict(), **{SCHEDULER_KEY: self.scheduler.state_dict()},
+                            queue=self.model.queue_state(), history=history + [stats], args=run_args_of(args),
+                            world_size=ctx.world_size)
+        return stats
 
+
+def write_backbone(output: Path, loop: SslEpochLoop, history: list[dict], global_batch: int,
+                   seconds_this_run: float) -> dict:
+    """The backbone checkpoint (its meta records the recipe and the last kNN top-1) and its report: the report."""
+    args, meta_base = loop.args, loop.meta_base
+    run_args = run_args_of(args)
     knns = [h for h in history if "knn_top1" in h]
     knn_final = knns[-1]["knn_top1"] if knns else None
-    if not ctx.is_main:
-        return {"knn_top1": knn_final, "history": history}
     recipe = {k: run_args[k] for k in RESULT_ARGS_ if k in run_args}
-    save_checkpoint(output, model.backbone, make_meta(**meta_base, knn_top1=knn_final, epochs=args.epochs,
-                                                      recipe=recipe))
-    report = build_manifest(STAGE, run_args, inputs={"backbone": output}, method="mocov2", arch=arch,
-                            input_size=size, classes=classes, knn_top1=knn_final, world_size=ctx.world_size,
-                            global_batch_size=global_batch, loss_curve=[h["loss"] for h in history],
+    save_checkpoint(output, loop.model.backbone, make_meta(**meta_base, knn_top1=knn_final, epochs=args.epochs,
+                                                           recipe=recipe))
+    report = build_manifest(STAGE, run_args, inputs={"backbone": output}, method="mocov2", arch=meta_base["arch"],
+                            input_size=meta_base["input_size"], classes=meta_base["classes"], knn_top1=knn_final,
+                            world_size=loop.ctx.world_size, global_batch_size=global_batch,
+                            loss_curve=[h["loss"] for h in history],
                             knn_curve=[{"epoch": h["epoch"], "knn_top1": h["knn_top1"]} for h in knns],
-                            train_seconds_this_run=time.perf_counter() - t_start,
+                            train_seconds_this_run=seconds_this_run,
                             train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
     atomic_write_json(report_path(output), report)
-    run.finish()
-    print(f"backbone written to {output}: kNN top-1 {knn_final:.2f}% "
-          f"(next: python -m squeeze.linear_probe --backbone {output} ...)")  # the result line: stdout
     return report
 
 

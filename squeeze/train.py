@@ -5,6 +5,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,9 +13,9 @@ from torch import nn
 from tqdm import tqdm
 
 from common.cli.errors import UserError
-from common.cli.flags import device_spec
+from common.cli.flags import device_spec, workers_from_args
 from common.cli.paths import check_output_dir, check_output_file
-from common.compute.accel import compile_model, default_workers, loader_kwargs, resolve_precision
+from common.compute.accel import compile_model, loader_kwargs, resolve_precision
 from common.compute.distributed import (
     broadcast_buffers,
     cleanup,
@@ -34,14 +35,14 @@ from common.run.manifest import build_manifest
 from common.run.state import RunState, check_output, fingerprint, state_dir
 from common.train.metrics import evaluate
 from common.train.optim import SCHEDULER_KEY, param_groups
-from common.train.seed import SeededItems, seed_everything, seed_worker
+from common.train.seed import SeededItems, epoch_seed, sampler_seed, seed_everything, seed_worker
 from models import build_model, make_meta, read_checkpoint, save_checkpoint
 from models.registry import check_arch
 from squeeze.args import get_args_parser  # the torch-free parser (python -m squeeze parses with it first)
 
 STAGE = "squeeze"
-# Arguments that do not change the teacher (besides common.run.state.NOT_RESULT). The worker count
-# does (augmentation draws move into worker processes), so it enters the fingerprint resolved.
+# Arguments that do not change the teacher (besides common.run.state.NOT_RESULT, which holds --workers:
+# every image's augmentation is a function of (seed, epoch, index) wherever it is drawn, SeededItems).
 NOT_RESULT = {"output", "cache", "compile"}
 
 
@@ -136,11 +137,63 @@ def check_then_train(args: argparse.Namespace, stage: str, train_fn) -> dict:
 
 
 def train(args: argparse.Namespace, ctx) -> dict:
+    """Train a teacher on ``--data-path``: resumes from the run state beside ``--output`` when one matches."""
     spec = get_dataset(args.dataset)
     device = ctx.device
     if args.sync_bn and ctx.distributed and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA (torch's SyncBatchNorm has no CPU kernel); drop it on CPU")
     output = Path(args.output)  # checked in main(), before any work
+    data, classes, arch, data_cfg = resolve_data(args, spec)
+    size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
+    seed_everything(args.seed)  # the initial weights are a function of --seed
+    model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
+    precision = resolve_precision(device, args.amp)
+    # CPU: the decoded images are cached and augmenting them in the main process is cheaper than workers
+    workers = workers_from_args(args, device.type, cpu_in_main=True)
+    train_ds, val_ds, val_loader = load_images(args, ctx, data, classes, data_cfg, workers)
+    global_batch = args.batch_size * ctx.world_size  # --batch-size is per process
+    # every image's augmentation is a function of (seed, epoch, index): the same in any process or worker
+    train_items = SeededItems(train_ds, args.seed)
+    sampler = torch.utils.data.DistributedSampler(train_items, num_replicas=ctx.world_size, rank=ctx.rank,
+                                                  shuffle=True, seed=sampler_seed(args.seed), drop_last=True)
+    optimizer, scheduler = make_schedule(args, model, len(train_ds) // global_batch)
+    scaler = precision.grad_scaler()
+    run = RunState(output, STAGE, fingerprint(args, NOT_RESULT), restart=args.restart,
+                   check=ctx.is_main)
+
+    def load_scaler(ck):
+        if "scaler" in ck and precision.scaler:
+            scaler.load_state_dict(ck["scaler"])
+
+    start_epoch, history = resume_training(args.resume, run.path("last.pth"), model, optimizer, scheduler, arch,
+                                           classes, ctx.world_size, load_scaler)
+    meta_base = dict(arch=arch, num_classes=len(classes), input_size=size, classes=classes, dataset=spec.name,
+                     mean=mean, std=std)
+    net = wrap_ddp(model, args.sync_bn)  # DistributedDataParallel under torchrun, the model itself otherwise
+    loop = EpochLoop(args, ctx, unwrap(net), compile_model(net, args.compile, "teacher"), optimizer, scheduler,
+                     scaler, precision, train_items, sampler, val_loader, workers, run.path("last.pth"), meta_base)
+    procs = f" x {ctx.world_size} processes ({ctx.backend}), global batch {global_batch}" if ctx.distributed else ""
+    print(f"squeeze: {arch} on {data} ({len(classes)} classes, {len(train_ds)} train / {len(val_ds)} val, "
+          f"input {size}, device {device} ({precision.name}){procs}, {args.epochs} epochs)", file=sys.stderr)
+    t_start = time.perf_counter()
+    with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
+        for epochs_run, epoch in enumerate(range(start_epoch, args.epochs)):
+            if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
+                print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
+                return {"stopped_at_epoch": epoch, "history": history}
+            history.append(loop.run_epoch(epoch, history))
+    if not ctx.is_main:
+        final = history[-1] if history else {}
+        return {"val_top1": final.get("val_top1"), "history": history}
+    report = write_teacher(output, loop, history, global_batch, time.perf_counter() - t_start)
+    run.finish()
+    print(f"teacher written to {output}: val top-1 {report['val_top1']:.2f}%")
+    return report
+
+
+def resolve_data(args: argparse.Namespace, spec) -> tuple[Path, list[str], str, object]:
+    """``--data-path`` (with train/ and val/ of the same classes), the architecture and the data
+    configuration (input size, mean, std): ``(data root, classes, arch, DataConfig)``."""
     data = Path(args.data_path)
     if not data.exists():
         raise UserError(f"{data}: --data-path does not exist")
@@ -152,112 +205,103 @@ def train(args: argparse.Namespace, ctx) -> dict:
     arch = check_arch(args.arch_name, "--arch-name")
     data_cfg = resolve_data_config(spec, arch, args.input_size, image_root=data / "train", classes=classes,
                                    skip_corrupt=args.skip_corrupt)
-    size = data_cfg.input_size
-    seed_everything(args.seed)  # the initial weights are a function of --seed
-    model = build_model(arch, len(classes), size).to(device).to(memory_format=torch.channels_last)
-    mean, std = data_cfg.mean, data_cfg.std
-    precision = resolve_precision(device, args.amp)
-    amp = precision.enabled
-    # CPU: the decoded images are cached and augmenting them in the main process is cheaper than workers
-    workers = args.workers if args.workers is not None else (0 if device.type == "cpu" else default_workers("cuda"))
+    return data, classes, arch, data_cfg
 
+
+def load_images(args: argparse.Namespace, ctx, data: Path, classes: list[str], data_cfg, workers: int):
+    """The training and validation images (decoded once into memory when ``--cache`` says so) and the
+    validation loader of this process's share: ``(train set, val set, val loader)``."""
+    size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
     n_train = sum(1 for _ in (data / "train").rglob("*") if _.is_file())
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
     train_ds = ImageFolder(data / "train", train_transform(size, mean, std, args.train_aug), classes=classes,
                            cache=cache, skip_corrupt=args.skip_corrupt)
     val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache,
                          skip_corrupt=args.skip_corrupt)
-    global_batch = args.batch_size * ctx.world_size  # --batch-size is per process
-    if len(train_ds) < global_batch:
+    if len(train_ds) < args.batch_size * ctx.world_size:
         raise UserError(f"{data / 'train'}: {len(train_ds)} images, fewer than --batch-size {args.batch_size}"
                         + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
     # each process validates a disjoint share; the counts are summed over processes
     val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, shard(len(val_ds))), batch_size=256,
-                                             **loader_kwargs(device.type, workers))
-    # every image's augmentation is a function of (seed, epoch, index): the same in any process or worker
-    train_items = SeededItems(train_ds, args.seed)
-    sampler = torch.utils.data.DistributedSampler(train_items, num_replicas=ctx.world_size, rank=ctx.rank,
-                                                  shuffle=True, seed=args.seed * 100003, drop_last=True)
-    steps_per_epoch = len(train_ds) // global_batch  # drop_last: every step has a full batch
-    total_steps = steps_per_epoch * args.epochs
+                                             **loader_kwargs(ctx.device.type, workers))
+    return train_ds, val_ds, val_loader
+
+
+def make_schedule(args: argparse.Namespace, model: nn.Module, steps_per_epoch: int):
+    """SGD (no weight decay on BatchNorm and biases) and its per-step schedule: linear warm-up, then cosine."""
+    total_steps = steps_per_epoch * args.epochs  # drop_last: every step has a full batch
     warmup_steps = min(int(args.warmup_epochs * steps_per_epoch), max(0, total_steps - 1))
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=args.lr, momentum=args.momentum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, total_steps, warmup_steps, args.warmup_start))
-    scaler = precision.grad_scaler()
+    return optimizer, scheduler
 
-    output = Path(args.output)
-    run = RunState(output, STAGE, fingerprint(args, NOT_RESULT, workers=workers), restart=args.restart,
-                   check=ctx.is_main)
-    state_file = run.path("last.pth")
 
-    def load_scaler(ck):
-        if "scaler" in ck and precision.scaler:
-            scaler.load_state_dict(ck["scaler"])
+def run_args_of(args: argparse.Namespace) -> dict:
+    """The flags a checkpoint and the report record (not those that only steer this call)."""
+    return {k: v for k, v in vars(args).items() if k not in ("resume", "max_epochs_this_run", "restart", "force")}
 
-    start_epoch, history = resume_training(args.resume, state_file, model, optimizer, scheduler, arch, classes,
-                                           ctx.world_size, load_scaler)
 
-    meta_base = dict(arch=arch, num_classes=len(classes), input_size=size, classes=classes, dataset=spec.name,
-                     mean=mean, std=std)
-    run_args = {k: v for k, v in vars(args).items()
-                if k not in ("resume", "max_epochs_this_run", "restart", "force")}
-    net = wrap_ddp(model, args.sync_bn)  # DistributedDataParallel under torchrun, the model itself otherwise
-    model = unwrap(net)
-    train_model = compile_model(net, args.compile, "teacher")  # shares its parameters with ``model``
-    procs = f" x {ctx.world_size} processes ({ctx.backend}), global batch {global_batch}" if ctx.distributed else ""
-    print(f"squeeze: {arch} on {data} ({len(classes)} classes, {len(train_ds)} train / {len(val_ds)} val, "
-          f"input {size}, device {device} ({precision.name}){procs}, {args.epochs} epochs)", file=sys.stderr)
-    t_start = time.perf_counter()
-    epochs_run = 0
-    with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
-        for epoch in range(start_epoch, args.epochs):
-            if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
-                print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
-                return {"stopped_at_epoch": epoch, "history": history}
-            # each epoch is a pure function of (weights, optimiser state, seed, epoch): resume is exact
-            seed_everything(args.seed * 100003 + epoch + 7919 * ctx.rank)
-            sampler.set_epoch(epoch)
-            train_items.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(train_items, batch_size=args.batch_size, sampler=sampler,
-                                                 drop_last=True, worker_init_fn=seed_worker,
-                                                 **loader_kwargs(device.type, workers, persistent=False))
-            stats = train_one_epoch(train_model, loader, optimizer, scheduler, device, scaler, precision,
-                                    args.label_smoothing, epoch, args.epochs)
-            broadcast_buffers(model)  # rank 0's BatchNorm statistics are the ones validated and saved
-            val = reduce_metrics(evaluate(model, val_loader, device, amp=amp))  # each process: a share of val
-            stats.update({"epoch": epoch + 1, "val_top1": val["top1"], "val_top5": val["top5"],
-                          "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"]})
-            history.append(stats)
-            print(f"epoch {epoch + 1}/{args.epochs}: train loss {stats['train_loss']:.3f} "
-                  f"top-1 {stats['train_top1']:.1f}% | val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% | "
-                  f"{stats['epoch_seconds']:.1f}s ({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
-            if ctx.is_main:
-                save_checkpoint(state_file, model, make_meta(**meta_base, val_top1=val["top1"]), epoch=epoch,
-                                optimizer=optimizer.state_dict(), **{SCHEDULER_KEY: scheduler.state_dict()},
-                                scaler=scaler.state_dict(), history=history, args=run_args, world_size=ctx.world_size)
-            epochs_run += 1
+@dataclass
+class EpochLoop:
+    """What one epoch of a teacher's training touches; :meth:`run_epoch` is a pure function of (weights,
+    optimiser state, seed, epoch), so a resumed run equals an uninterrupted one."""
+    args: argparse.Namespace
+    ctx: object
+    model: nn.Module  # the plain model: validated and saved
+    train_model: nn.Module  # what trains (DDP and/or compiled), sharing its parameters with ``model``
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    precision: object
+    train_items: SeededItems
+    sampler: torch.utils.data.DistributedSampler
+    val_loader: torch.utils.data.DataLoader
+    workers: int
+    state_file: Path
+    meta_base: dict
 
+    def run_epoch(self, epoch: int, history: list[dict]) -> dict:
+        """Train and validate epoch ``epoch``, print its line and checkpoint it (with ``history``): its stats."""
+        args, ctx, device = self.args, self.ctx, self.ctx.device
+        seed_everything(epoch_seed(args.seed, epoch, ctx.rank))
+        self.sampler.set_epoch(epoch)
+        self.train_items.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(self.train_items, batch_size=args.batch_size, sampler=self.sampler,
+                                             drop_last=True, worker_init_fn=seed_worker,
+                                             **loader_kwargs(device.type, self.workers, persistent=False))
+        stats = train_one_epoch(self.train_model, loader, self.optimizer, self.scheduler, device, self.scaler,
+                                self.precision, args.label_smoothing, epoch, args.epochs)
+        broadcast_buffers(self.model)  # rank 0's BatchNorm statistics are the ones validated and saved
+        val = reduce_metrics(evaluate(self.model, self.val_loader, device, amp=self.precision.enabled))
+        stats.update({"epoch": epoch + 1, "val_top1": val["top1"], "val_top5": val["top5"],
+                      "val_loss": val["loss"], "lr": self.optimizer.param_groups[0]["lr"]})
+        print(f"epoch {epoch + 1}/{args.epochs}: train loss {stats['train_loss']:.3f} "
+              f"top-1 {stats['train_top1']:.1f}% | val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}% | "
+              f"{stats['epoch_seconds']:.1f}s ({stats['images_per_second']:.0f} img/s)", file=sys.stderr)
+        if ctx.is_main:
+            save_checkpoint(self.state_file, self.model, make_meta(**self.meta_base, val_top1=val["top1"]),
+                            epoch=epoch, optimizer=self.optimizer.state_dict(),
+                            **{SCHEDULER_KEY: self.scheduler.state_dict()}, scaler=self.scaler.state_dict(),
+                            history=history + [stats], args=run_args_of(args), world_size=ctx.world_size)
+        return stats
+
+
+def write_teacher(output: Path, loop: EpochLoop, history: list[dict], global_batch: int,
+                  seconds_this_run: float) -> dict:
+    """The teacher checkpoint (its meta records the recipe) and its report beside it: the report."""
+    args, ctx, meta_base = loop.args, loop.ctx, loop.meta_base
+    run_args = run_args_of(args)
     final = history[-1] if history else {}
     val_top1 = final.get("val_top1")
     meta = make_meta(**meta_base, val_top1=val_top1, val_top5=final.get("val_top5"), epochs=args.epochs,
                      recipe={k: run_args[k] for k in ("lr", "batch_size", "weight_decay", "momentum",
                                                       "warmup_epochs", "label_smoothing", "train_aug", "seed")})
-    if not ctx.is_main:
-        return {"val_top1": val_top1, "history": history}
-    save_checkpoint(output, model, meta)
+    save_checkpoint(output, loop.model, meta)
     report = build_manifest("squeeze", run_args, inputs={"teacher": output}, val_top1=val_top1,
-                            val_top5=final.get("val_top5"), arch=arch, input_size=size, classes=classes,
-                            precision=precision.name, world_size=ctx.world_size, global_batch_size=global_batch,
-                            train_seconds_this_run=time.perf_counter() - t_start,
+                            val_top5=final.get("val_top5"), arch=meta_base["arch"], input_size=meta_base["input_size"],
+                            classes=meta_base["classes"], precision=loop.precision.name, world_size=ctx.world_size,
+                            global_batch_size=global_batch, train_seconds_this_run=seconds_this_run,
                             train_seconds_total=sum(h["epoch_seconds"] for h in history), history=history)
     atomic_write_json(report_path(output), report)
-    run.finish()
-    print(f"teacher written to {output}: val top-1 {val_top1:.2f}%")
     return report
-
-
-if __name__ == "__main__":
-    from common.cli.errors import run_cli
-
-    sys.exit(run_cli(main))

@@ -1,17 +1,16 @@
 """Commands that answer at once: parse and check, then import the heavy modules.
 
-Every stage's ``__main__`` is ``sys.exit(run_stage("<stage>.args", "<stage>.<module>"))``.
-``<stage>.args`` is torch-free: its ``get_args_parser()`` answers ``--help`` and argument
-errors, and its optional ``check_paths(args)`` stops a missing input path with one line,
-all before ``torch`` or ``torchvision`` is imported (about 8 s on a 2-core CPU). Only then
-is ``<stage>.<module>`` imported and its ``main(argv)`` run (it parses the same argv again,
-which costs nothing). Exit codes and messages are :func:`common.cli.errors.run_cli`'s.
-
-A sub-command run as ``python -m <stage>.<module>`` (``relabel_eval.relabel``, ...) starts
-its file with ``if __name__ == "__main__": sys.exit(run_stage("<stage>.args:<name>_parser",
-"<stage>.<module>"))``, before its heavy imports: the parser ``<name>_parser`` and the
-optional ``check_<name>(args)`` live in the torch-free ``<stage>.args``, and the help text
-is the module's docstring, read without importing it (:func:`module_doc`).
+Every command runs through :func:`run_stage`: a stage's ``__main__`` is
+``sys.exit(run_stage("<stage>.args", "<stage>.<module>"))``, and a command run as
+``python -m <stage>.<module>`` (``relabel_eval.relabel``, ``squeeze.ssl``, ...) starts its file with
+``if __name__ == "__main__": sys.exit(run_stage("<args module>[:<name>_parser]", "<stage>.<module>"))``,
+before its heavy imports. The args module is torch-free: its parser (``get_args_parser()``, or
+``<name>_parser()``) answers ``--help`` and argument errors, and its optional ``check_paths(args)``
+(``check_<name>(args)``) stops a missing input path with one line, all before ``torch`` or
+``torchvision`` is imported (about 8 s on a 2-core CPU). Only then is ``<stage>.<module>`` imported
+and its ``main(argv)`` run (it parses the same argv again, which costs nothing); a help text that is
+the module's docstring is read without importing the module (:func:`module_doc`). Exit codes and
+messages are :func:`common.cli.errors.run_cli`'s.
 """
 from __future__ import annotations
 

@@ -54,21 +54,66 @@ def one_line_argparse() -> Iterator[None]:
         argparse.ArgumentParser.error = original  # type: ignore[method-assign]
 
 
+class _LineTracker:
+    """``sys.stderr`` while a command runs: passes everything through and remembers the last character
+    written, so :func:`run_cli` knows whether a progress bar left the line open."""
+
+    def __init__(self, stream):
+        self._stream, self.last = stream, "\n"
+
+    def write(self, text):
+        if text:
+            self.last = text[-1]
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _end_progress_line(tracker: _LineTracker) -> None:
+    """Close the progress bars still open (cleared, as a finished ``leave=False`` bar is) and end the
+    line a bar drew on, so the next message starts its own line: on a terminal a cleared bar leaves the
+    cursor at the start of an empty line; in a log file or pipe its text stays, so a newline follows."""
+    tqdm_module = sys.modules.get("tqdm.std")  # no bar was drawn if tqdm was never imported
+    if tqdm_module is not None:
+        for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+            bar.leave = False
+            with contextlib.suppress(Exception):
+                bar.close()
+    if tracker.last == "\n":
+        return
+    with contextlib.suppress(Exception):
+        if tracker.last == "\r" and tracker.isatty():
+            return
+    tracker._stream.write("\n")
+
+
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; turn :class:`UserError` into one line on stderr and exit code 2.
 
     Argument errors (a flag out of its declared range, a missing required flag) are
-    reported the same way. Set ``DD_TRACEBACK=1`` to see the full traceback when debugging.
+    reported the same way. The ``error:`` line starts its own line, also when a progress bar
+    was drawing. Set ``DD_TRACEBACK=1`` to see the full traceback when debugging.
     """
+    original = sys.stderr
+    tracker = sys.stderr = _LineTracker(original)
     try:
         with one_line_argparse():
             main(argv)
     except UserError as exc:
+        _end_progress_line(tracker)
         if os.environ.get("DD_TRACEBACK"):
             raise
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=original)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _end_progress_line(tracker)
+        print("interrupted", file=original)
         return 130
+    except Exception:  # a bug: its traceback, too, starts on its own line
+        _end_progress_line(tracker)
+        raise
+    finally:
+        if sys.stderr is tracker:
+            sys.stderr = original
     return 0

@@ -2,7 +2,8 @@
 
 - ``--device auto|cpu|cuda|cuda:N`` and ``--gpu-device N``, the released scripts' GPU
   index, which means exactly ``--device cuda:N`` in every stage;
-- ``--workers``: the DataLoader worker flag; its default is ``common.compute.accel.default_workers``;
+- ``--workers``: the DataLoader worker flag; ``workers_from_args`` picks every stage's count (its default is
+  ``common.compute.accel.default_workers``);
 - ``--dataset``, ``--data-path``, the architecture and ``--input-size`` of the commands that train on
   an ImageFolder (resolved by ``common.data.dataconfig.resolve_data_config``).
 
@@ -58,12 +59,14 @@ def add_workers_arg(parser, help_extra: str = "") -> None:
                         + help_extra)
 
 
-def workers_from_args(args: argparse.Namespace, device_type: str) -> int:
+def workers_from_args(args: argparse.Namespace, device_type: str, cpu_in_main: bool = False) -> int:
+    """``--workers`` when given, else :func:`common.compute.accel.default_workers` for the device (the
+    one worker rule: every stage picks its DataLoader workers here)."""
     from common.compute.accel import default_workers
 
     w = getattr(args, "workers", None)
     if w is None:
-        return default_workers(device_type)
+        return default_workers(device_type, cpu_in_main)
     if w < 0:
         raise UserError(f"--workers {w}: must be 0 or more")
     return int(w)

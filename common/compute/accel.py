@@ -177,16 +177,20 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers(device_type: str = "cpu") -> int:
-    """DataLoader workers per process when ``--workers`` is not given.
+def default_workers(device_type: str = "cpu", cpu_in_main: bool = False) -> int:
+    """DataLoader workers per process when ``--workers`` is not given (the one rule of every stage).
 
     CUDA: every core but one per process (cores split over torchrun's LOCAL_WORLD_SIZE
     processes), capped at 16, at least 2. CPU: the main process computes, so workers only
-    decode and augment: cores - 1, capped at 4 (1 on a 2-core machine, 0 on one core).
+    decode and augment: cores - 1, capped at 4 (1 on a 2-core machine, 0 on one core); 0 for a
+    stage that augments in the main process on a CPU (``cpu_in_main``: squeeze's trainers, whose
+    decoded images are cached, so augmenting them there is cheaper than shipping them from workers).
     """
     per_proc = max(1, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)))
     if device_type == "cuda":
         return max(2, min(16, per_proc - 1))
+    if device_type == "cpu" and cpu_in_main:
+        return 0
     return max(0, min(4, per_proc - 1))
 
 

@@ -24,6 +24,17 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+def sampler_seed(seed: int) -> int:
+    """Seed of a run's distributed sampler (its shuffle order): one value per run seed."""
+    return int(seed) * 100003
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of epoch ``epoch`` on process ``rank``: distinct per (seed, epoch, rank) and a function of
+    them only, so a resumed epoch draws what the uninterrupted one drew."""
+    return sampler_seed(seed) + int(epoch) + 7919 * int(rank)
+
+
 _M64 = (1 << 64) - 1
 
 
