@@ -41,7 +41,7 @@ from common.cli.argtypes import (
 )
 from common.cli.entry import module_doc, require_paths
 from common.cli.errors import UserError
-from common.cli.flags import add_data_args, add_device_args
+from common.cli.flags import add_curve_args, add_data_args, add_device_args
 from common.run.state import add_run_args
 
 # (this module is torch-free: ``python -m squeeze --help`` and input errors answer before torch is imported)
@@ -86,6 +86,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
     add_device_args(p)
     add_run_args(p)
+    add_curve_args(p)
     return p
 
 

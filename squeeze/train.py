@@ -33,6 +33,7 @@ from common.data.transforms import train_transform, val_transform
 from common.run.atomic import atomic_write_json
 from common.run.manifest import build_manifest
 from common.run.state import RunState, check_output, fingerprint, state_dir
+from common.train.curves import Curves, epoch_scalars
 from common.train.metrics import evaluate
 from common.train.optim import SCHEDULER_KEY, param_groups
 from common.train.seed import SeededItems, epoch_seed, sampler_seed, seed_everything, seed_worker
@@ -129,6 +130,8 @@ def check_then_train(args: argparse.Namespace, stage: str, train_fn) -> dict:
     check_output_file(report_path(output), "--output")
     check_output(output, stage, args.force, kind="file", manifest_file=report_path(output), flag="--output")
     check_output_dir(state_dir(output), "--output")
+    if getattr(args, "log_dir", None):
+        check_output_dir(args.log_dir, "--log-dir")
     ctx = init_distributed(device_spec(args))
     try:
         return train_fn(args, ctx)
@@ -176,12 +179,15 @@ def train(args: argparse.Namespace, ctx) -> dict:
     print(f"squeeze: {arch} on {data} ({len(classes)} classes, {len(train_ds)} train / {len(val_ds)} val, "
           f"input {size}, device {device} ({precision.name}){procs}, {args.epochs} epochs)", file=sys.stderr)
     t_start = time.perf_counter()
-    with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
+    curves = Curves(args.log_dir, f"squeeze_{output.stem}", wandb_project=args.wandb_project,
+                    config=run_args_of(args), purge_step=start_epoch + 1, main=ctx.is_main)
+    with run.running(), curves:  # a failure before the first epoch's checkpoint leaves no state behind
         for epochs_run, epoch in enumerate(range(start_epoch, args.epochs)):
             if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
                 print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
                 return {"stopped_at_epoch": epoch, "history": history}
             history.append(loop.run_epoch(epoch, history))
+            curves.log(epoch + 1, epoch_scalars(history[-1]))
     if not ctx.is_main:
         final = history[-1] if history else {}
         return {"val_top1": final.get("val_top1"), "history": history}

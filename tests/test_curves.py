@@ -103,3 +103,31 @@ def test_recover_writes_each_batch_loss_curve(tmp_path):
         a = sorted((tmp_path / "a" / cls).iterdir())
         b = sorted((tmp_path / "b" / cls).iterdir())
         assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+def test_squeeze_curves_of_a_resumed_run_equal_an_uninterrupted_one(tiny_data, tmp_path):
+    """squeeze --log-dir: train/val curves per epoch equal the report's history; a run stopped after
+    one epoch and continued by the same command leaves the same curves as one run straight through."""
+    import json
+
+    from squeeze import train as squeeze_train
+
+    def args(out, logs, *extra):
+        return ["--data-path", str(tiny_data), "--output", str(out), "--arch-name", "conv3", "--input-size", "16",
+                "--epochs", "2",
+                "--batch-size", "8", "--lr", "0.01", "--device", "cpu", "--workers", "0",
+                "--log-dir", str(logs), *extra]
+
+    squeeze_train.main(args(tmp_path / "full.pth", tmp_path / "a"))
+    squeeze_train.main(args(tmp_path / "part.pth", tmp_path / "b", "--max-epochs-this-run", "1"))
+    squeeze_train.main(args(tmp_path / "part.pth", tmp_path / "b"))
+    def results(run):  # timings differ between any two runs; the training curves may not
+        return {k: v for k, v in read_scalars(tmp_path / run).items() if k.split("/")[0] in ("train", "val", "lr")}
+
+    full = results("a/squeeze_full")
+    assert sorted(full) == ["lr", "train/loss", "train/top1", "val/loss", "val/top1", "val/top5"]
+    assert full == results("b/squeeze_part")
+    report = json.loads((tmp_path / "full.pth").with_suffix(".json").read_text())
+    assert [s for s, _ in full["val/top1"]] == [1, 2]
+    assert [v for _, v in full["val/top1"]] == pytest.approx([h["val_top1"] for h in report["history"]])
+    assert [v for _, v in full["train/loss"]] == pytest.approx([h["train_loss"] for h in report["history"]])

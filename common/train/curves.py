@@ -74,6 +74,18 @@ class Curves:
         self.close()
 
 
+def epoch_scalars(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """An epoch's stats as TensorBoard tags: ``train_loss`` -> ``train/loss``, ``val_top1`` -> ``val/top1``;
+    the epoch number itself is the step, not a curve."""
+    out = {}
+    for k, v in stats.items():
+        if k == "epoch":
+            continue
+        head, _, tail = k.partition("_")
+        out[f"{head}/{tail}" if head in ("train", "val", "knn") and tail else k] = v
+    return out
+
+
 def write_series(log_dir: str | os.PathLike, run_name: str, tag: str, values, first_step: int = 0) -> None:
     """One finished curve (e.g. a recover batch's loss per iteration) as its own TensorBoard run;
     written again (a redone batch after a kill), it replaces the earlier events (``purge_step``)."""
