@@ -91,9 +91,11 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                         "off on CPU; --amp on a CPU without native bf16 warns and runs fp32)")
     r.add_argument("--workers", type=nonneg_int, default=None,
                    help="DataLoader workers (default: CUDA all cores but one, up to 16; CPU min(4, cores - 1))")
+    r.add_argument("--wandb-project", default=None,
+                   help="python -m relabel_eval: also log every run's curves to this Weights & Biases project "
+                        "(needs `pip install wandb`; offline under --log-dir unless WANDB_API_KEY is set)")
+    r.add_argument("--wandb-api-key", default=None, help="W&B key for --wandb-project (else WANDB_API_KEY)")
     x = p.add_argument_group("accepted for the released scripts and ignored")
-    x.add_argument("--wandb-api-key", default=None, help=argparse.SUPPRESS)
-    x.add_argument("--wandb-project", default=None, help=argparse.SUPPRESS)
     x.add_argument("--mipc", type=int, default=None, help="RDED pool size (ignored here)")
     x.add_argument("--num-crop", type=int, default=None, help="RDED crops per image (ignored here)")
     x.add_argument("--train-dir", default=None, help="RDED train folder (ignored here)")
@@ -142,7 +144,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default=None, help="results JSON (default: runs/relabel_eval/<set>_<mode>.json)")
     r.add_argument("--results-csv", default=None, help="results table to append to (default: results.csv beside "
                                                        "the JSON)")
-    r.add_argument("--log-dir", default=None, help="per-run CSV logs of every epoch")
+    r.add_argument("--log-dir", default=None,
+                   help="per-run logs of every epoch: a CSV and TensorBoard event files (tensorboard --logdir DIR)")
     r.add_argument("--exp-name", default=None, help="name of this evaluation in the results table")
     add_run_args(r)
     r.add_argument("--no-resume", dest="restart", action="store_true", help="the same as --restart")

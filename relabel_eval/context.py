@@ -29,7 +29,7 @@ from relabel_eval.mix import MixParams, apply_mix
 from relabel_eval.plan import AugConfig, EpochPlan
 from relabel_eval.protocol import auto_batch_size, released_special_case
 
-IGNORED_FLAGS = ("wandb_api_key", "wandb_project", "mipc", "num_crop", "train_dir", "classes")
+IGNORED_FLAGS = ("mipc", "num_crop", "train_dir", "classes")
 
 
 @dataclass
@@ -187,8 +187,10 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor, device: torch.device, am
         return teacher(x).float()
 
 
-def warn_ignored(args: argparse.Namespace) -> None:
-    ignored = IGNORED_FLAGS + (() if get_protocol(getattr(args, "protocol", None)).needs_factor else ("factor",))
+def warn_ignored(args: argparse.Namespace, also: tuple[str, ...] = ()) -> None:
+    """One note naming the flags given that this command does not use (``also``: this command's own)."""
+    ignored = IGNORED_FLAGS + also + (() if get_protocol(getattr(args, "protocol", None)).needs_factor
+                                      else ("factor",))
     used = [f"--{k.replace('_', '-')}" for k in ignored if getattr(args, k, None) not in (None, "")]
     if used:
         print(f"note: {', '.join(used)} accepted for the released scripts and ignored", file=sys.stderr, flush=True)

@@ -60,7 +60,7 @@ def epoch_file(root: Path, epoch: int) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    warn_ignored(args)
+    warn_ignored(args, also=("wandb_project", "wandb_api_key"))  # stored labels have no curves
     out = check_output_dir(args.output_dir, "--output-dir")
     check_output(out, STAGE, args.force, flag="--output-dir")
     check_output_dir(state_dir(out), "--output-dir")

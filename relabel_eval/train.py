@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from common.compute.distributed import (
 from common.run.atomic import atomic_torch_save, atomic_write_json
 from common.run.manifest import build_manifest, sha256_file
 from common.run.state import RunState, check_output, fingerprint, state_dir
+from common.train.curves import Curves, epoch_scalars
 from common.train.metrics import evaluate
 from common.train.optim import SCHEDULER_KEY
 from common.train.seed import item_seed, seed_everything
@@ -187,8 +190,10 @@ def _set_rng_state(st: dict) -> None:
 
 def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str, seed: int, cfg: TrainConfig,
                   state_path: Path | None = None, log_csv: Path | None = None, store: SoftLabelStore | None = None,
-                  on_epoch_end: Callable[[int], None] | None = None) -> tuple[dict, torch.nn.Module]:
-    """Train one student with one seed; resumes from ``state_path`` when it exists.
+                  on_epoch_end: Callable[[int], None] | None = None,
+                  curves_from: Callable[[int], Curves] | None = None) -> tuple[dict, torch.nn.Module]:
+    """Train one student with one seed; resumes from ``state_path`` when it exists. ``curves_from(first
+    epoch)`` opens the run's curves (TensorBoard/W&B), dropping what a killed run logged past its checkpoint.
 
     Returns the run's results (final and best accuracy, timings, history) and the trained student.
     """
@@ -198,6 +203,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     start, history, train_time = 0, [], 0.0
     if state_path is not None and state_path.is_file():
         start, history, train_time = load_progress(state_path, student, optimizer, scheduler, scaler)
+    curves = curves_from(start + 1) if curves_from is not None else Curves(None, "", main=False)
     evals = set(eval_epochs(E, cfg.eval_every))
     online = OnlineTeacher(common) if cfg.label_mode == "soft" else None
     bar = tqdm(range(start, E), desc=f"{stud_name} seed {seed}", leave=False,
@@ -231,6 +237,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
             rec.update(validate(student, fast_student, val, common, rank, world))
             bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
         history.append(rec)
+        curves.log(epoch + 1, epoch_scalars(rec))
         if (epoch in evals or epoch == E - 1) and rank == 0:
             if state_path is not None:
                 save_progress(state_path, student, optimizer, scheduler, scaler, epoch, history, train_time)
@@ -239,6 +246,7 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     bar.close()
+    curves.close()
     return run_summary(stud_name, seed, E, history, train_time), unwrap(net)
 
 
@@ -330,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_output_dir(state_dir(output), "--output")
     if args.log_dir:
         check_output_dir(args.log_dir, "--log-dir")
+    if args.wandb_api_key:  # the released scripts' flag: W&B reads its key from the environment
+        os.environ.setdefault("WANDB_API_KEY", args.wandb_api_key)
     ctx = init_distributed(device_spec(args))  # under torchrun each process takes its local rank's GPU
     try:
         if ctx.distributed:
@@ -483,11 +493,19 @@ def train_all(args: argparse.Namespace, ctx, setup: EvalSetup, state: RunState, 
                 print(f"  {stud} seed {seed}: already done (resumed call)", file=sys.stderr)
                 continue
             log_csv = Path(args.log_dir) / f"{setup.output.stem}_{tag}.csv" if args.log_dir else None
+            curves_from = functools.partial(open_curves, args, f"{setup.output.stem}_{tag}",
+                                            {"student": stud, "seed": seed, **state.fingerprint}, maker.rank == 0)
             run, _ = train_student(setup.common, maker, val, stud, seed, configs[stud][4], state.path(f"{tag}.pt"),
-                                   log_csv, setup.store)
+                                   log_csv, setup.store, curves_from=curves_from)
             if maker.rank == 0:  # the one writer of this run
                 state.mark_done(tag, run)
                 state.path(f"{tag}.pt").unlink(missing_ok=True)
+
+
+def open_curves(args: argparse.Namespace, name: str, config: dict, main: bool, first_epoch: int) -> Curves:
+    """One run's curves under ``--log-dir`` (and W&B), from ``first_epoch`` on."""
+    return Curves(args.log_dir, name, wandb_project=args.wandb_project, purge_step=first_epoch, config=config,
+                  main=main)
 
 
 def student_summary(args: argparse.Namespace, setup: EvalSetup, state: RunState, stud: str, config: tuple) -> dict:

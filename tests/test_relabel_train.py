@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from common.cli.errors import run_cli
+from common.train.curves import Curves, read_scalars
 from relabel_eval import baselines, diversity
 from relabel_eval import relabel as relabel_mod
 from relabel_eval import train as train_mod
@@ -72,6 +73,9 @@ def test_seeds_results_json_and_csv(tiny_data, tiny_teacher, tmp_path):
     assert res["ipc"] == 4 and res["num_images"] == 12 and stud["batch_size"] == 10  # IPC 4: nearest row IPC 1 -> 10
     assert json.loads((tmp_path / "res.json").read_text())["students"]["conv3"]["summary"] == stud["summary"]
     assert len(list((tmp_path / "logs").glob("*.csv"))) == 2
+    for r in stud["runs"]:  # TensorBoard events beside the CSV, one run each
+        curve = read_scalars(tmp_path / "logs" / f"res_conv3_seed{r['seed']}")["val/top1"]
+        assert curve == [(h["epoch"], pytest.approx(h["val_top1"])) for h in r["history"]]
     assert not (tmp_path / "res.json.state").exists() and not (tmp_path / "res.json.partial").exists()
     train_mod.main(args[:-2] + ["--label-mode", "hard", "--output", str(tmp_path / "hard.json")])
     table = pd.read_csv(tmp_path / "results.csv")
@@ -87,7 +91,10 @@ def test_resumed_equals_uninterrupted(tiny_data, tiny_teacher, tmp_path):
     cfg = train_mod.TrainConfig(epochs=3, batch_size=6, lr=1e-3, temperature=20.0, label_mode="soft", eval_every=1,
                                 accum_steps=1, sgd=False, adamw_weight_decay=0.01, momentum=0.9, weight_decay=1e-4,
                                 cos=True)
-    full, full_model = train_mod.train_student(common, maker, val, "conv3", 3, cfg)
+    def curves_in(folder):
+        return lambda first: Curves(tmp_path / folder, "run", purge_step=first)
+
+    full, full_model = train_mod.train_student(common, maker, val, "conv3", 3, cfg, curves_from=curves_in("a"))
 
     def crash(epoch):
         if epoch == 1:
@@ -95,12 +102,18 @@ def test_resumed_equals_uninterrupted(tiny_data, tiny_teacher, tmp_path):
 
     state = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_mod.train_student(common, maker, val, "conv3", 3, cfg, state_path=state, on_epoch_end=crash)
-    resumed, resumed_model = train_mod.train_student(common, maker, val, "conv3", 3, cfg, state_path=state)
+        train_mod.train_student(common, maker, val, "conv3", 3, cfg, state_path=state, on_epoch_end=crash,
+                                curves_from=curves_in("b"))
+    resumed, resumed_model = train_mod.train_student(common, maker, val, "conv3", 3, cfg, state_path=state,
+                                                     curves_from=curves_in("b"))
     for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), k
     assert [h["val_top1"] for h in full["history"]] == [h["val_top1"] for h in resumed["history"]]
     assert [h["loss"] for h in full["history"]] == [h["loss"] for h in resumed["history"]]
+    curves = read_scalars(tmp_path / "a" / "run")  # TensorBoard curves (--log-dir): resumed == uninterrupted
+    assert [v for _, v in curves["val/top1"]] == pytest.approx([h["val_top1"] for h in full["history"]])
+    assert {k: v for k, v in read_scalars(tmp_path / "b" / "run").items() if "time" not in k and "per_s" not in k} \
+        == {k: v for k, v in curves.items() if "time" not in k and "per_s" not in k}
 
 
 def test_fkd_training_and_cross_architecture(tiny_data, tiny_teacher, tmp_path):
