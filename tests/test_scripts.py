@@ -60,13 +60,19 @@ def test_scripts_match_settings_table():
     assert len([s for s in SCRIPTS if s.parent.name != "scripts"]) == len(rows)
 
 
+def script_method(script: Path) -> str:
+    """The method of a generated script, from its file-name prefix (DELT's have none)."""
+    prefix = script.name.split("_", 1)[0]
+    return prefix if prefix in ("rded", "pad", "scdd", "sre2l", "cda") else "delt"
+
+
 @pytest.mark.parametrize("script", [s for s in SCRIPTS if s.parent.name != "scripts"],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_printed_command_parses(script):
     cmds = dry_run(script, GPU="cpu")
     modules = [c[2] if c[1] == "-m" else c[1] for c in cmds]
-    rded = script.name.startswith("rded_")
-    pad = script.name.startswith("pad_")
+    kind = script_method(script)
+    rded, pad = kind == "rded", kind == "pad"
     needed = {"squeeze.evaluate", "relabel_eval"}
     if pad:
         needed = {"rank_select.difficulty", "squeeze.trajectories", "recover.trajectory_matching", "relabel_eval"}
@@ -74,26 +80,35 @@ def test_every_printed_command_parses(script):
         needed.add("rank_select.patches")
     else:
         needed.add("recover")
-        if "scdd_" not in script.name:  # SC-DD recovers from noise: no selection
+        if kind == "delt":  # SRe2L, CDA and SC-DD recover from noise: no selection
             needed.add("rank_select")
     assert needed <= set(modules)
-    evals = []
+    evals, recovers = [], []
     for cmd in cmds:
         parser, args = parser_for(cmd)
         parsed = parser.parse_args(args)  # SystemExit (test failure) on any flag the parser does not define
         if cmd[:3] == ["python", "-m", "relabel_eval"]:
             evals.append(parsed)
+        if cmd[:3] == ["python", "-m", "recover"]:
+            recovers.append(parsed)
     text = script.read_text()
-    own = ("FACTOR",) if rded else ("INIT_PATH", "ITR", "ROUND_ITR", "EXP_NAME")
-    for var in ("DATA_ROOT", "TEACHER", "SYN_PATH", "IPC", "GPU", "SEEDS", *own):
+    own = {"rded": ("FACTOR",), "delt": ("INIT_PATH", "ITR", "ROUND_ITR", "EXP_NAME")}.get(kind, ("ITR", "EXP_NAME"))
+    for var in ("DATA_ROOT", "TEACHER", "SYN_PATH", "EVAL_PATH", "IPC", "GPU", "SEED_PARALLEL", "SEEDS", *own):
         assert re.search(rf"^{var}=", text, re.M), f"{script}: {var} not at the top"
     assert [a.seed for a in evals] == [3407, 4663, 2897]
     # each method is evaluated under its own released protocol
     assert {a.protocol or "delt" for a in evals} == {"rded" if rded else "pad" if pad else "delt"}
-    if pad:  # the experts' ZCA is applied to the set and val/ alike
-        assert all(a.zca and a.zca.endswith("experts/zca.pt") for a in evals)
+    # results beside the set, never inside it
+    for a in evals:
+        set_, out = Path(a.syn_data_path).resolve(), Path(a.output).resolve()
+        assert set_ not in out.parents and out.parent == Path(f"{set_}_eval"), (a.syn_data_path, a.output)
+    if pad:  # the experts' ZCA is applied to the set and val/ alike; no teacher
+        assert all(a.zca and a.zca.endswith("experts/zca.pt") and a.teacher_path is None for a in evals)
     if rded:
         assert all(a.factor is not None and not a.use_rand_augment for a in evals)
+    if kind in ("sre2l", "cda", "scdd"):
+        assert all(r.init == "noise" and not r.use_early_late for r in recovers)
+        assert all(r.milestone == (1 if kind == "cda" else 0) for r in recovers) or kind == "scdd"
 
 
 def test_multi_gpu_uses_torchrun_and_ipc1_has_no_rounds():
