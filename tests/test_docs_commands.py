@@ -77,3 +77,37 @@ def test_documented_command_parses(md, line, argv):
         parser.parse_args(args)
     except SystemExit as e:
         pytest.fail(f"{md.relative_to(ROOT)}:{line}: {shlex.join(argv)} is refused by its parser (exit {e.code})")
+
+
+@pytest.mark.parametrize("method", ["sre2l", "cda"])
+def test_method_page_gives_the_scripts_recipe(method):
+    """docs/methods/<method>.md's recover and relabel_eval commands are the script's own."""
+    from tests.test_scripts import dry_run
+
+    doc = {argv[2]: argv for _, argv in commands(ROOT / "docs" / "methods" / f"{method}.md")}
+    script = dry_run(ROOT / "scripts" / "tinyimagenet" / f"{method}_resnet18_modified_ipc50.sh", GPU="cpu")
+    ran: dict[str, list[str]] = {}
+    for c in script:  # the first command of each module (the first seed's evaluation)
+        if c[1] == "-m":
+            ran.setdefault(c[2], c)
+    for module, flags in (("recover", ("--init", "--lr", "--r-bn", "--iteration", "--jitter", "--batch-size",
+                                       "--milestone", "--exp-name", "--arch-path", "--syn-data-path")),
+                          ("relabel_eval", ("--syn-data-path", "--teacher-path", "--re-epochs", "--min-scale-crops",
+                                            "--output"))):
+        for f in flags:
+            want = ran[module][ran[module].index(f) + 1]
+            got = doc[module][doc[module].index(f) + 1] if f in doc[module] else "0"  # --milestone 0: the default
+            same = float(got) == float(want) if want.replace(".", "").isdigit() else got == want
+            assert same, (module, f, got, want)
+
+
+def test_readme_fits_and_links_resolve():
+    """The front page stays short, and every relative link in README.md and docs/ leads to a file."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 150
+    broken = []
+    for md in DOCS:
+        for m in re.finditer(r"\]\(([^)#\s]+)(#[^)]*)?\)", md.read_text()):
+            target = m.group(1)
+            if not target.startswith(("http://", "https://")) and not (md.parent / target).exists():
+                broken.append(f"{md.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
