@@ -295,3 +295,22 @@ def test_run_time_overrides_land_in_their_own_folders():
     assert flag(ev, "--output").startswith(flag(ev, "--syn-data-path") + "_eval/")
     cmds, _ = run_dry(script, GPU="cpu", EVAL_PATH="/elsewhere/evals")
     assert all(flag(c, "--output").startswith("/elsewhere/evals/") for c in cmds if module_of(c) == "relabel_eval")
+
+
+def test_reproduce_knows_every_method_of_the_table():
+    import csv
+
+    table = {(r.get("method") or "delt") for r in csv.DictReader((ROOT / "scripts" / "settings.csv").open())}
+    assert {"delt", "sre2l", "cda", "rded", "scdd", "pad"} <= table
+    env = {**os.environ, "DRY_RUN": "1", "GPU": "cpu"}
+    for args, module in ((["imagenet-1k", "resnet18", "50", "sre2l"], "recover"),
+                         (["tinyimagenet", "resnet18_modified", "50", "cda"], "recover"),
+                         (["imagenet-1k", "resnet18", "50", "rded"], "rank_select.patches"),
+                         (["tinyimagenet", "resnet18_modified", "50", "scdd"], "squeeze.ssl")):
+        res = subprocess.run(["bash", "scripts/reproduce.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                             text=True)
+        assert res.returncode == 0 and f"-m {module} " in res.stdout, res.stderr
+    bad = subprocess.run(["bash", "scripts/reproduce.sh", "tinyimagenet", "conv4", "10", "nosuch"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: METHOD nosuch")
+    assert all(m in bad.stderr for m in table)
