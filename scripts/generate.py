@@ -1,7 +1,12 @@
-"""Write scripts/<dataset>/<arch>_ipc<IPC>.sh from scripts/settings.csv.
+"""Write scripts/<dataset>/[<method>_]<arch>_ipc<IPC>.sh from scripts/settings.csv.
 
-    python scripts/generate.py          # (re)write every script
-    python scripts/generate.py --check  # exit 1 if a script differs from the table
+    python scripts/generate.py            # (re)write every script
+    python scripts/generate.py --check    # exit 1 if a script differs from the table
+    python scripts/generate.py --methods  # the methods the table has scripts for (reproduce.sh)
+
+The ``method`` column picks the pipeline (delt, the default, sre2l, cda, rded, scdd, pad);
+DELT's scripts have no prefix. Paths in a script are derived from IPC/ITR/ROUND_ITR when it
+runs, and evaluations go to EVAL_PATH beside the distilled set (scripts/lib.sh).
 
 One table row per published setting keeps the scripts honest: the hyper-parameters
 live in one place, every script has the same shape (variables at the top, one call
