@@ -64,8 +64,10 @@ def test_killed_script_evaluation_resumes_and_matches_uninterrupted(tmp_path):
         assert proc.poll() is None, "the evaluation finished before it could be killed"
         assert list(state.glob("*.pt")), "no checkpoint appeared in the resume folder"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the script, python and any worker: the whole process group
+        except ProcessLookupError:
+            pass
         proc.wait()
     out_killed = killed / "eval_conv3_seed3407.json"
     assert not out_killed.exists() and state.is_dir()
