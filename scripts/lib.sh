@@ -55,8 +55,10 @@ launcher() {
 }
 
 # launch MODULE ARGS...: the module under its launcher; a one-process step runs on node 0 only
+# (ONE_PROCESS=1 launch ...: one process whatever the module, for a step that would idle the others)
 launch() {
     launcher "$1"; shift
+    if [ "${ONE_PROCESS:-0}" = 1 ]; then LAUNCH=(python -m "${LAUNCH[-1]}"); fi
     if [ "${LAUNCH[0]}" = torchrun ] || [ "${NODE_RANK}" = 0 ]; then
         run "${LAUNCH[@]}" "$@"
     else
@@ -212,14 +214,17 @@ stage_validate() {
     local common=(--syn-data-path "${set}" --val-dir "${DATA_ROOT}/val" "${teacher[@]}" --arch-name "${tarch}"
                   --stud-name "${STUDENT}" --dataset "${DATASET}" --input-size "${INPUT_SIZE}" --ipc "${IPC}"
                   --re-epochs "${RE_EPOCHS}" --eval-every "${EVAL_EVERY:-10}" "${aug[@]}" --device "${DEVICE}")
+    # PAD's loop (relabel_eval.pad_protocol) trains in one process: no torchrun, no idle GPUs
+    local one=0
+    if [ "${METHOD}" = pad ]; then one=1; fi
     if [ "${SEED_PARALLEL}" = ranks ]; then  # one command: each process trains whole seeds
         # shellcheck disable=SC2086
-        launch relabel_eval "${common[@]}" --seeds ${SEEDS} --seed-parallel ranks \
+        ONE_PROCESS=${one} launch relabel_eval "${common[@]}" --seeds ${SEEDS} --seed-parallel ranks \
             --output "${EVAL_PATH}/eval_${STUDENT}_seeds.json"
         outputs+=("${EVAL_PATH}/eval_${STUDENT}_seeds.json")
     else  # each seed trained by every process (DDP; the batch stays global)
         for seed in ${SEEDS}; do
-            launch relabel_eval "${common[@]}" --seed "${seed}" --output "${EVAL_PATH}/eval_${STUDENT}_seed${seed}.json"
+            ONE_PROCESS=${one} launch relabel_eval "${common[@]}" --seed "${seed}" --output "${EVAL_PATH}/eval_${STUDENT}_seed${seed}.json"
             outputs+=("${EVAL_PATH}/eval_${STUDENT}_seed${seed}.json")
         done
     fi
