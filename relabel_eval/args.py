@@ -158,16 +158,19 @@ def check_paths(args: argparse.Namespace) -> None:
 
 
 def _output_outside_set(args: argparse.Namespace) -> None:
-    """--output (and its resume folder) inside --syn-data-path would become a class folder of the set."""
+    """--output (relabel_eval; its resume folder beside it) or --output-dir (relabel_eval.relabel) inside
+    --syn-data-path would become a class folder of the set."""
     from pathlib import Path
 
-    if not args.output:
-        return
-    syn, out = Path(args.syn_data_path).resolve(), Path(args.output).resolve()
-    if out == syn or syn in out.parents:
-        raise UserError(f"{args.output}: --output is inside --syn-data-path {args.syn_data_path} (its files and "
-                        "resume state would become part of the set); write it beside the set, e.g. "
-                        f"{Path(args.syn_data_path).as_posix().rstrip('/')}_eval/")
+    for attr, flag in (("output", "--output"), ("output_dir", "--output-dir")):
+        value = getattr(args, attr, None)
+        if not value:
+            continue
+        syn, out = Path(args.syn_data_path).resolve(), Path(value).resolve()
+        if out == syn or syn in out.parents:
+            raise UserError(f"{value}: {flag} is inside --syn-data-path {args.syn_data_path} (its files and "
+                            "resume state would become part of the set); write it beside the set, e.g. "
+                            f"{Path(args.syn_data_path).as_posix().rstrip('/')}_eval/")
 
 
 # -------------------- python -m relabel_eval.relabel

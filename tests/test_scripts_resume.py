@@ -104,6 +104,7 @@ def test_relabel_eval_refuses_output_inside_the_set(tmp_path):
 
     syn = make_tree(tmp_path / "syn", 2, per_class=1)
     val = make_tree(tmp_path / "val", 2, per_class=1, split=1)
+    (tmp_path / "t.pth").write_bytes(b"not read: the check comes first")
     before = snapshot(tmp_path)
     for out in (syn / "eval.json", syn / "00_circle" / "eval.json", syn):
         code = ("import sys, runpy; sys.argv = ['relabel_eval', *sys.argv[1:]]; "
@@ -114,6 +115,14 @@ def test_relabel_eval_refuses_output_inside_the_set(tmp_path):
         err = visible_lines(res.stderr)
         assert res.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), res.stderr
         assert "--output" in err[0] and "--syn-data-path" in err[0] and "Traceback" not in res.stderr
+    code = ("import sys, runpy; sys.argv = ['relabel_eval.relabel', *sys.argv[1:]]; "
+            "runpy.run_module('relabel_eval.relabel', run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code, "--syn-data-path", str(syn), "--teacher-path",
+                          str(tmp_path / "t.pth"), "--epochs", "2", "--output-dir", str(syn / "soft")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = visible_lines(res.stderr)
+    assert res.returncode == 2 and len(err) == 1 and err[0].startswith("error: ") and "--output-dir" in err[0], err
     assert snapshot(tmp_path) == before
     # beside the set is fine as far as this check goes (the run then fails later for other reasons or not at all)
     from relabel_eval.args import check_paths, get_args_parser
