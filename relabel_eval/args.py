@@ -34,6 +34,7 @@ from common.cli.argtypes import (
     unit_float,
 )
 from common.cli.entry import module_doc, require_paths
+from common.cli.errors import UserError
 from common.cli.flags import add_device_args
 from common.run.state import add_run_args
 from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_name
@@ -156,6 +157,23 @@ def check_paths(args: argparse.Namespace) -> None:
     """The distilled set, the validation folder, the teacher and the soft labels, when given, must exist."""
     require_paths(args, [("syn_data_path", "--syn-data-path"), ("val_dir", "--val-dir"),
                          ("teacher_path", "--teacher-path"), ("soft_label_dir", "--soft-label-dir"), ("zca", "--zca")])
+    _output_outside_set(args)
+
+
+def _output_outside_set(args: argparse.Namespace) -> None:
+    """--output (relabel_eval; its resume folder beside it) or --output-dir (relabel_eval.relabel) inside
+    --syn-data-path would become a class folder of the set."""
+    from pathlib import Path
+
+    for attr, flag in (("output", "--output"), ("output_dir", "--output-dir")):
+        value = getattr(args, attr, None)
+        if not value:
+            continue
+        syn, out = Path(args.syn_data_path).resolve(), Path(value).resolve()
+        if out == syn or syn in out.parents:
+            raise UserError(f"{value}: {flag} is inside --syn-data-path {args.syn_data_path} (its files and "
+                            "resume state would become part of the set); write it beside the set, e.g. "
+                            f"{Path(args.syn_data_path).as_posix().rstrip('/')}_eval/")
 
 
 # -------------------- python -m relabel_eval.relabel

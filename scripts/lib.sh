@@ -1,8 +1,17 @@
-# Shared by every generated script in scripts/<dataset>/: the four stages as bash
-# functions. A script sets its variables, sources this file and calls run_pipeline.
-# DRY_RUN=1 prints every command instead of running it; STAGES picks stages.
-# GPU=0,1,2,3 runs every stage under torchrun with one process per listed GPU; on a cluster set
-# NNODES, NODE_RANK, MASTER_ADDR (and MASTER_PORT) on every node as torchrun expects them.
+# Shared by every generated script in scripts/<dataset>/: the stages as bash functions. A script
+# sets its variables (paths derived from IPC/ITR/ROUND_ITR when it runs), sources this file and
+# calls run_pipeline. DRY_RUN=1 prints every command instead of running it; STAGES picks stages.
+#
+# GPU=0,1,2,3 runs every stage that can use several processes under torchrun, one process per
+# listed GPU (DIST_MODULES below); on a cluster set NNODES, NODE_RANK, MASTER_ADDR (and
+# MASTER_PORT) on every node as torchrun expects them. A step that runs as one process runs on
+# node 0 only; the other nodes wait for its output file (a shared file system is assumed).
+# SEED_PARALLEL=ddp (default) trains each evaluation seed with all processes (DDP);
+# SEED_PARALLEL=ranks gives each process whole seeds (faster at small IPC).
+# Evaluation results, tables and resume state go to EVAL_PATH, beside the distilled set, never in it.
+
+# the stages that split their work over torchrun's processes; the others run as one process
+DIST_MODULES=" squeeze squeeze.ssl squeeze.trajectories rank_select recover relabel_eval "
 
 # Print a command (shell-quoted, one line starting with "+ ") and run it unless DRY_RUN=1.
 run() {
@@ -10,148 +19,157 @@ run() {
     if [ "${DRY_RUN:-0}" != 1 ]; then "$@"; fi
 }
 
+die() { echo "error: $*" >&2; exit 2; }
+
 setup_device() {
     case "${GPU}" in
         cpu|auto) DEVICE=${GPU}; NPROC=${NPROC:-1} ;;
-        *) export CUDA_VISIBLE_DEVICES=${GPU}; DEVICE=cuda
+        *) [[ "${GPU}" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "GPU=${GPU}: give cpu, auto or GPU ids such as 0,1,2,3"
+           export CUDA_VISIBLE_DEVICES=${GPU}; DEVICE=cuda
            NPROC=$(awk -F, '{print NF}' <<< "${GPU}") ;;
     esac
     NNODES=${NNODES:-1}
+    NODE_RANK=${NODE_RANK:-0}
+    MASTER_PORT=${MASTER_PORT:-29500}
+    [[ "${NNODES}" =~ ^[1-9][0-9]*$ ]] || die "NNODES=${NNODES}: give the number of nodes (1 or more)"
+    [[ "${NODE_RANK}" =~ ^[0-9]+$ ]] && [ "${NODE_RANK}" -lt "${NNODES}" ] \
+        || die "NODE_RANK=${NODE_RANK}: give this node's rank, 0 to $((NNODES - 1))"
+    if [ "${NNODES}" -gt 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
+        die "NNODES=${NNODES}: set MASTER_ADDR (node 0's address) and MASTER_PORT on every node"
+    fi
     WORLD=$((NPROC * NNODES))
+    SEED_PARALLEL=${SEED_PARALLEL:-ddp}
+    case "${SEED_PARALLEL}" in ddp|ranks) ;; *) die "SEED_PARALLEL=${SEED_PARALLEL}: give ddp or ranks" ;; esac
 }
 
-# `python -m MODULE`, or torchrun with one process per GPU (and the node flags on a cluster)
+# LAUNCH=(...): `python -m MODULE`, or torchrun with one process per GPU (and the node flags on a cluster)
 launcher() {
-    if [ "${WORLD}" -le 1 ]; then
+    if [ "${WORLD}" -le 1 ] || [[ "${DIST_MODULES}" != *" $1 "* ]]; then
         LAUNCH=(python -m "$1")
     elif [ "${NNODES}" -le 1 ]; then
         LAUNCH=(torchrun --nproc_per_node="${NPROC}" -m "$1")
     else
-        LAUNCH=(torchrun --nproc_per_node="${NPROC}" --nnodes="${NNODES}" --node_rank="${NODE_RANK:?NODE_RANK}"
-                --master_addr="${MASTER_ADDR:?MASTER_ADDR}" --master_port="${MASTER_PORT:-29500}" -m "$1")
+        LAUNCH=(torchrun --nproc_per_node="${NPROC}" --nnodes="${NNODES}" --node_rank="${NODE_RANK}"
+                --master_addr="${MASTER_ADDR}" --master_port="${MASTER_PORT}" -m "$1")
     fi
 }
 
-stage_squeeze() {
-    if [ ! -f "${TEACHER}" ]; then
-        if [ "${TEACHER_EPOCHS}" = 0 ]; then
-            echo "note: ${TEACHER} must hold pretrained ${ARCH} weights (torchvision's ImageNet file, local path)" >&2
-            [ "${DRY_RUN:-0}" = 1 ] || exit 2
-        else
-            # --batch-size is per process under torchrun: keep the recipe's global batch
-            local per_process=()
-            if [ "${WORLD}" -gt 1 ] && [[ " ${TEACHER_FLAGS} " =~ \ --batch-size\ ([0-9]+)\  ]]; then
-                local global=${BASH_REMATCH[1]}
-                if [ $((global % WORLD)) != 0 ]; then
-                    echo "error: teacher batch ${global} is not divisible by ${WORLD} processes" >&2; exit 2
-                fi
-                per_process=(--batch-size $((global / WORLD)))
-            fi
-            launcher squeeze
-            # shellcheck disable=SC2086
-            run "${LAUNCH[@]}" --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "${ARCH}" \
-                --input-size "${INPUT_SIZE}" --epochs "${TEACHER_EPOCHS}" ${TEACHER_FLAGS} "${per_process[@]}" \
-                --device "${DEVICE}" --output "${TEACHER}"
-        fi
+# launch MODULE ARGS...: the module under its launcher; a one-process step runs on node 0 only
+# (ONE_PROCESS=1 launch ...: one process whatever the module, for a step that would idle the others)
+launch() {
+    launcher "$1"; shift
+    if [ "${ONE_PROCESS:-0}" = 1 ]; then LAUNCH=(python -m "${LAUNCH[-1]}"); fi
+    if [ "${LAUNCH[0]}" = torchrun ] || [ "${NODE_RANK}" = 0 ]; then
+        run "${LAUNCH[@]}" "$@"
+    else
+        echo "# node ${NODE_RANK}: ${LAUNCH[*]} runs on node 0" >&2
     fi
-    # the check every later number depends on: the teacher's accuracy on this data
-    run python -m squeeze.evaluate --arch-path "${TEACHER}" --arch-name "${ARCH}" --data-path "${DATA_ROOT}" \
+}
+
+# wait_for PATH: the nodes other than 0 wait for a one-process step's output
+wait_for() {
+    if [ "${NODE_RANK}" != 0 ] && [ "${DRY_RUN:-0}" != 1 ]; then
+        echo "# node ${NODE_RANK}: waiting for $1" >&2
+        while [ ! -e "$1" ]; do sleep 30; done
+    fi
+}
+
+# FLAGS=(...): the words of $1 with its --batch-size N (the recipe's global batch) divided over
+# the processes when MODULE ($2) runs under torchrun, so the global batch stays the recipe's
+split_batch() {
+    local words=() w i global=""
+    read -r -a words <<< "$1"
+    FLAGS=()
+    for ((i = 0; i < ${#words[@]}; i++)); do
+        w=${words[$i]}
+        if [ "$w" = --batch-size ]; then global=${words[$((i + 1))]}; i=$((i + 1)); else FLAGS+=("$w"); fi
+    done
+    [ -n "${global}" ] || return 0
+    launcher "$2"
+    if [ "${LAUNCH[0]}" = torchrun ]; then
+        [ $((global % WORLD)) = 0 ] || die "batch ${global} of $2 is not divisible by ${WORLD} processes"
+        global=$((global / WORLD))
+    fi
+    FLAGS+=(--batch-size "${global}")
+}
+
+# the teacher ($TEACHER, architecture $ARCH): trained by python -m squeeze when missing, then checked
+stage_squeeze() {
+    train_teacher "${TEACHER}" "${ARCH}"
+    launch squeeze.evaluate --arch-path "${TEACHER}" --arch-name "${ARCH}" --data-path "${DATA_ROOT}" \
         --input-size "${INPUT_SIZE}" --device "${DEVICE}"
 }
 
+# train_teacher PATH ARCH: a supervised teacher with the dataset's recipe (TEACHER_FLAGS)
+train_teacher() {
+    if [ -f "$1" ]; then return 0; fi
+    if [ "${TEACHER_EPOCHS}" = 0 ]; then
+        echo "note: $1 must hold pretrained $2 weights (torchvision's ImageNet file, local path)" >&2
+        [ "${DRY_RUN:-0}" = 1 ] || exit 2
+        return 0
+    fi
+    split_batch "${TEACHER_FLAGS}" squeeze
+    launch squeeze --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "$2" \
+        --input-size "${INPUT_SIZE}" --epochs "${TEACHER_EPOCHS}" "${FLAGS[@]}" --device "${DEVICE}" --output "$1"
+}
+
+# DELT: rank the real images with the teacher, keep IPC medium-ranked ones per class
 stage_select() {
-    launcher rank_select
-    run "${LAUNCH[@]}" --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" \
+    launch rank_select --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" \
         --ranker-path "${TEACHER}" --ranker-arch "${ARCH}" --input-size "${INPUT_SIZE}" \
         --ranking-file "${RANKING_FILE}" --output-path "${INIT_PATH}" --ipc "${IPC}" \
         --selection-criteria "${CRITERION}" --device "${DEVICE}"
 }
 
+# recover: DELT (EarlyLate from INIT_PATH), SRe2L and SC-DD (from noise), CDA (from noise, crop curriculum)
 stage_synthesize() {
-    local early_late=()
-    launcher recover
+    local init=() early_late=()
+    if [ -n "${INIT_PATH:-}" ]; then
+        init=(--init-data-path "${INIT_PATH}")
+    else
+        init=(--init noise --train-data-path "${DATA_ROOT}/train")
+    fi
     # EarlyLate needs rounds; IPC 1 uses none (DELT's scripts drop the flag there)
-    if [ "${IPC}" -gt 1 ] && [ -n "${ROUND_ITR}" ]; then
+    if [ "${IPC}" -gt 1 ] && [ -n "${ROUND_ITR:-}" ]; then
         early_late=(--use-early-late --round-iterations "${ROUND_ITR}")
     fi
-    run "${LAUNCH[@]}" --init-data-path "${INIT_PATH}" --syn-data-path "${SYN_PATH}" --exp-name "${EXP_NAME}" \
+    launch recover "${init[@]}" --syn-data-path "${SYN_PATH}" --exp-name "${EXP_NAME}" \
         --arch-name "${ARCH}" --arch-path "${TEACHER}" --dataset "${DATASET}" --input-size "${INPUT_SIZE}" \
         --ipc "${IPC}" --iteration "${ITR}" "${early_late[@]}" --batch-size "${BATCH}" --lr "${LR}" \
         --r-bn "${R_BN}" --jitter "${JITTER}" --easy2hard-mode "${EASY2HARD}" --milestone "${MILESTONE}" \
         --device "${DEVICE}"
 }
 
-# RDED: real patches scored by the teacher, stitched factor x factor (no optimisation)
+# RDED: real patches scored by the teacher (the observer), stitched factor x factor (no optimisation)
 stage_patches() {
-    run python -m rank_select.patches --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" \
-        --observer-path "${TEACHER}" --output-path "${SYN_PATH}" --ipc "${IPC}" --mipc "${MIPC}" \
-        --num-crop "${NUM_CROP}" --factor "${FACTOR}" --input-size "${INPUT_SIZE}" --device "${DEVICE}"
+    launch rank_select.patches --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" \
+        --observer-path "${TEACHER}" --observer-arch "${ARCH}" --output-path "${SYN_PATH}" --ipc "${IPC}" \
+        --mipc "${MIPC}" --num-crop "${NUM_CROP}" --factor "${FACTOR}" --input-size "${INPUT_SIZE}" \
+        --device "${DEVICE}"
+    wait_for "${SYN_PATH}/manifest.json"
 }
 
 # ---- PAD (scripts/<dataset>/pad_*.sh): difficulty -> experts -> trajectory matching ----
 
 stage_difficulty() {
-    run python -m rank_select.difficulty --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" --arch "${ARCH}" \
+    launch rank_select.difficulty --dataset "${DATASET}" --data-path "${DATA_ROOT}/train" --arch "${ARCH}" \
         --input-size "${INPUT_SIZE}" --output "${DIFFICULTY}" --device "${DEVICE}"
+    wait_for "${DIFFICULTY%.csv}.order.json"
 }
 
-stage_experts() {
-    launcher squeeze.trajectories  # under torchrun each process trains its share of the experts
-    run "${LAUNCH[@]}" --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch "${ARCH}" \
+stage_experts() {  # under torchrun each process trains its share of the experts
+    launch squeeze.trajectories --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch "${ARCH}" \
         --input-size "${INPUT_SIZE}" --num-experts "${NUM_EXPERTS}" --epochs "${EXPERT_TRAIN_EPOCHS}" --zca \
         --difficulty "${DIFFICULTY%.csv}.order.json" --output-dir "${EXPERTS}" --device "${DEVICE}"
 }
 
 stage_match() {
-    # shellcheck disable=SC2086
-    run python -m recover.trajectory_matching --experts "${EXPERTS}" --data-path "${DATA_ROOT}/train" \
-        --ipc "${IPC}" --iterations "${ITR}" --lr-img "${LR_IMG}" ${MATCH_FLAGS} \
+    local flags=()
+    read -r -a flags <<< "${MATCH_FLAGS}"
+    launch recover.trajectory_matching --experts "${EXPERTS}" --data-path "${DATA_ROOT}/train" \
+        --ipc "${IPC}" --iterations "${ITR}" --lr-img "${LR_IMG}" "${flags[@]}" \
         --output-path "${SYN_PATH}/${EXP_NAME}" --device "${DEVICE}"
-}
-
-stage_validate() {
-    local seed outputs=() syn="${SYN_PATH}/${EXP_NAME:-}" aug evals=""
-    # each method's released evaluation protocol
-    if [ "${METHOD:-delt}" = rded ]; then
-        syn="${SYN_PATH}"
-        aug=(--protocol rded --factor "${FACTOR}" --max-scale-crops 1.0)
-    elif [ "${METHOD:-delt}" = pad ]; then
-        aug=(--protocol pad --zca "${EXPERTS}/zca.pt")
-        evals="${syn%/}.eval"  # results beside the set: files inside it would become class folders
-    else
-        aug=(--protocol delt --use-rand-augment --rand-augment-config "${RAND_AUG}" --min-scale-crops "${MIN_SCALE}"
-             --max-scale-crops 1.0)
-    fi
-    syn="${syn%/}"
-    evals="${evals:-${syn}}"
-    launcher relabel_eval  # several processes: each seed trained with DDP (the batch stays global)
-    for seed in ${SEEDS}; do
-        run "${LAUNCH[@]}" --syn-data-path "${syn}" --val-dir "${DATA_ROOT}/val" \
-            --teacher-path "${TEACHER}" --arch-name "${ARCH}" --stud-name "${STUDENT}" --dataset "${DATASET}" \
-            --input-size "${INPUT_SIZE}" --ipc "${IPC}" --re-epochs "${RE_EPOCHS}" "${aug[@]}" \
-            --seed "${seed}" --device "${DEVICE}" --output "${evals}/eval_${STUDENT}_seed${seed}.json"
-        outputs+=("${evals}/eval_${STUDENT}_seed${seed}.json")
-    done
-    run python scripts/summarize.py --published "${PUBLISHED}" "${outputs[@]}"
-}
-
-run_pipeline() {
-    setup_device
-    echo "== ${DATASET} ${ARCH} IPC ${IPC}: stages ${STAGES}" >&2
-    local s
-    for s in ${STAGES}; do
-        case "${s}" in
-            squeeze) stage_squeeze ;;
-            select) stage_select ;;
-            synthesize) stage_synthesize ;;
-            patches) stage_patches ;;
-            difficulty) stage_difficulty ;;
-            experts) stage_experts ;;
-            match) stage_match ;;
-            validate) stage_validate ;;
-            *) echo "error: STAGES: unknown stage '${s}' (squeeze select synthesize patches difficulty experts match validate)" >&2; exit 2 ;;
-        esac
-    done
+    wait_for "${SYN_PATH}/${EXP_NAME}/manifest.json"
 }
 
 # ---- SC-DD (scripts/<dataset>/scdd_*.sh): self-supervised recovery teacher, supervised relabel teacher ----
@@ -163,67 +181,72 @@ stage_scdd_squeeze() {
                 echo "note: ${SSL_BACKBONE} must hold a self-supervised ${ARCH} (released MoCo v2/v3, SwAV or DINO file, local path)" >&2
                 [ "${DRY_RUN:-0}" = 1 ] || exit 2
             else
-                run python -m squeeze.ssl --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "${ARCH}" \
+                launch squeeze.ssl --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "${ARCH}" \
                     --input-size "${INPUT_SIZE}" --epochs "${TEACHER_EPOCHS}" --device "${DEVICE}" \
                     --output "${SSL_BACKBONE}" --resume
             fi
         fi
-        run python -m squeeze.linear_probe --backbone "${SSL_BACKBONE}" --arch-name "${ARCH}" --dataset "${DATASET}" \
+        launch squeeze.linear_probe --backbone "${SSL_BACKBONE}" --arch-name "${ARCH}" --dataset "${DATASET}" \
             --data-path "${DATA_ROOT}" --input-size "${INPUT_SIZE}" --device "${DEVICE}" --output "${TEACHER}"
+        wait_for "${TEACHER}"
     fi
-    if [ ! -f "${RELABEL_TEACHER}" ]; then
-        if [ "${TEACHER_EPOCHS}" = 0 ]; then
-            echo "note: ${RELABEL_TEACHER} must hold supervised ${RELABEL_ARCH} weights (torchvision's ImageNet file, local path)" >&2
-            [ "${DRY_RUN:-0}" = 1 ] || exit 2
-        else
-            # shellcheck disable=SC2086
-            run python -m squeeze --dataset "${DATASET}" --data-path "${DATA_ROOT}" --arch-name "${RELABEL_ARCH}" \
-                --input-size "${INPUT_SIZE}" --epochs "${TEACHER_EPOCHS}" ${TEACHER_FLAGS} \
-                --device "${DEVICE}" --output "${RELABEL_TEACHER}"
-        fi
-    fi
-    run python -m squeeze.evaluate --arch-path "${TEACHER}" --arch-name "${ARCH}" --data-path "${DATA_ROOT}" \
+    train_teacher "${RELABEL_TEACHER}" "${RELABEL_ARCH}"
+    launch squeeze.evaluate --arch-path "${TEACHER}" --arch-name "${ARCH}" --data-path "${DATA_ROOT}" \
         --input-size "${INPUT_SIZE}" --device "${DEVICE}"
-    run python -m squeeze.evaluate --arch-path "${RELABEL_TEACHER}" --arch-name "${RELABEL_ARCH}" \
+    launch squeeze.evaluate --arch-path "${RELABEL_TEACHER}" --arch-name "${RELABEL_ARCH}" \
         --data-path "${DATA_ROOT}" --input-size "${INPUT_SIZE}" --device "${DEVICE}"
 }
 
-stage_scdd_synthesize() {
-    local launcher=(python -m recover)
-    if [ "${NPROC}" -gt 1 ]; then launcher=(torchrun --nproc_per_node="${NPROC}" -m recover); fi
-    run "${launcher[@]}" --init noise --train-data-path "${DATA_ROOT}/train" --syn-data-path "${SYN_PATH}" \
-        --exp-name "${EXP_NAME}" --arch-name "${ARCH}" --arch-path "${TEACHER}" --dataset "${DATASET}" \
-        --input-size "${INPUT_SIZE}" --ipc "${IPC}" --iteration "${ITR}" --batch-size "${BATCH}" --lr "${LR}" \
-        --r-bn "${R_BN}" --jitter "${JITTER}" --easy2hard-mode "${EASY2HARD}" --milestone "${MILESTONE}" \
-        --device "${DEVICE}"
+# ---- evaluation: fresh students on the set with the teacher's soft labels, results in EVAL_PATH ----
+
+stage_validate() {
+    local seed outputs=() aug=() teacher=() set="${SET%/}"
+    case "${METHOD}" in
+        rded) aug=(--protocol rded --factor "${FACTOR}" --max-scale-crops 1.0) ;;
+        pad) aug=(--protocol pad --zca "${EXPERTS}/zca.pt") ;;
+        *) aug=(--protocol delt)
+           if [ -n "${RAND_AUG:-}" ]; then aug+=(--use-rand-augment --rand-augment-config "${RAND_AUG}"); fi
+           aug+=(--min-scale-crops "${MIN_SCALE}" --max-scale-crops 1.0) ;;
+    esac
+    # the soft-label teacher: SC-DD relabels with a supervised teacher; PAD has none (learned labels)
+    local tpath=${RELABEL_TEACHER:-${TEACHER:-}} tarch=${RELABEL_ARCH:-${ARCH}}
+    if [ -n "${tpath}" ]; then teacher=(--teacher-path "${tpath}"); fi
+    local common=(--syn-data-path "${set}" --val-dir "${DATA_ROOT}/val" "${teacher[@]}" --arch-name "${tarch}"
+                  --stud-name "${STUDENT}" --dataset "${DATASET}" --input-size "${INPUT_SIZE}" --ipc "${IPC}"
+                  --re-epochs "${RE_EPOCHS}" --eval-every "${EVAL_EVERY:-10}" "${aug[@]}" --device "${DEVICE}")
+    # PAD's loop (relabel_eval.pad_protocol) trains in one process: no torchrun, no idle GPUs
+    local one=0
+    if [ "${METHOD}" = pad ]; then one=1; fi
+    if [ "${SEED_PARALLEL}" = ranks ]; then  # one command: each process trains whole seeds
+        # shellcheck disable=SC2086
+        ONE_PROCESS=${one} launch relabel_eval "${common[@]}" --seeds ${SEEDS} --seed-parallel ranks \
+            --output "${EVAL_PATH}/eval_${STUDENT}_seeds.json"
+        outputs+=("${EVAL_PATH}/eval_${STUDENT}_seeds.json")
+    else  # each seed trained by every process (DDP; the batch stays global)
+        for seed in ${SEEDS}; do
+            ONE_PROCESS=${one} launch relabel_eval "${common[@]}" --seed "${seed}" --output "${EVAL_PATH}/eval_${STUDENT}_seed${seed}.json"
+            outputs+=("${EVAL_PATH}/eval_${STUDENT}_seed${seed}.json")
+        done
+    fi
+    if [ "${NODE_RANK}" = 0 ]; then run python scripts/summarize.py --published "${PUBLISHED}" "${outputs[@]}"; fi
 }
 
-stage_scdd_validate() {
-    # soft labels from the supervised RELABEL_TEACHER; the recovery teacher is in the distilled set's manifest
-    local seed outputs=() ra=()
-    if [ -n "${RAND_AUG}" ]; then ra=(--use-rand-augment --rand-augment-config "${RAND_AUG}"); fi
-    for seed in ${SEEDS}; do
-        run python -m relabel_eval --syn-data-path "${SYN_PATH}/${EXP_NAME}" --val-dir "${DATA_ROOT}/val" \
-            --teacher-path "${RELABEL_TEACHER}" --arch-name "${RELABEL_ARCH}" --stud-name "${STUDENT}" \
-            --dataset "${DATASET}" --input-size "${INPUT_SIZE}" --ipc "${IPC}" --re-epochs "${RE_EPOCHS}" \
-            "${ra[@]}" --min-scale-crops "${MIN_SCALE}" --max-scale-crops 1.0 --seed "${seed}" --device "${DEVICE}" \
-            --output "${SYN_PATH}/${EXP_NAME}/eval_${STUDENT}_seed${seed}.json"
-        outputs+=("${SYN_PATH}/${EXP_NAME}/eval_${STUDENT}_seed${seed}.json")
-    done
-    run python scripts/summarize.py --published "${PUBLISHED}" "${outputs[@]}"
-}
-
-run_scdd_pipeline() {
+run_pipeline() {
     setup_device
-    echo "== SC-DD ${DATASET} ${ARCH} IPC ${IPC}: stages ${STAGES}" >&2
+    METHOD=${METHOD:-delt}
+    echo "== ${METHOD} ${DATASET} ${ARCH} IPC ${IPC}: stages ${STAGES}" >&2
     local s
     for s in ${STAGES}; do
         case "${s}" in
-            squeeze) stage_scdd_squeeze ;;
-            select) echo "note: SC-DD recovers from noise; no selection stage" >&2 ;;
-            synthesize) stage_scdd_synthesize ;;
-            validate) stage_scdd_validate ;;
-            *) echo "error: STAGES: unknown stage '${s}' (squeeze synthesize validate)" >&2; exit 2 ;;
+            squeeze) if [ "${METHOD}" = scdd ]; then stage_scdd_squeeze; else stage_squeeze; fi ;;
+            select) stage_select ;;
+            synthesize) stage_synthesize ;;
+            patches) stage_patches ;;
+            difficulty) stage_difficulty ;;
+            experts) stage_experts ;;
+            match) stage_match ;;
+            validate) stage_validate ;;
+            *) die "STAGES: unknown stage '${s}' (squeeze select synthesize patches difficulty experts match validate)" ;;
         esac
     done
 }

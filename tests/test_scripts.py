@@ -60,13 +60,19 @@ def test_scripts_match_settings_table():
     assert len([s for s in SCRIPTS if s.parent.name != "scripts"]) == len(rows)
 
 
+def script_method(script: Path) -> str:
+    """The method of a generated script, from its file-name prefix (DELT's have none)."""
+    prefix = script.name.split("_", 1)[0]
+    return prefix if prefix in ("rded", "pad", "scdd", "sre2l", "cda") else "delt"
+
+
 @pytest.mark.parametrize("script", [s for s in SCRIPTS if s.parent.name != "scripts"],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_printed_command_parses(script):
     cmds = dry_run(script, GPU="cpu")
     modules = [c[2] if c[1] == "-m" else c[1] for c in cmds]
-    rded = script.name.startswith("rded_")
-    pad = script.name.startswith("pad_")
+    kind = script_method(script)
+    rded, pad = kind == "rded", kind == "pad"
     needed = {"squeeze.evaluate", "relabel_eval"}
     if pad:
         needed = {"rank_select.difficulty", "squeeze.trajectories", "recover.trajectory_matching", "relabel_eval"}
@@ -74,26 +80,35 @@ def test_every_printed_command_parses(script):
         needed.add("rank_select.patches")
     else:
         needed.add("recover")
-        if "scdd_" not in script.name:  # SC-DD recovers from noise: no selection
+        if kind == "delt":  # SRe2L, CDA and SC-DD recover from noise: no selection
             needed.add("rank_select")
     assert needed <= set(modules)
-    evals = []
+    evals, recovers = [], []
     for cmd in cmds:
         parser, args = parser_for(cmd)
         parsed = parser.parse_args(args)  # SystemExit (test failure) on any flag the parser does not define
         if cmd[:3] == ["python", "-m", "relabel_eval"]:
             evals.append(parsed)
+        if cmd[:3] == ["python", "-m", "recover"]:
+            recovers.append(parsed)
     text = script.read_text()
-    own = ("FACTOR",) if rded else ("INIT_PATH", "ITR", "ROUND_ITR", "EXP_NAME")
-    for var in ("DATA_ROOT", "TEACHER", "SYN_PATH", "IPC", "GPU", "SEEDS", *own):
+    own = {"rded": ("FACTOR",), "delt": ("INIT_PATH", "ITR", "ROUND_ITR", "EXP_NAME")}.get(kind, ("ITR", "EXP_NAME"))
+    for var in ("DATA_ROOT", "TEACHER", "SYN_PATH", "EVAL_PATH", "IPC", "GPU", "SEED_PARALLEL", "SEEDS", *own):
         assert re.search(rf"^{var}=", text, re.M), f"{script}: {var} not at the top"
     assert [a.seed for a in evals] == [3407, 4663, 2897]
     # each method is evaluated under its own released protocol
     assert {a.protocol or "delt" for a in evals} == {"rded" if rded else "pad" if pad else "delt"}
-    if pad:  # the experts' ZCA is applied to the set and val/ alike
-        assert all(a.zca and a.zca.endswith("experts/zca.pt") for a in evals)
+    # results beside the set, never inside it
+    for a in evals:
+        set_, out = Path(a.syn_data_path).resolve(), Path(a.output).resolve()
+        assert set_ not in out.parents and out.parent == Path(f"{set_}_eval"), (a.syn_data_path, a.output)
+    if pad:  # the experts' ZCA is applied to the set and val/ alike; no teacher
+        assert all(a.zca and a.zca.endswith("experts/zca.pt") and a.teacher_path is None for a in evals)
     if rded:
         assert all(a.factor is not None and not a.use_rand_augment for a in evals)
+    if kind in ("sre2l", "cda", "scdd"):
+        assert all(r.init == "noise" and not r.use_early_late for r in recovers)
+        assert all(r.milestone == (1 if kind == "cda" else 0) for r in recovers) or kind == "scdd"
 
 
 def test_multi_gpu_uses_torchrun_and_ipc1_has_no_rounds():
@@ -144,3 +159,161 @@ def test_scdd_scripts_relabel_with_a_supervised_teacher():
         ["resnet50", "0.1", "0.01", "1000", "50"]
     rel = next(c for c in im if c[2] == "relabel_eval")
     assert rel[rel.index("--arch-name") + 1] == "resnet18" and "--use-rand-augment" not in rel
+
+
+# ------------------------------------------------- every script on 4 GPUs (DRY_RUN=1 GPU=0,1,2,3)
+
+# the stages that split their work over processes: on several GPUs they must run under torchrun
+LONG = {"squeeze", "squeeze.ssl", "squeeze.trajectories", "rank_select", "recover", "relabel_eval"}
+# (module, flag) -> what the flag names: a path the stage writes, or one it reads
+WRITES = {("squeeze", "--output"), ("squeeze.ssl", "--output"), ("squeeze.linear_probe", "--output"),
+          ("rank_select", "--output-path"), ("rank_select", "--ranking-file"), ("rank_select.patches", "--output-path"),
+          ("rank_select.difficulty", "--output"), ("squeeze.trajectories", "--output-dir"),
+          ("recover.trajectory_matching", "--output-path"), ("relabel_eval", "--output")}
+READS = {("squeeze.evaluate", "--arch-path"), ("rank_select", "--ranker-path"), ("recover", "--init-data-path"),
+         ("recover", "--arch-path"), ("rank_select.patches", "--observer-path"), ("squeeze.linear_probe", "--backbone"),
+         ("squeeze.trajectories", "--difficulty"), ("recover.trajectory_matching", "--experts"),
+         ("relabel_eval", "--syn-data-path"), ("relabel_eval", "--teacher-path"), ("relabel_eval", "--zca")}
+STAGE_SCRIPTS = [s for s in SCRIPTS if s.parent.name != "scripts"]
+
+
+def run_dry(script: Path, **env) -> tuple[list[list[str]], str]:
+    e = {**os.environ, "DRY_RUN": "1", **env}
+    for var in ("IPC", "ITR", "ROUND_ITR", "NNODES", "NODE_RANK", "MASTER_ADDR", "SEED_PARALLEL", "EVAL_PATH"):
+        if var not in env:
+            e.pop(var, None)
+    res = subprocess.run(["bash", str(script)], cwd=ROOT, env=e, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"{script}: {res.stderr[-2000:]}"
+    return [shlex.split(line[2:]) for line in res.stdout.splitlines() if line.startswith("+ ")], res.stderr
+
+
+def module_of(cmd: list[str]) -> str:
+    return cmd[cmd.index("-m") + 1] if "-m" in cmd else cmd[1]
+
+
+def flag(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def written_and_read(cmds: list[list[str]]) -> tuple[list[tuple[int, str]], list[tuple[int, str, str]]]:
+    """(step, path) written and (step, flag, path) read by each printed command, in order."""
+    writes, reads = [], []
+    for i, cmd in enumerate(cmds):
+        m = module_of(cmd)
+        for mod, f in WRITES:
+            if mod == m and flag(cmd, f):
+                writes.append((i, flag(cmd, f)))
+        if m == "recover":
+            writes.append((i, f"{flag(cmd, '--syn-data-path')}/{flag(cmd, '--exp-name')}"))
+        if m == "rank_select.difficulty":
+            writes.append((i, flag(cmd, "--output").removesuffix(".csv") + ".order.json"))
+        for mod, f in READS:
+            if mod == m and flag(cmd, f):
+                reads.append((i, f, flag(cmd, f)))
+        if m == "scripts/summarize.py":
+            reads += [(i, "results", p) for p in cmd[4:]]
+    return writes, reads
+
+
+@pytest.mark.parametrize("script", STAGE_SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_four_gpus_torchrun_paths_chain_and_ipc_override(script):
+    cmds, err = run_dry(script, GPU="0,1,2,3")
+    for cmd in cmds:
+        m = module_of(cmd)
+        if m == "relabel_eval" and script_method(script) == "pad":  # PAD's loop trains in one process
+            assert cmd[:3] == ["python", "-m", "relabel_eval"], cmd
+        elif m in LONG:
+            assert cmd[:3] == ["torchrun", "--nproc_per_node=4", "-m"], cmd
+        else:
+            assert cmd[0] == "python", cmd
+        parser, args = parser_for(cmd)
+        parser.parse_args(args)
+        assert "" not in cmd, f"empty argument in {cmd}"  # e.g. --teacher-path ''
+        flags = [a for a in cmd if a.startswith("--") and "=" not in a]
+        assert len(flags) == len(set(flags)), f"a flag given twice: {cmd}"
+    assert {module_of(c) for c in cmds} & LONG
+    # every path a stage reads is one an earlier stage wrote, or a file the script says must exist
+    writes, reads = written_and_read(cmds)
+    must_exist = set(re.findall(r"^note: (\S+) must hold", err, re.M))
+    for step, f, path in reads:
+        earlier = [w for s, w in writes if s < step]
+        ok = path in earlier or any(path.startswith(w.rstrip("/") + "/") for w in earlier) or path in must_exist
+        assert ok, f"{script.name}: {module_of(cmds[step])} {f} {path} is written by no earlier stage ({earlier})"
+    # an IPC override lands in its own folders: no path of the default IPC is left
+    default_ipc = int(re.search(r"^IPC=\$\{IPC:-(\d+)\}", script.read_text(), re.M).group(1))
+    other = 10 if default_ipc != 10 else 50
+    ocmds, _ = run_dry(script, GPU="0,1,2,3", IPC=str(other))
+    assert [module_of(c) for c in ocmds] == [module_of(c) for c in cmds]
+    stale = [a for c in ocmds for a in c if re.search(rf"ipc{default_ipc}(?!\d)", a)]
+    assert not stale, f"IPC={other} still uses IPC {default_ipc} paths: {stale}"
+    assert {flag(c, "--ipc") for c in ocmds if "--ipc" in c} == {str(other)}
+    owrites, _ = written_and_read(ocmds)
+    ipc_dependent = {w for _, w in writes} - {w for _, w in owrites}
+    for c in cmds:  # the set and the evaluation results depend on IPC
+        if module_of(c) == "relabel_eval":
+            assert flag(c, "--output") in ipc_dependent and flag(c, "--syn-data-path") in ipc_dependent | {
+                f"{flag(r, '--syn-data-path')}/{flag(r, '--exp-name')}" for r in cmds if module_of(r) == "recover"}
+
+
+@pytest.mark.parametrize("script", [ROOT / "scripts" / "tinyimagenet" / "resnet18_modified_ipc50.sh",
+                                    ROOT / "scripts" / "cifar100" / "scdd_resnet18_modified_ipc50.sh",
+                                    ROOT / "scripts" / "cifar10" / "pad_conv3_in_ipc10.sh",
+                                    ROOT / "scripts" / "imagenet-1k" / "rded_resnet18_ipc10.sh"],
+                         ids=lambda p: p.name)
+def test_multi_node_and_seed_parallel(script):
+    node = dict(GPU="0,1,2,3", NNODES="2", MASTER_ADDR="10.0.0.1", MASTER_PORT="29511")
+    on1, _ = run_dry(script, NODE_RANK="1", **node)
+    on0, _ = run_dry(script, NODE_RANK="0", **node)
+    head = ["torchrun", "--nproc_per_node=4", "--nnodes=2", "--node_rank={}", "--master_addr=10.0.0.1",
+            "--master_port=29511", "-m"]
+    for rank, cmds in ((0, on0), (1, on1)):
+        for c in cmds:
+            if module_of(c) in LONG and not (module_of(c) == "relabel_eval" and script_method(script) == "pad"):
+                assert c[:7] == [h.format(rank) for h in head], c
+    # one-process steps run on node 0 only (the other nodes wait for their outputs)
+    assert all(c[0] == "torchrun" for c in on1)
+    assert [c for c in on0 if c[0] == "torchrun"] == [c[:3] + ["--node_rank=0"] + c[4:] for c in on1]
+    assert len(on0) > len(on1)
+    # SEED_PARALLEL=ranks: one evaluation, each process training whole seeds
+    cmds, _ = run_dry(script, GPU="0,1,2,3", SEED_PARALLEL="ranks")
+    ev = [c for c in cmds if module_of(c) == "relabel_eval"]
+    assert len(ev) == 1 and flag(ev[0], "--seed-parallel") == "ranks"
+    parser, args = parser_for(ev[0])
+    assert parser.parse_args(args).seeds == [3407, 4663, 2897]
+    bad = subprocess.run(["bash", str(script)], cwd=ROOT, env={**os.environ, "DRY_RUN": "1", "SEED_PARALLEL": "x"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: SEED_PARALLEL")
+
+
+def test_run_time_overrides_land_in_their_own_folders():
+    script = ROOT / "scripts" / "tinyimagenet" / "resnet18_modified_ipc50.sh"
+    cmds, _ = run_dry(script, GPU="cpu", IPC="10", ITR="1000", ROUND_ITR="250")
+    sel = next(c for c in cmds if module_of(c) == "rank_select")
+    rec = next(c for c in cmds if module_of(c) == "recover")
+    ev = next(c for c in cmds if module_of(c) == "relabel_eval")
+    assert flag(sel, "--output-path").endswith("init_medium_ipc10") and flag(rec, "--init-data-path") == \
+        flag(sel, "--output-path")
+    assert flag(rec, "--exp-name") == "ipc10_itr1000_ri250_medium" and flag(rec, "--round-iterations") == "250"
+    assert flag(ev, "--syn-data-path").endswith("/ipc10_itr1000_ri250_medium")
+    assert flag(ev, "--output").startswith(flag(ev, "--syn-data-path") + "_eval/")
+    cmds, _ = run_dry(script, GPU="cpu", EVAL_PATH="/elsewhere/evals")
+    assert all(flag(c, "--output").startswith("/elsewhere/evals/") for c in cmds if module_of(c) == "relabel_eval")
+
+
+def test_reproduce_knows_every_method_of_the_table():
+    import csv
+
+    table = {(r.get("method") or "delt") for r in csv.DictReader((ROOT / "scripts" / "settings.csv").open())}
+    assert {"delt", "sre2l", "cda", "rded", "scdd", "pad"} <= table
+    env = {**os.environ, "DRY_RUN": "1", "GPU": "cpu"}
+    for args, module in ((["imagenet-1k", "resnet18", "50", "sre2l"], "recover"),
+                         (["tinyimagenet", "resnet18_modified", "50", "cda"], "recover"),
+                         (["imagenet-1k", "resnet18", "50", "rded"], "rank_select.patches"),
+                         (["tinyimagenet", "resnet18_modified", "50", "scdd"], "squeeze.ssl")):
+        res = subprocess.run(["bash", "scripts/reproduce.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                             text=True)
+        assert res.returncode == 0 and f"-m {module} " in res.stdout, res.stderr
+    bad = subprocess.run(["bash", "scripts/reproduce.sh", "tinyimagenet", "conv4", "10", "nosuch"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: METHOD nosuch")
+    assert all(m in bad.stderr for m in table)
