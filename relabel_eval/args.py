@@ -200,3 +200,39 @@ def check_diversity(args: argparse.Namespace) -> None:
     """The sets and the feature checkpoints must exist."""
     require_paths(args, [("syn_data_path", "--syn-data-path"), ("teacher_path", "--teacher-path"),
                          ("model_path", "--model-path")])
+
+
+# -------------------- python -m relabel_eval.baselines
+
+def baselines_parser() -> argparse.ArgumentParser:
+    doc = module_doc("relabel_eval.baselines")
+    p = argparse.ArgumentParser("python -m relabel_eval.baselines", description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("random", help="seeded random real subset at an IPC, optionally evaluated")
+    r.add_argument("--train-dir", required=True, help="real training ImageFolder")
+    r.add_argument("--ipc", type=positive_int, required=True, help="images per class")
+    r.add_argument("--seed", type=seed_int, default=0, help="selection seed (class k uses seed + k)")
+    r.add_argument("--output-dir", required=True, help="where the subset ImageFolder is written")
+    r.add_argument("--force", action="store_true", help="replace an existing --output-dir this command did not write")
+    r.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
+    f = sub.add_parser("full", help="full-data hard-label reference (evaluates TRAIN itself)")
+    f.add_argument("--train-dir", required=True, help="real training ImageFolder")
+    f.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
+    d = sub.add_parser("ddranking", help="IOR, HLR, alpha and LRS from results files")
+    d.add_argument("--syn-soft", required=True, help="results of the distilled set under its (soft-label) protocol")
+    d.add_argument("--random-soft", required=True, help="results of the random subset under the same protocol")
+    d.add_argument("--syn-hard", required=True, help="results of the distilled set with hard labels")
+    d.add_argument("--full-hard", required=True, help="results of the full data with hard labels")
+    d.add_argument("--student", default=None, help="student to read (needed when a file has several)")
+    d.add_argument("--metric", choices=("final_top1", "best_top1"), default="final_top1")
+    d.add_argument("--weight", type=unit_float, default=0.5, help="w in alpha = w IOR - (1 - w) HLR")
+    d.add_argument("--output", default=None, help="write the scores as JSON")
+    return p
+
+
+def check_baselines(args: argparse.Namespace) -> None:
+    """The training folder, or the four results files, must exist."""
+    require_paths(args, [("train_dir", "--train-dir")], kind="dir")
+    require_paths(args, [(k, "--" + k.replace("_", "-")) for k in ("syn_soft", "random_soft", "syn_hard", "full_hard")],
+                  kind="file")

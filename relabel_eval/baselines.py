@@ -15,49 +15,32 @@
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # --help, argument errors and missing paths before torch is imported (common.cli.entry)
+    import sys
+
+    from common.cli.entry import run_stage
+
+    sys.exit(run_stage("relabel_eval.args:baselines_parser", "relabel_eval.baselines"))
+
 import math
 import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.cli.argtypes import positive_int, seed_int, unit_float
 from common.cli.errors import UserError
 from common.cli.paths import check_output_dir, check_output_file
 from common.data.imagefolder import find_classes, list_class_files, load_rgb, random_real_indices
 from common.run.atomic import atomic_dir, atomic_write_json
 from common.run.manifest import build_manifest, read_manifest, write_manifest
 from common.run.state import check_not_inside, check_output
+from relabel_eval.args import baselines_parser, check_baselines
 from relabel_eval.results import headline_accuracy
 
 STAGE = "relabel_eval.baselines"
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python -m relabel_eval.baselines", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("random", help="seeded random real subset at an IPC, optionally evaluated")
-    r.add_argument("--train-dir", required=True, help="real training ImageFolder")
-    r.add_argument("--ipc", type=positive_int, required=True, help="images per class")
-    r.add_argument("--seed", type=seed_int, default=0, help="selection seed (class k uses seed + k)")
-    r.add_argument("--output-dir", required=True, help="where the subset ImageFolder is written")
-    r.add_argument("--force", action="store_true", help="replace an existing --output-dir this command did not write")
-    r.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
-    f = sub.add_parser("full", help="full-data hard-label reference (evaluates TRAIN itself)")
-    f.add_argument("--train-dir", required=True, help="real training ImageFolder")
-    f.add_argument("eval_args", nargs="*", help="after --: arguments for python -m relabel_eval")
-    d = sub.add_parser("ddranking", help="IOR, HLR, alpha and LRS from results files")
-    d.add_argument("--syn-soft", required=True, help="results of the distilled set under its (soft-label) protocol")
-    d.add_argument("--random-soft", required=True, help="results of the random subset under the same protocol")
-    d.add_argument("--syn-hard", required=True, help="results of the distilled set with hard labels")
-    d.add_argument("--full-hard", required=True, help="results of the full data with hard labels")
-    d.add_argument("--student", default=None, help="student to read (needed when a file has several)")
-    d.add_argument("--metric", choices=("final_top1", "best_top1"), default="final_top1")
-    d.add_argument("--weight", type=unit_float, default=0.5, help="w in alpha = w IOR - (1 - w) HLR")
-    d.add_argument("--output", default=None, help="write the scores as JSON")
-    return p
+get_args_parser = baselines_parser  # torch-free, in relabel_eval.args
 
 
 def dd_ranking(syn_soft: float, random_soft: float, syn_hard: float, full_hard: float,
@@ -112,6 +95,7 @@ def _evaluate(eval_args: list[str], syn_path: Path, extra: list[str]) -> dict:
 
 def main(argv: Sequence[str] | None = None):
     args = get_args_parser().parse_args(argv)
+    check_baselines(args)
     if args.command == "random":
         check_output_dir(args.output_dir, "--output-dir")
         out = random_subset(args.train_dir, args.ipc, args.seed, args.output_dir, args.force)
@@ -138,8 +122,3 @@ def main(argv: Sequence[str] | None = None):
         atomic_write_json(args.output, result)
     return result
 
-
-if __name__ == "__main__":
-    from common.cli.errors import run_cli
-
-    sys.exit(run_cli(main))
