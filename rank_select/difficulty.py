@@ -178,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from common.compute.device import device_from_args
     from common.data.dataconfig import resolve_data_config
     from common.data.datasets import check_class_count, get_dataset
+    from common.data.imagefolder import ImageFolder
     from common.run.atomic import atomic_path, atomic_torch_save, atomic_write_json
     from common.run.manifest import build_manifest, write_manifest
     from common.run.state import RunState, fingerprint
@@ -190,15 +191,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out, order_file = paths["csv"], paths["order"]
     arch = canonical_arch(args.arch)
     size = resolve_data_config(spec, arch, args.input_size, image_root=root).input_size  # flag, registry, images
-    x, y, rel, classes = load_tensor_dataset(root, size, spec.mean, spec.std, what="--data-path")
-    check_class_count(spec, len(classes), root)
-    images = hashlib.sha256("\n".join(rel).encode()).hexdigest()
+    listed = [Path(p).relative_to(root).as_posix() for p, _ in ImageFolder(root, None, what="--data-path").samples]
+    images = hashlib.sha256("\n".join(listed).encode()).hexdigest()
     run = RunState(out, STAGE, fingerprint(args, NOT_RESULT, arch=arch, input_size=size, images_sha256=images),
-                   restart=args.restart)
+                   restart=args.restart)  # the saved state is checked before the images are decoded
     scores_file = run.path("scores.pt")
     done = {"el2n": [], "grand": []}
+    if scores_file.exists() and not scores_file.is_file():
+        raise UserError(f"{scores_file}: exists and is not a file (the saved scores of this run go there); remove it")
     if run.resumed and scores_file.exists():
-        done = read_scores(scores_file, args.num_models, len(y))
+        done = read_scores(scores_file, args.num_models, len(listed))
+    x, y, rel, classes = load_tensor_dataset(root, size, spec.mean, spec.std, what="--data-path")
+    check_class_count(spec, len(classes), root)
+    if rel != listed:
+        raise UserError(f"{root}: --data-path changed while it was read; run the command again")
+    if done["el2n"]:
         print(f"resuming: {len(done['el2n'])}/{args.num_models} models already scored ({scores_file})",
               file=sys.stderr)
     try:

@@ -85,6 +85,28 @@ def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | 
     return out
 
 
+def _accuracy(path: str, flag: str, student: str | None, metric: str) -> float:
+    """The headline accuracy of a results file as a fraction; a file that is not a relabel_eval results
+    file, or an accuracy that is not a number in [0, 100], is one line naming the flag."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # binary, not UTF-8, not JSON
+        raise UserError(f"{path}: {flag} is not a readable JSON results file ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("students"), dict):
+        raise UserError(f"{path}: {flag} is not a relabel_eval results file (no \"students\")")
+    try:
+        acc = headline_accuracy(path, student, metric)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"{path}: {flag} holds no {metric} summary for the student; is it a finished "
+                        f"relabel_eval result?") from None
+    if not math.isfinite(acc) or not 0.0 <= acc <= 100.0:
+        raise UserError(f"{path}: {flag} records an accuracy of {acc} (not a number in [0, 100]); "
+                        f"the run it comes from failed")
+    return acc / 100.0
+
+
 def _evaluate(eval_args: list[str], syn_path: Path, extra: list[str]) -> dict:
     from relabel_eval.train import main as eval_main
 
@@ -111,7 +133,7 @@ def main(argv: Sequence[str] | None = None):
         return _evaluate(args.eval_args, Path(args.train_dir), ["--label-mode", "hard"])
     if args.output:
         check_output_file(args.output, "--output")
-    accs = {k: headline_accuracy(getattr(args, k), args.student, args.metric) / 100.0
+    accs = {k: _accuracy(getattr(args, k), "--" + k.replace("_", "-"), args.student, args.metric)
             for k in ("syn_soft", "random_soft", "syn_hard", "full_hard")}
     scores = dd_ranking(accs["syn_soft"], accs["random_soft"], accs["syn_hard"], accs["full_hard"], args.weight)
     print("accuracies ({}): {}".format(args.metric, ", ".join(f"{k} {v * 100:.2f}%" for k, v in accs.items())))

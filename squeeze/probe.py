@@ -242,8 +242,12 @@ def train_probe(args) -> dict:
     if trained:  # the resume state is an input: checked before anything is said or written
         run = RunState(output, STAGE, fingerprint(args, NOT_RESULT, backbone_sha256=sha256_file(args.backbone)),
                        restart=args.restart)
-        if run.resumed and run.path("probe.pt").exists():
-            saved = read_probe_state(run.path("probe.pt"), fc, args.epochs)
+        state = run.path("probe.pt")
+        if state.exists() and not state.is_file():
+            raise UserError(f"{state}: exists and is not a file (the linear probe's resume state goes there); "
+                            f"remove it")
+        if run.resumed and state.exists():
+            saved = read_probe_state(state, fc, args.epochs)
     print(f"squeeze.linear_probe: {arch} backbone ({layout}) from {args.backbone}, {len(classes)} classes, input "
           f"{size}, " + ("released classifier" if head is not None else f"{args.epochs} epochs, aug {args.train_aug}"),
           file=sys.stderr)
