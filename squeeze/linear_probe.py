@@ -30,6 +30,8 @@ if __name__ == "__main__":  # --help, argument errors and missing paths before t
 
     sys.exit(run_stage("squeeze.args:linear_probe_parser", "squeeze.linear_probe"))
 
+from pathlib import Path
+
 from common.cli.paths import check_output_file
 from squeeze.args import check_linear_probe, linear_probe_parser
 
@@ -40,6 +42,7 @@ def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)  # every numeric flag's range is checked here (common.cli.argtypes)
     check_linear_probe(args)
     check_output_file(args.output, "--output")
+    check_output_file(Path(args.output).with_suffix(".json"), "--output's report")
     from squeeze.probe import train_probe
 
     return train_probe(args)

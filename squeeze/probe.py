@@ -190,6 +190,7 @@ def train_probe(args) -> dict:
     if output.suffix != ".pth":
         raise UserError(f"{output}: --output must end in .pth")
     check_output(output, STAGE, args.force, kind="file", manifest_file=output.with_suffix(".json"), flag="--output")
+    check_output(output.with_suffix(".json"), STAGE, args.force, kind="file", flag="--output's report")
     if not (data / "train").is_dir() or not (data / "val").is_dir():
         raise UserError(f"{data}: --data-path must contain train/ and val/ ImageFolder trees")
     classes = check_train_val(data / "train", data / "val")

@@ -309,6 +309,8 @@ CASES = [
                                                       probe_argv(sh["ck"]))[1], "is a folder"),
     Case(P, "output is the user's file", lambda ws, sh, mp: (users_file(ws / "out" / "p.pth"),
                                                              probe_argv(sh["ck"]))[1], "--force"),
+    Case(P, "the user's report beside the output", lambda ws, sh, mp: (users_file(ws / "out" / "p.json"),
+                                                                       probe_argv(sh["ck"]))[1], "--force"),
     # ---- squeeze.bn_stats: every checkpoint, its three output files, its resume state
     Case(B, "evil checkpoint", lambda ws, sh, mp: bn_argv(sh["ck"], "teacher.pth", "evil.pth"), "evil.pth"),
     Case(B, "raw pickle checkpoint", lambda ws, sh, mp: bn_argv(sh["ck"], "evil_raw.pkl"), "evil_raw.pkl"),
