@@ -282,14 +282,16 @@ CASES = [
     Case(P, "resume state is a folder", lambda ws, sh, mp: killed_probe(
         ws, sh, lambda p: (p.unlink(), p.mkdir())), "probe.pt"),
     Case(P, "evil backbone", lambda ws, sh, mp: probe_argv(sh["ck"], **{"--backbone": sh["ck"] / "evil.pth"}),
-         "evil.pth"),
+         UNSAFE),
+    Case(P, "raw pickle backbone", lambda ws, sh, mp: probe_argv(sh["ck"], **{"--backbone": sh["ck"] / "evil_raw.pkl"}),
+         UNSAFE),
     Case(P, "truncated backbone", lambda ws, sh, mp: probe_argv(sh["ck"], **{"--backbone": sh["ck"] / "truncated.pth"}),
          "truncated.pth"),
     Case(P, "garbage backbone", lambda ws, sh, mp: probe_argv(sh["ck"], **{"--backbone": sh["ck"] / "garbage.pth"}),
-         "garbage.pth"),
+         "is not a readable torch file"),
     Case(P, "backbone is a folder", lambda ws, sh, mp: probe_argv(sh["ck"], **{"--backbone": "data"}), "--backbone"),
     Case(P, "evil released classifier", lambda ws, sh, mp: probe_argv(
-        sh["ck"], **{"--linear-path": sh["ck"] / "evil_raw.pkl"}), "evil_raw.pkl"),
+        sh["ck"], **{"--linear-path": sh["ck"] / "evil_raw.pkl"}), UNSAFE),
     Case(P, "5-class released classifier for 3 classes", lambda ws, sh, mp: probe_argv(
         sh["ck"], **{"--linear-path": sh["ck"] / "linear5.pth"}), "linear5.pth"),
     Case(P, "--arch-name disagrees with the backbone", lambda ws, sh, mp: probe_argv(
@@ -421,18 +423,21 @@ def test_table_size():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, sh, tmp_path, capsys, monkeypatch):
+def test_bad_input(case: Case, sh, tmp_path, capsys, monkeypatch, recwarn):
     ws = tmp_path / "ws"
     shutil.copytree(sh["template"], ws)
     monkeypatch.chdir(ws)
     try:
         argv = case.setup(ws, sh, monkeypatch)
         before = snapshot(ws)
+        recwarn.clear()  # warnings of the setup are not the command's
         try:
             code, err = run_one_line(main_of(case.command), argv, capsys)
         except Exception as exc:  # escaped run_cli: the user would see a traceback
             code, err = 1, [f"Traceback (escaped run_cli): {type(exc).__name__}: {exc}"]
         assert not sh["marker"].exists(), "pickle code ran: the planted file's marker was created"
+        err += [f"{w.category.__name__}: {w.message}" for w in recwarn  # python -m prints these on stderr
+                if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
         assert_one_line_error(code, err, case.match, late=case.late)
         assert snapshot(ws) == before, "the workspace changed"
     finally:

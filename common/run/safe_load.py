@@ -11,21 +11,22 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from common.cli.errors import UserError
 
 
-def safe_torch_load(path: str | os.PathLike, *, what: str, advice: str = "") -> Any:
+def safe_torch_load(path: str | os.PathLike, *, what: str, advice: str = "", safe_globals: Sequence[Any] = ()) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; any failure is one :class:`UserError` line naming
-    ``path`` and ``what`` it is (e.g. "the linear probe's resume state"), followed by ``advice``."""
+    ``path`` and ``what`` it is (e.g. "the linear probe's resume state"), followed by ``advice``.
+    ``safe_globals``: plain record classes a released file may hold besides tensors (``argparse.Namespace``)."""
     import torch
 
     path = Path(path)
     tail = f"; {advice}" if advice else ""
     try:
-        with warnings.catch_warnings():  # torch warns on stderr about pickle protocols: keep errors one line
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
+            warnings.simplefilter("ignore")  # torch warns on stderr about pickle protocols: keep errors one line
             return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found{tail}") from None
@@ -33,7 +34,7 @@ def safe_torch_load(path: str | os.PathLike, *, what: str, advice: str = "") -> 
         raise UserError(f"{path}: {what} is a folder, not a file{tail}") from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "global" in text.lower() or "unsupported" in text.lower() or _is_raw_pickle(path):
+        if "global" in text.lower() or _is_raw_pickle(path):  # pickled objects, or a bare pickle stream
             raise UserError(f"{path}: {what} is not a safe torch file (loading it would run pickle code); "
                             f"nothing from it was run{tail}") from None
         raise UserError(f"{path}: {what} is not a readable torch file (corrupt or truncated){tail}") from None
