@@ -462,3 +462,52 @@ def test_the_planted_pickle_would_run(sh, tmp_path):
     buf.seek(0)
     torch.load(buf, weights_only=False)
     assert marker.is_dir()
+
+
+# --------------------------------------------------------------------------- the fixes, one by one
+
+def test_evaluate_reads_the_checkpoint_once_and_resolves_the_data_config(sh, tmp_path, monkeypatch):
+    """flag -> checkpoint meta -> registry -> images, from one read of the checkpoint."""
+    from models import build_model
+    from squeeze import evaluate
+
+    ws = tmp_path / "ws"
+    shutil.copytree(sh["template"], ws)
+    monkeypatch.chdir(ws)
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    res = evaluate.main(eval_argv(sh["ck"], **{"--output": None}))
+    assert len(loads) == 1
+    assert res["data_config_source"] == {"input_size": "checkpoint", "mean": "checkpoint", "std": "checkpoint",
+                                         "classes": "checkpoint"}
+    # bare weights (no meta): the size a ConvNet's classifier fixes, mean/std from the --dataset registry
+    torch.manual_seed(0)
+    torch.save(build_model("conv3", 3, SIZE).state_dict(), ws / "bare.pth")
+    loads.clear()
+    res = evaluate.main(eval_argv(sh["ck"], **{"--arch-path": "bare.pth", "--arch-name": "conv3",
+                                               "--dataset": "cifar10", "--output": None}))
+    assert len(loads) == 1 and res["input_size"] == SIZE
+    assert res["data_config_source"]["input_size"] == "checkpoint"
+    from common.data.datasets import get_dataset
+
+    assert res["data_config_source"]["mean"] == "dataset cifar10"
+    assert res["mean"] == list(get_dataset("cifar10").mean)
+
+
+def test_bn_stats_replaces_its_own_output_and_a_foreign_one_only_with_force(sh, tmp_path, capsys, monkeypatch):
+    from squeeze import bn_stats
+
+    monkeypatch.chdir(tmp_path)
+    argv = bn_argv(sh["ck"], output="bn")
+    assert run_cli(bn_stats.main, argv) == 0
+    first = {s: (tmp_path / f"bn{s}").read_bytes() for s in (".csv", ".json", ".png")}
+    assert json.loads(first[".json"])["stage"] == "squeeze.bn_stats"
+    assert run_cli(bn_stats.main, argv) == 0  # its own output: replaced by the same bytes
+    assert {s: (tmp_path / f"bn{s}").read_bytes() for s in first} == first
+    (tmp_path / "bn.json").write_text('{"mine": true}')
+    code, err = run_one_line(bn_stats.main, argv, capsys)
+    assert_one_line_error(code, err, "pass --force")
+    assert (tmp_path / "bn.json").read_text() == '{"mine": true}'
+    assert run_cli(bn_stats.main, argv + ["--force"]) == 0
+    assert (tmp_path / "bn.json").read_bytes() == first[".json"]
