@@ -37,6 +37,14 @@ COMMANDS = {
                              "--output-dir", "{tmp}/soft"],
     "relabel_eval.diversity": ["--syn-data-path", MISSING, "--teacher-path", f"{MISSING}.pth", "--output",
                                "{tmp}/div.json"],
+    "squeeze.ssl": ["--data-path", MISSING, "--output", "{tmp}/ssl.pth"],
+    "squeeze.linear_probe": ["--backbone", f"{MISSING}.pth", "--data-path", MISSING, "--output", "{tmp}/probe.pth"],
+    "squeeze.bn_stats": [f"{MISSING}.pth", "--output", "{tmp}/bn"],
+    "rank_select.difficulty": ["--data-path", MISSING, "--output", "{tmp}/difficulty.csv"],
+    "relabel_eval.baselines": ["random", "--train-dir", MISSING, "--ipc", "2", "--output-dir", "{tmp}/random"],
+    "hub": ["pack", MISSING, "--out", "{tmp}/set.tar.gz"],
+    "common.prepare": ["tinyimagenet", "--src", f"{MISSING}.zip", "--out", "{tmp}/tiny"],
+    "common.viz": [MISSING, "--out", "{tmp}/grid.png"],
 }
 
 

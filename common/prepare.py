@@ -16,7 +16,13 @@ built under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # --help, argument errors and missing paths before torch is imported (common.cli.entry)
+    import sys
+
+    from common.cli.entry import run_stage
+
+    sys.exit(run_stage("common.args:prepare_parser", "common.prepare"))
+
 import os
 import shutil
 import sys
@@ -25,15 +31,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from common.cli.argtypes import positive_int, seed_int
+from common.args import check_prepare, prepare_parser
 from common.cli.errors import UserError
 from common.cli.paths import check_output_dir
-from common.data.datasets import get_dataset
+from common.data.datasets import IMAGENET_SUBSETS, get_dataset
 from common.data.imagefolder import is_image_file, list_class_files
 from common.run.atomic import atomic_dir
 from common.run.manifest import build_manifest, write_manifest
 
-SUBSETS = ("imagenet-nette", "imagenet-woof", "imagenet-10", "imagenet-100")
+SUBSETS = IMAGENET_SUBSETS
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -162,31 +168,12 @@ def prepare_imagenet_subset(name: str, imagenet_root: Path, out: Path, copy: boo
     return out
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m common.prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="dataset", required=True)
-    s = sub.add_parser("shapes", help="built-in generated dataset (offline, seconds)")
-    s.add_argument("--train-per-class", type=positive_int, default=500)
-    s.add_argument("--val-per-class", type=positive_int, default=100)
-    s.add_argument("--seed", type=seed_int, default=0)
-    for name in ("cifar10", "cifar100"):
-        s = sub.add_parser(name, help=f"{name} via torchvision's downloader")
-        s.add_argument("--download-root", default=str(Path.home() / ".cache" / "torchvision"))
-    s = sub.add_parser("tinyimagenet", aliases=["tiny-imagenet"], help="from the official zip layout")
-    s.add_argument("--src", required=True, help="tiny-imagenet-200.zip or its extracted folder")
-    for name in SUBSETS:
-        s = sub.add_parser(name, help=f"{name} from a local ImageNet-1K tree")
-        s.add_argument("--imagenet-root", required=True, help="ImageNet-1K root with train/<wnid> and val/<wnid>")
-        s.add_argument("--copy", action="store_true", help="copy files instead of symlinking them")
-    for s in {id(v): v for v in sub.choices.values()}.values():  # aliases share a parser
-        s.add_argument("--out", required=True, help="output root (train/ and val/ are written inside)")
-        s.add_argument("--force", action="store_true", help="replace an existing output")
-    return p
+get_args_parser = prepare_parser  # torch-free, in common.args
 
 
 def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
+    check_prepare(args)
     out = check_output_dir(args.out, "--out")
     name = "tinyimagenet" if args.dataset == "tiny-imagenet" else args.dataset
     if name == "shapes":
@@ -200,8 +187,3 @@ def main(argv=None) -> Path:
     print(f"{name} written to {out}", file=sys.stderr)
     return out
 
-
-if __name__ == "__main__":
-    from common.cli.errors import run_cli
-
-    sys.exit(run_cli(main))

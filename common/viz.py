@@ -1,6 +1,15 @@
-"""Figures written as PNG: sample grids of ImageFolder trees (``python -m common.viz``; torch is imported
-only to read the images, after the arguments and paths were checked)."""
+"""Figures written as PNG: sample grids of ImageFolder trees.
+
+    python -m common.viz DATA/train runs/syn --names real distilled --out grid.png
+"""
 from __future__ import annotations
+
+if __name__ == "__main__":  # --help, argument errors and missing paths before torch is imported (common.cli.entry)
+    import sys
+
+    from common.cli.entry import run_stage
+
+    sys.exit(run_stage("common.args:viz_parser", "common.viz"))
 
 import os
 from pathlib import Path
@@ -8,7 +17,10 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
-from common.cli.argtypes import positive_int
+from common.args import check_viz, viz_parser
+from common.cli.errors import UserError
+from common.cli.paths import check_output_file
+from common.data.imagefolder import find_classes, list_class_files, load_rgb
 from common.run.atomic import atomic_save_image
 
 
@@ -34,8 +46,6 @@ def folder_grid(root: str | os.PathLike, out_png: str | os.PathLike, per_class: 
                 max_classes: int = 10, cell: int = 64, label: bool = True) -> Path:
     """A PNG grid of the first ``per_class`` images of the first ``max_classes`` classes."""
     root = Path(root)
-    from common.data.imagefolder import find_classes, list_class_files, load_rgb
-
     classes = find_classes(root)[:max_classes]
     rows = [[load_rgb(root / c / f) for f in list_class_files(root / c)[:per_class]] for c in classes]
     grid = image_grid(rows, cell=cell, labels=classes if label else None, label_width=90 if label else 0)
@@ -46,8 +56,6 @@ def folder_grid(root: str | os.PathLike, out_png: str | os.PathLike, per_class: 
 def sets_grid(roots: list[str | os.PathLike], out_png: str | os.PathLike, names: list[str] | None = None,
               per_class: int = 10, max_classes: int = 10, cell: int = 32) -> Path:
     """One PNG comparing several ImageFolder sets: for each set, one row per class (titled by set name)."""
-    from common.data.imagefolder import find_classes, list_class_files, load_rgb
-
     rows, labels = [], []
     for k, root in enumerate(roots):
         root = Path(root)
@@ -60,34 +68,17 @@ def sets_grid(roots: list[str | os.PathLike], out_png: str | os.PathLike, names:
     return Path(out_png)
 
 
-def get_args_parser():
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m common.viz", description="Sample grids of ImageFolder sets as PNG.")
-    p.add_argument("roots", nargs="+", help="ImageFolder roots (one block of rows each)")
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--names", nargs="+", default=None, help="a label per root")
-    p.add_argument("--per-class", type=positive_int, default=10)
-    p.add_argument("--max-classes", type=positive_int, default=10)
-    p.add_argument("--cell", type=positive_int, default=32, help="pixels per image in the grid")
-    return p
-
-
-def check_paths(args) -> None:
-    """Every root must be a folder."""
-    from common.cli.entry import require_paths
-
-    require_paths(args, [("roots", "ImageFolder root")], kind="dir")
+get_args_parser = viz_parser  # torch-free, in common.args
 
 
 def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
-    return sets_grid(args.roots, args.out, args.names, args.per_class, args.max_classes, args.cell)
-
-
-if __name__ == "__main__":
-    import sys
-
-    from common.cli.entry import run_stage
-
-    sys.exit(run_stage("common.viz", "common.viz"))  # this module is torch-free until it reads images
+    check_viz(args)
+    out = check_output_file(args.out, "--out")
+    if (out.exists() or out.is_symlink()) and not args.force:  # a PNG cannot say who wrote it
+        raise UserError(f"--out {out} exists; choose another path, or pass --force to replace it")
+    if args.names and len(args.names) != len(args.roots):
+        raise UserError(f"--names: {len(args.names)} name(s) for {len(args.roots)} root(s); give one each")
+    for root in args.roots:  # every image decodes before anything is written
+        find_classes(Path(root))
+    return sets_grid(args.roots, out, args.names, args.per_class, args.max_classes, args.cell)

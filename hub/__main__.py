@@ -1,6 +1,6 @@
 import sys
 
-from common.cli.errors import run_cli
-from hub.cli import main
+from common.cli.entry import run_stage
 
-sys.exit(run_cli(main))
+# parse and check with the torch-free hub.args first, then run hub.cli
+sys.exit(run_stage("hub.args", "hub.cli"))

@@ -19,53 +19,22 @@ distilled set with its ``manifest.json`` and prints the sha256 to publish with i
 """
 from __future__ import annotations
 
-import argparse
 from typing import Sequence
 
-from common.cli.argtypes import nonneg_int, positive_float
 from common.cli.paths import check_output_dir, check_output_file
-from hub.download import DEFAULT_MAX_SIZE
+from hub.args import check_paths, get_args_parser
 from hub.fetch import fetch
 from hub.pack import pack
-from hub.registry import REGISTRY_ENV, format_registry, load_registry
-from hub.text import parse_size
+from hub.registry import format_registry, load_registry
 
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hub", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("list", help="print the registry of released distilled sets")
-    p.add_argument("--registry", default=None, help=f"extra registry JSON (also ${REGISTRY_ENV})")
-
-    p = sub.add_parser("fetch", help="download, verify and unpack a distilled set into an ImageFolder")
-    p.add_argument("source", help="registry name, http(s):// or file:// URL, or a local .zip/.tar(.gz)")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
-    p.add_argument("--sha256", default=None, help="expected sha256 of the archive")
-    p.add_argument("--dataset", default=None, help="dataset name; its class list orders index-named folders")
-    p.add_argument("--classes-from", default=None,
-                   help="your val (or train) ImageFolder, or a teacher checkpoint: index-named folders are renamed "
-                        "to its class folders, in their ImageFolder order")
-    p.add_argument("--keep-names", action="store_true", help="keep the archive's class folder names as they are")
-    p.add_argument("--max-size", type=parse_size, default=DEFAULT_MAX_SIZE,
-                   help="refuse archives (download or unpacked) larger than this (default 20G)")
-    p.add_argument("--registry", default=None, help=f"extra registry JSON (also ${REGISTRY_ENV})")
-    p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive beside --out")
-    p.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
-    p.add_argument("--retries", type=nonneg_int, default=3, help="resume attempts after a broken connection")
-    p.add_argument("--timeout", type=positive_float, default=60.0, help="network timeout in seconds")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("pack", help="pack a distilled set with its manifest into a deterministic .tar.gz")
-    p.add_argument("dir", help="distilled ImageFolder")
-    p.add_argument("--out", required=True, help="FILE.tar.gz")
-    p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
+__all__ = ["get_args_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
+    check_paths(args)
+    if getattr(args, "registry", None):  # a bad registry file is one line, also when the source needs no registry
+        load_registry(args.registry)
     if args.command == "fetch":
         check_output_dir(args.out, "--out")
     elif args.command == "pack":

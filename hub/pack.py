@@ -33,12 +33,32 @@ def _pack_files(root: Path, skip: Path | None) -> tuple[list[str], list[str]]:
     return sorted(dirs), sorted(files)
 
 
+def check_image(path: Path) -> None:
+    """Decode ``path`` fully; a file that is not a readable image stops the pack with one line."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+    except Exception as exc:  # UnidentifiedImageError, truncated data, decompression bombs
+        first = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable image ({first}); hub pack packs only images: remove or replace "
+                        f"it") from None
+
+
 def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = True,
          args: argparse.Namespace | dict | None = None, force: bool = False) -> str:
     """Deterministic ``.tar.gz`` of a distilled ImageFolder with its manifest; returns its sha256."""
     from common.data.imagefolder import find_classes, list_class_files
 
     src, out_file = Path(src), Path(out_file)
+    if src.is_dir() and src.resolve() in out_file.resolve().parents:
+        raise UserError(f"--out {out_file} is inside the folder being packed, {src} (the next pack would include the "
+                        f"archive); write it outside {src}")
     if out_file.exists() and not force:  # an archive cannot say who wrote it: never replaced silently
         raise UserError(f"--out {out_file} exists; choose another path, or pass --force to replace it")
     classes = find_classes(src, "folder to pack")
@@ -46,6 +66,9 @@ def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = T
     empty = [c for c, n in per_class.items() if n == 0]
     if empty:
         raise UserError(f"{src}: class folder(s) without images: {_few(empty)}")
+    for c in classes:  # a file named like an image must be one: the archive is published as a data set
+        for name in list_class_files(src / c):
+            check_image(src / c / name)
     dirs, files = _pack_files(src, out_file.resolve())
     extra = {}  # archive members that are not files of src
     if "manifest.json" not in files:

@@ -17,14 +17,19 @@ def _read_registry_file(path: Path) -> list[dict[str, Any]]:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: registry file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a registry is a JSON file, this is a folder") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a readable JSON registry (binary, not UTF-8 text)") from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable JSON registry ({exc})") from None
+        raise UserError(f"{path}: not a readable JSON registry ({str(exc).splitlines()[0][:100]})") from None
     sets = data.get("sets") if isinstance(data, dict) else data
     if not isinstance(sets, list):
         raise UserError(f"{path}: a registry is a JSON list of sets or an object with a \"sets\" list")
     for i, entry in enumerate(sets):
-        if not isinstance(entry, dict) or not entry.get("name") or not entry.get("url"):
-            raise UserError(f"{path}: set #{i} needs at least \"name\" and \"url\"")
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry.get("name") or \
+                not isinstance(entry.get("url"), str) or not entry.get("url"):
+            raise UserError(f"{path}: set #{i} needs at least \"name\" and \"url\" (text)")
     return sets
 
 

@@ -124,10 +124,12 @@ def infer_conv_input_size(arch: str, sd: dict[str, torch.Tensor], width: int = 1
     return int(round(side)) * 2 ** depth if side else None
 
 
-def checkpoint_meta(path: str | os.PathLike, arch: str | None = None) -> dict[str, Any]:
+def checkpoint_meta(path: str | os.PathLike, arch: str | None = None,
+                    ckpt: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint's meta for ``common.data.dataconfig.resolve_data_config``: as stored, plus the input
-    size a ConvNet's weights fix (the classifier's fan-in) when the meta does not record it."""
-    ckpt = read_checkpoint(path)
+    size a ConvNet's weights fix (the classifier's fan-in) when the meta does not record it.
+    ``ckpt``: the checkpoint already read (:func:`read_checkpoint`), so it is read once."""
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
     meta = dict(ckpt["meta"])
     arch = arch or meta.get("arch")
     if not meta.get("input_size") and arch:
@@ -137,15 +139,17 @@ def checkpoint_meta(path: str | os.PathLike, arch: str | None = None) -> dict[st
 
 def load_model(path: str | os.PathLike, arch: str | None = None, classes: Sequence[str] | None = None,
                num_classes: int | None = None, input_size: int | None = None,
-               device: torch.device | str = "cpu", eval_mode: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+               device: torch.device | str = "cpu", eval_mode: bool = True,
+               ckpt: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights.
 
     ``classes`` (the data's class folders) and ``num_classes`` are checked against
     the checkpoint: a classifier of another size, or a class list in another order,
     stops with a one-line error. Returns ``(model, meta)`` with meta completed
-    (arch, num_classes, input_size, mean, std always present).
+    (arch, num_classes, input_size, mean, std always present). ``ckpt``: the checkpoint already read
+    (:func:`read_checkpoint`), so a command reads it once.
     """
-    ckpt = read_checkpoint(path)
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
     sd, meta = ckpt["model"], dict(ckpt["meta"])
     meta_arch = meta.get("arch")
     if arch and meta_arch and canonical_arch(arch) != canonical_arch(meta_arch):

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from common.cli.errors import UserError
+from common.run.safe_load import safe_torch_load
 
 EXPECTED = ("encoder_q.* (MoCo v1/v2), base_encoder.* (MoCo v3), backbone.* (DINO/lightly), "
             "conv1.weight + layer1..4.* with projection_head.*/prototypes.* (SwAV) or without (bare backbone), "
@@ -92,16 +92,8 @@ def map_ssl_state_dict(sd: dict[str, Any], source: str = "checkpoint") -> tuple[
 def _load_dict(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
-    try:
-        # MoCo/DINO training checkpoints carry their argparse.Namespace: allow that plain record, nothing else
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        glob = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln]
-        detail = glob[0][:160] if glob else "not a torch.save file"
-        raise UserError(f"{path}: refuses to load: not a weights-only checkpoint ({detail})") from None
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    # MoCo/DINO training checkpoints carry their argparse.Namespace: allow that plain record, nothing else
+    obj = safe_torch_load(path, what="checkpoint", safe_globals=[argparse.Namespace])
     if not isinstance(obj, dict):
         raise UserError(f"{path}: checkpoint is a {type(obj).__name__}, expected a dict of tensors")
     return obj

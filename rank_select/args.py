@@ -26,9 +26,9 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from common.cli.argtypes import nonneg_float, positive_int, seed_int
+from common.cli.argtypes import momentum_float, nonneg_float, positive_float, positive_int, seed_int
 from common.cli.entry import module_doc, require_paths
-from common.cli.flags import add_device_args, add_workers_arg
+from common.cli.flags import add_data_args, add_device_args, add_workers_arg
 from common.run.state import add_run_args
 
 # torch-free: ``python -m rank_select --help`` and input errors answer before torch is imported
@@ -116,3 +116,32 @@ def check_patches(args: argparse.Namespace) -> None:
     """The data folder and the observer checkpoint (or weights) must exist."""
     require_paths(args, [("data_path", "--data-path"), ("observer_path", "--observer-path"),
                          ("observer_weights", "--observer-weights")])
+
+
+# -------------------- python -m rank_select.difficulty
+
+def difficulty_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rank_select.difficulty",
+                                description=module_doc("rank_select.difficulty"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p, "training ImageFolder tree to score", "conv3_in",
+                  "model trained briefly for the scores (default: %(default)s)", arch_flag="--arch")
+    p.add_argument("--num-models", type=positive_int, default=4, help="k models whose scores are averaged")
+    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs of each model before scoring")
+    p.add_argument("--lr", type=positive_float, default=0.01)
+    p.add_argument("--momentum", type=momentum_float, default=0.9)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--no-dsa", action="store_true", help="train without differentiable augmentation")
+    p.add_argument("--sort-by", choices=["el2n", "grand"], default="grand",
+                   help="metric that orders each class (default: grand, the released PAD experts' order)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--output", required=True, help="difficulty CSV to write")
+    p.add_argument("--order-file", default=None, help="per-class easy-to-hard order (default: <output>.order.json)")
+    add_device_args(p)
+    add_run_args(p)
+    return p
+
+
+def check_difficulty(args: argparse.Namespace) -> None:
+    """The training folder must exist."""
+    require_paths(args, [("data_path", "--data-path")], kind="dir")

@@ -253,5 +253,7 @@ def baselines_parser() -> argparse.ArgumentParser:
 
 
 def check_baselines(args: argparse.Namespace) -> None:
-    """The real training folder (``random``, ``full``) must exist."""
-    require_paths(args, [("train_dir", "--train-dir")])
+    """The training folder, or the four results files, must exist."""
+    require_paths(args, [("train_dir", "--train-dir")], kind="dir")
+    require_paths(args, [(k, "--" + k.replace("_", "-")) for k in ("syn_soft", "random_soft", "syn_hard", "full_hard")],
+                  kind="file")

@@ -15,7 +15,7 @@
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli.entry)
+if __name__ == "__main__":  # --help, argument errors and missing paths before torch is imported (common.cli.entry)
     import sys
 
     from common.cli.entry import run_stage
@@ -34,13 +34,13 @@ from common.data.imagefolder import find_classes, list_class_files, load_rgb, ra
 from common.run.atomic import atomic_dir, atomic_write_json
 from common.run.manifest import build_manifest, read_manifest, write_manifest
 from common.run.state import check_not_inside, check_output
-from relabel_eval.args import baselines_parser
+from relabel_eval.args import baselines_parser, check_baselines
 from relabel_eval.results import headline_accuracy
 
 STAGE = "relabel_eval.baselines"
 
 
-get_args_parser = baselines_parser  # torch-free, in relabel_eval.args (python -m answers before torch is imported)
+get_args_parser = baselines_parser  # torch-free, in relabel_eval.args
 
 
 def dd_ranking(syn_soft: float, random_soft: float, syn_hard: float, full_hard: float,
@@ -85,6 +85,28 @@ def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | 
     return out
 
 
+def _accuracy(path: str, flag: str, student: str | None, metric: str) -> float:
+    """The headline accuracy of a results file as a fraction; a file that is not a relabel_eval results
+    file, or an accuracy that is not a number in [0, 100], is one line naming the flag."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as exc:  # binary, not UTF-8, not JSON
+        raise UserError(f"{path}: {flag} is not a readable JSON results file ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("students"), dict):
+        raise UserError(f"{path}: {flag} is not a relabel_eval results file (no \"students\")")
+    try:
+        acc = headline_accuracy(path, student, metric)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UserError(f"{path}: {flag} holds no {metric} summary for the student; is it a finished "
+                        f"relabel_eval result?") from None
+    if not math.isfinite(acc) or not 0.0 <= acc <= 100.0:
+        raise UserError(f"{path}: {flag} records an accuracy of {acc} (not a number in [0, 100]); "
+                        f"the run it comes from failed")
+    return acc / 100.0
+
+
 def _evaluate(eval_args: list[str], syn_path: Path, extra: list[str]) -> dict:
     from relabel_eval.train import main as eval_main
 
@@ -95,6 +117,7 @@ def _evaluate(eval_args: list[str], syn_path: Path, extra: list[str]) -> dict:
 
 def main(argv: Sequence[str] | None = None):
     args = get_args_parser().parse_args(argv)
+    check_baselines(args)
     if args.command == "random":
         check_output_dir(args.output_dir, "--output-dir")
         out = random_subset(args.train_dir, args.ipc, args.seed, args.output_dir, args.force)
@@ -110,7 +133,7 @@ def main(argv: Sequence[str] | None = None):
         return _evaluate(args.eval_args, Path(args.train_dir), ["--label-mode", "hard"])
     if args.output:
         check_output_file(args.output, "--output")
-    accs = {k: headline_accuracy(getattr(args, k), args.student, args.metric) / 100.0
+    accs = {k: _accuracy(getattr(args, k), "--" + k.replace("_", "-"), args.student, args.metric)
             for k in ("syn_soft", "random_soft", "syn_hard", "full_hard")}
     scores = dd_ranking(accs["syn_soft"], accs["random_soft"], accs["syn_hard"], accs["full_hard"], args.weight)
     print("accuracies ({}): {}".format(args.metric, ", ".join(f"{k} {v * 100:.2f}%" for k, v in accs.items())))

@@ -32,12 +32,14 @@ from pathlib import Path
 
 from common.cli.argtypes import (
     float_range,
+    int_range,
     momentum_float,
     nonneg_float,
     nonneg_int,
     positive_float,
     positive_int,
     seed_int,
+    unit_float,
 )
 from common.cli.entry import module_doc, require_paths
 from common.cli.errors import UserError
@@ -122,3 +124,122 @@ def evaluate_parser() -> argparse.ArgumentParser:
 def check_evaluate(args: argparse.Namespace) -> None:
     """The checkpoint and the data folder must exist."""
     require_paths(args, [("arch_path", "--arch-path"), ("data_path", "--data-path")])
+
+
+# -------------------- python -m squeeze.linear_probe
+
+def linear_probe_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m squeeze.linear_probe", description=module_doc("squeeze.linear_probe"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", required=True, help="squeeze.ssl output or a released MoCo/SwAV/DINO checkpoint")
+    p.add_argument("--arch-name", default=None, help="backbone architecture (default: from the checkpoint's meta)")
+    p.add_argument("--linear-path", default=None,
+                   help="a released linear classifier to load instead of training one (MoCo lincls fc.*, "
+                        "DINO/SwAV linear.*)")
+    p.add_argument("--dataset", default="custom", help="registry name (normalisation, default input size)")
+    p.add_argument("--data-path", required=True, help="root with train/ and val/ ImageFolder trees")
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the backbone's, else the dataset's")
+    p.add_argument("--epochs", type=positive_int, default=90,
+                   help="default: %(default)s (MoCo v3 linear probe); unused with a released classifier")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=0.1, help="SGD lr, cosine to 0 (default: %(default)s)")
+    p.add_argument("--momentum", type=momentum_float, default=0.9)
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    p.add_argument("--train-aug", choices=["none", "auto", "crop", "rrc"], default="auto",
+                   help="none: frozen features computed once (fast); auto: crop up to 32 px, else rrc")
+    p.add_argument("--workers", type=nonneg_int, default=None,
+                   help="DataLoader workers (default: 0 on CPU; on CUDA all cores but one, up to 16)")
+    p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
+                   help="decode the training images once into memory (auto: up to 60k images)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--output", required=True, help="teacher checkpoint to write (.pth)")
+    p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
+                   help="stop after this many epochs (the same command continues); for tests and time-boxed jobs")
+    add_device_args(p)
+    add_run_args(p)
+    return p
+
+
+def check_linear_probe(args: argparse.Namespace) -> None:
+    """The backbone, the released classifier and the data root (with train/ and val/) must exist."""
+    require_paths(args, [("backbone", "--backbone"), ("linear_path", "--linear-path")], kind="file")
+    require_paths(args, [("data_path", "--data-path")], kind="dir")
+    data = Path(args.data_path)
+    if not (data / "train").is_dir() or not (data / "val").is_dir():
+        raise UserError(f"{data}: --data-path must contain train/ and val/ ImageFolder trees")
+
+
+# -------------------- python -m squeeze.ssl
+
+def ssl_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m squeeze.ssl", description=module_doc("squeeze.ssl"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p, "root with train/ (labels unused) and val/ (kNN check)", "resnet18_modified",
+                  "conv3..conv6, resnet18_modified, resnet50, ...")
+    p.add_argument("--epochs", type=positive_int, default=200, help="MoCo v2: 200 (default: %(default)s)")
+    p.add_argument("--batch-size", type=int_range(2), default=256,
+                   help="per process (under torchrun the global batch is this x processes); default: %(default)s")
+    p.add_argument("--lr", type=positive_float, default=0.03, help="SGD lr, cosine to 0 (MoCo v2: 0.03 at batch 256)")
+    p.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    p.add_argument("--moco-momentum", type=momentum_float, default=0.999,
+                   help="key-encoder EMA (MoCo v2: 0.999, for ~10^5+ steps; ~0.99 suits runs of a few thousand)")
+    p.add_argument("--temperature", type=positive_float, default=0.2, help="InfoNCE temperature (MoCo v2: 0.2)")
+    p.add_argument("--queue-size", type=positive_int, default=65536,
+                   help="negatives in the queue (MoCo: 65536); capped at the number of training images")
+    p.add_argument("--proj-hidden-dim", type=positive_int, default=2048, help="projection MLP hidden width")
+    p.add_argument("--proj-dim", type=positive_int, default=128, help="projection output (MoCo: 128)")
+    p.add_argument("--min-scale", type=float_range(0, 1, lo_open=True), default=0.2,
+                   help="RandomResizedCrop min scale (MoCo v2: 0.2)")
+    p.add_argument("--blur-prob", type=unit_float, default=0.5, help="Gaussian blur probability (MoCo v2: 0.5)")
+    p.add_argument("--knn-every", type=nonneg_int, default=5,
+                   help="kNN accuracy on val/ every N epochs (0: at the end)")
+    p.add_argument("--workers", type=nonneg_int, default=None,
+                   help="DataLoader workers (default: 0 on CPU; on CUDA all cores but one, up to 16)")
+    p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
+                   help="decode the training images once into memory (auto: up to 60k images)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--output", required=True, help="backbone checkpoint to write (e.g. runs/ssl_conv3.pth)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from <output>.state/last.pth (the default when it exists) or the given checkpoint")
+    p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
+                   help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
+    add_run_args(p)
+    add_device_args(p)
+    return p
+
+
+def check_ssl(args: argparse.Namespace) -> None:
+    """The data root must exist; a named --resume checkpoint too."""
+    require_paths(args, [("data_path", "--data-path")], kind="dir")
+    if args.resume not in (None, "auto"):
+        require_paths(args, [("resume", "--resume")], kind="file")
+
+
+# -------------------- python -m squeeze.bn_stats
+
+def bn_stats_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m squeeze.bn_stats", description=module_doc("squeeze.bn_stats"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="one or more checkpoints to compare")
+    p.add_argument("--names", nargs="+", default=None, help="a label per checkpoint (default: file stems)")
+    p.add_argument("--output", default=None,
+                   help="write <output>.csv, .json and .png (default: print the table only)")
+    p.add_argument("--title", default="BatchNorm running statistics: spread across channels per layer")
+    add_run_args(p)
+    return p
+
+
+def check_bn_stats(args: argparse.Namespace) -> None:
+    """Every checkpoint must be a file; one name per checkpoint, all distinct."""
+    for c in args.checkpoints:
+        p = Path(c)
+        if not p.exists():
+            raise UserError(f"{p}: checkpoint file not found")
+        if not p.is_file():
+            raise UserError(f"{p}: a checkpoint must be a file, this is a folder")
+    names = args.names or [Path(c).stem for c in args.checkpoints]
+    if len(names) != len(args.checkpoints):
+        raise UserError(f"--names: {len(names)} name(s) for {len(args.checkpoints)} checkpoint(s); give one each")
+    if len(set(names)) != len(names):
+        raise UserError("--names: names must be distinct (pass --names when files share a stem)")

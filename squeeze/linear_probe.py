@@ -23,55 +23,26 @@ recover, relabel_eval and squeeze.evaluate take it as they take a supervised tea
 """
 from __future__ import annotations
 
-import argparse
-import sys
+if __name__ == "__main__":  # --help, argument errors and missing paths before torch is imported (common.cli.entry)
+    import sys
 
-from common.cli.argtypes import momentum_float, nonneg_float, nonneg_int, positive_float, positive_int, seed_int
-from common.cli.errors import run_cli
-from common.cli.flags import add_device_args
+    from common.cli.entry import run_stage
+
+    sys.exit(run_stage("squeeze.args:linear_probe_parser", "squeeze.linear_probe"))
+
+from pathlib import Path
+
 from common.cli.paths import check_output_file
-from common.run.state import add_run_args
+from squeeze.args import check_linear_probe, linear_probe_parser
 
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m squeeze.linear_probe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", required=True, help="squeeze.ssl output or a released MoCo/SwAV/DINO checkpoint")
-    p.add_argument("--arch-name", default=None, help="backbone architecture (default: from the checkpoint's meta)")
-    p.add_argument("--linear-path", default=None,
-                   help="a released linear classifier to load instead of training one (MoCo lincls fc.*, "
-                        "DINO/SwAV linear.*)")
-    p.add_argument("--dataset", default="custom", help="registry name (normalisation, default input size)")
-    p.add_argument("--data-path", required=True, help="root with train/ and val/ ImageFolder trees")
-    p.add_argument("--input-size", type=positive_int, default=None, help="default: the backbone's, else the dataset's")
-    p.add_argument("--epochs", type=nonneg_int, default=90, help="default: %(default)s (MoCo v3 linear probe)")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--lr", type=positive_float, default=0.1, help="SGD lr, cosine to 0 (default: %(default)s)")
-    p.add_argument("--momentum", type=momentum_float, default=0.9)
-    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
-    p.add_argument("--train-aug", choices=["none", "auto", "crop", "rrc"], default="auto",
-                   help="none: frozen features computed once (fast); auto: crop up to 32 px, else rrc")
-    p.add_argument("--workers", type=nonneg_int, default=None,
-                   help="DataLoader workers (default: 0 on CPU; on CUDA all cores but one, up to 16)")
-    p.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
-                   help="decode the training images once into memory (auto: up to 60k images)")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--output", required=True, help="teacher checkpoint to write (.pth)")
-    p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
-                   help="stop after this many epochs (the same command continues); for tests and time-boxed jobs")
-    add_device_args(p)
-    add_run_args(p)
-    return p
+get_args_parser = linear_probe_parser  # torch-free, in squeeze.args
 
 
 def main(argv=None) -> dict:
-    parser = get_args_parser()
-    args = parser.parse_args(argv)  # every numeric flag's range is checked here (common.cli.argtypes)
+    args = get_args_parser().parse_args(argv)  # every numeric flag's range is checked here (common.cli.argtypes)
+    check_linear_probe(args)
     check_output_file(args.output, "--output")
+    check_output_file(Path(args.output).with_suffix(".json"), "--output's report")
     from squeeze.probe import train_probe
 
     return train_probe(args)
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

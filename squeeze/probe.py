@@ -1,6 +1,7 @@
 """The linear probe behind ``python -m squeeze.linear_probe``: frozen backbone in eval mode, trained classifier."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from common.data.imagefolder import ImageFolder, check_train_val
 from common.data.transforms import train_transform, val_transform
 from common.run.atomic import atomic_torch_save, atomic_write_json
 from common.run.manifest import build_manifest, sha256_file
+from common.run.safe_load import safe_torch_load
 from common.run.state import RunState, check_output, fingerprint
 from common.train.metrics import evaluate
 from common.train.optim import SCHEDULER_KEY, freeze
@@ -81,25 +83,66 @@ def _features(model, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(feats), torch.cat(labels)
 
 
+class Diverged(UserError):
+    """The probe's loss became non-finite or exploded: an error, never a teacher."""
+
+
+def exploded(loss: float, num_classes: int) -> bool:
+    """Non-finite, or far above any loss a converging run sees: 1000 x the loss of a uniform guess, ln(C)."""
+    return not math.isfinite(loss) or loss > 1000.0 * math.log(max(num_classes, 2))
+
+
+def read_probe_state(state_file: Path, fc: nn.Linear, epochs: int) -> dict:
+    """The probe's resume state (weights only), every part checked against ``fc`` and ``epochs``."""
+    advice = "pass --restart to discard it and start over"
+    st = safe_torch_load(state_file, what="the linear probe's resume state", advice=advice)
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{state_file}: not a usable linear-probe resume state ({why}); {advice}")
+
+    keys = {"fc", "optimizer", SCHEDULER_KEY, "epoch", "history"}
+    if not isinstance(st, dict) or not keys <= set(st):
+        raise bad(f"expected a dict with the keys {', '.join(sorted(keys))}")
+    shapes = {k: tuple(v.shape) for k, v in fc.state_dict().items()}
+    sd, opt, epoch, history = st["fc"], st["optimizer"], st["epoch"], st["history"]
+    if not isinstance(sd, dict) or {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)} != shapes:
+        raise bad(f"the classifier is not {shapes.get('weight')} (classes x features) with a bias")
+    bufs = [v.get("momentum_buffer") for v in (opt.get("state") or {}).values()] if isinstance(opt, dict) else None
+    if bufs is None or not isinstance(opt.get("param_groups"), list) or not isinstance(st[SCHEDULER_KEY], dict) or \
+            any(b is not None and (not isinstance(b, torch.Tensor) or tuple(b.shape) not in shapes.values())
+                for b in bufs):
+        raise bad("the optimiser or scheduler state does not fit the classifier")
+    if any(not torch.isfinite(t).all() for t in [*sd.values(), *(b for b in bufs if b is not None)]):
+        raise bad("non-finite classifier or optimiser tensors")
+    if isinstance(epoch, torch.Tensor):
+        epoch = epoch.item()
+    if not isinstance(epoch, int) or not 0 <= epoch < epochs or not isinstance(history, list) or \
+            len(history) != epoch + 1 or not all(isinstance(h, dict) for h in history):
+        raise bad(f"epoch {epoch!r} with {len(history) if isinstance(history, list) else '?'} history record(s), "
+                  f"for a run of {epochs} epochs")
+    return {**st, "epoch": epoch}
+
+
 def fit_classifier(model: nn.Module, fc: nn.Linear, batches_of_epoch, steps_per_epoch: int, epochs: int, lr: float,
                    momentum: float, weight_decay: float, device, features_given: bool, state_file: Path | None = None,
-                   max_epochs_this_run: int | None = None) -> list[dict] | None:
+                   max_epochs_this_run: int | None = None, saved: dict | None = None) -> list[dict] | None:
     """SGD + cosine on ``fc`` only; ``batches_of_epoch(e)`` yields (x or features, y). The model stays in eval.
 
-    With ``state_file``, every epoch saves ``fc``, the optimiser, the scheduler and the history there, and a
-    call finding it continues after its epoch (each epoch's batches are a function of the epoch, so the
-    result equals an uninterrupted run). Returns None when ``max_epochs_this_run`` stopped it early.
+    With ``state_file``, every epoch saves ``fc``, the optimiser, the scheduler and the history there; a call
+    given that state back (``saved``, from :func:`read_probe_state`) continues after its epoch (each epoch's
+    batches are a function of the epoch, so the result equals an uninterrupted run). Returns None when
+    ``max_epochs_this_run`` stopped it early.
+    A non-finite or exploding loss (checked every step) raises :class:`Diverged`.
     """
     opt = torch.optim.SGD(fc.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     total = steps_per_epoch * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, total, 0, 1.0))
     history, start = [], 0
-    if state_file is not None and state_file.is_file():
-        st = torch.load(state_file, map_location="cpu", weights_only=False)
-        fc.load_state_dict(st["fc"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st[SCHEDULER_KEY])
-        start, history = int(st["epoch"]) + 1, list(st["history"])
+    if saved is not None:
+        fc.load_state_dict(saved["fc"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved[SCHEDULER_KEY])
+        start, history = saved["epoch"] + 1, list(saved["history"])
         print(f"resumed the linear probe from {state_file} at epoch {start}", file=sys.stderr)
     for epoch in range(start, epochs):
         if max_epochs_this_run is not None and epoch - start >= max_epochs_this_run:
@@ -107,7 +150,7 @@ def fit_classifier(model: nn.Module, fc: nn.Linear, batches_of_epoch, steps_per_
             return None
         assert not model.training
         loss_sum, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
-        for x, y in batches_of_epoch(epoch):
+        for step, (x, y) in enumerate(batches_of_epoch(epoch)):
             y = y.to(device)
             if features_given:
                 f = x
@@ -115,15 +158,20 @@ def fit_classifier(model: nn.Module, fc: nn.Linear, batches_of_epoch, steps_per_
                 f = penultimate_features(model, x.to(device).contiguous(memory_format=torch.channels_last))
             logits = fc(f)
             loss = nn.functional.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise UserError(f"non-finite linear-probe loss at epoch {epoch + 1}; lower --lr")
+            value = float(loss.detach())
+            if exploded(value, fc.out_features):
+                raise Diverged(f"the linear probe diverged: training loss {value:.3g} at epoch {epoch + 1}, step "
+                               f"{step + 1} (non-finite or exploding); lower --lr (now {lr:g}); nothing was written")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss.detach()) * y.numel()
+            loss_sum += value * y.numel()
             correct += int((logits.argmax(1) == y).sum())
             n += y.numel()
+        if not all(torch.isfinite(p).all() for p in fc.parameters()):
+            raise Diverged(f"the linear probe diverged: non-finite classifier weights after epoch {epoch + 1}; "
+                           f"lower --lr (now {lr:g}); nothing was written")
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1),
                         "train_top1": 100.0 * correct / max(n, 1), "lr": opt.param_groups[0]["lr"],
                         "epoch_seconds": time.perf_counter() - t0})
@@ -142,6 +190,7 @@ def train_probe(args) -> dict:
     if output.suffix != ".pth":
         raise UserError(f"{output}: --output must end in .pth")
     check_output(output, STAGE, args.force, kind="file", manifest_file=output.with_suffix(".json"), flag="--output")
+    check_output(output.with_suffix(".json"), STAGE, args.force, kind="file", flag="--output's report")
     if not (data / "train").is_dir() or not (data / "val").is_dir():
         raise UserError(f"{data}: --data-path must contain train/ and val/ ImageFolder trees")
     classes = check_train_val(data / "train", data / "val")
@@ -189,7 +238,17 @@ def train_probe(args) -> dict:
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256, num_workers=workers)
     history: list[dict] = []
     t0 = time.perf_counter()
-    trained = head is None and args.epochs > 0
+    trained = head is None
+    run, saved = None, None
+    if trained:  # the resume state is an input: checked before anything is said or written
+        run = RunState(output, STAGE, fingerprint(args, NOT_RESULT, backbone_sha256=sha256_file(args.backbone)),
+                       restart=args.restart)
+        state = run.path("probe.pt")
+        if state.exists() and not state.is_file():
+            raise UserError(f"{state}: exists and is not a file (the linear probe's resume state goes there); "
+                            f"remove it")
+        if run.resumed and state.exists():
+            saved = read_probe_state(state, fc, args.epochs)
     print(f"squeeze.linear_probe: {arch} backbone ({layout}) from {args.backbone}, {len(classes)} classes, input "
           f"{size}, " + ("released classifier" if head is not None else f"{args.epochs} epochs, aug {args.train_aug}"),
           file=sys.stderr)
@@ -217,12 +276,15 @@ def train_probe(args) -> dict:
                                                         num_workers=workers, generator=g,
                                                         worker_init_fn=seed_worker),
                             desc=f"probe epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=1.0)
-        run = RunState(output, STAGE, fingerprint(args, NOT_RESULT, backbone_sha256=sha256_file(args.backbone),
-                                                  ), restart=args.restart)
-        with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
-            history = fit_classifier(model, fc, batches, steps, args.epochs, args.lr, args.momentum,
-                                     args.weight_decay, device, features_given=aug == "none",
-                                     state_file=run.path("probe.pt"), max_epochs_this_run=args.max_epochs_this_run)
+        try:
+            with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
+                history = fit_classifier(model, fc, batches, steps, args.epochs, args.lr, args.momentum,
+                                         args.weight_decay, device, features_given=aug == "none",
+                                         state_file=run.path("probe.pt"), saved=saved,
+                                         max_epochs_this_run=args.max_epochs_this_run)
+        except Diverged:
+            run.discard()  # a diverged run is an error, not a result: its epochs are of no use to a rerun
+            raise
         if history is None:
             return {"stopped": True}
     val = evaluate(model, val_loader, device)

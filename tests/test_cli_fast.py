@@ -32,7 +32,26 @@ CASES = {
     "relabel_eval.diversity": (["--syn-data-path", "{tmp}", "--teacher-path", f"{MISSING}.pth",
                                 "--output", "{tmp}/d.json"],
                                f"{MISSING}.pth: --teacher-path does not exist"),
+    "squeeze.linear_probe": (["--backbone", f"{MISSING}.pth", "--data-path", "{tmp}", "--output", "{tmp}/p.pth"],
+                             f"{MISSING}.pth: --backbone does not exist"),
+    "squeeze.ssl": (["--data-path", MISSING, "--output", "{tmp}/s.pth"], f"{MISSING}: --data-path does not exist"),
+    "squeeze.bn_stats": ([f"{MISSING}.pth", "--output", "{tmp}/bn"], f"{MISSING}.pth: checkpoint file not found"),
+    "rank_select.difficulty": (["--data-path", MISSING, "--output", "{tmp}/d.csv"],
+                               f"{MISSING}: --data-path does not exist"),
+    "relabel_eval.baselines": (["random", "--train-dir", MISSING, "--ipc", "2", "--output-dir", "{tmp}/r"],
+                               f"{MISSING}: --train-dir does not exist"),
+    "hub": (["pack", MISSING, "--out", "{tmp}/p.tar.gz"], f"{MISSING}: hub pack DIR does not exist"),
+    "common.prepare": (["tinyimagenet", "--src", f"{MISSING}.zip", "--out", "{tmp}/t"],
+                       f"{MISSING}.zip: --src does not exist"),
+    "common.viz": ([MISSING, "--out", "{tmp}/g.png"], f"{MISSING}: ImageFolder root does not exist"),
 }
+# the torch-free parser of each sub-command: (module, parser function)
+SUB_PARSERS = [("squeeze.args", "evaluate_parser"), ("rank_select.args", "patches_parser"),
+               ("relabel_eval.args", "relabel_parser"), ("relabel_eval.args", "diversity_parser"),
+               ("squeeze.args", "linear_probe_parser"), ("squeeze.args", "ssl_parser"),
+               ("squeeze.args", "bn_stats_parser"), ("rank_select.args", "difficulty_parser"),
+               ("relabel_eval.args", "baselines_parser"), ("common.args", "prepare_parser"),
+               ("common.args", "viz_parser"), ("hub.args", "get_args_parser")]
 HEAVY = ("torch", "torchvision", "timm", "pandas")
 
 
@@ -49,8 +68,7 @@ def test_parser_modules_are_torch_free():
     code = ("import importlib, sys\n"
             f"for m in {sorted(PARSERS.values())!r}:\n"
             "    importlib.import_module(m).get_args_parser().format_help()\n"
-            "for m, f in [('squeeze.args', 'evaluate_parser'), ('rank_select.args', 'patches_parser'),\n"
-            "             ('relabel_eval.args', 'relabel_parser'), ('relabel_eval.args', 'diversity_parser')]:\n"
+            f"for m, f in {SUB_PARSERS!r}:\n"
             "    assert 'python -m' in getattr(importlib.import_module(m), f)().format_help()\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -307,3 +307,46 @@ def test_random_real_baseline_is_one_implementation(tmp_path):
         names = sorted(p.name for p in (tmp_path / "train" / cls).iterdir())
         picks = sorted(names[i] for i in select_random([0.0] * 8, 3, seed=5, label=k))
         assert picks == sorted(p.name for p in (tmp_path / "r" / cls).iterdir())
+
+
+def test_sigkill_bn_stats(base, tmp_path):
+    """Killed after its CSV and before its plot and report: the same command finishes with the same three files;
+    another setting is refused by name while the killed run's state is there."""
+    from squeeze.bn_stats import main
+
+    root, teacher = base
+    other = make_teacher(tmp_path / "other.pth", CLASSES, seed=1)
+    argv = [str(teacher), str(other), "--names", "sup", "other", "--output"]
+    main(argv + [str(tmp_path / "ref")])
+    out = tmp_path / "killed"
+    kill_midway("squeeze.bn_stats", argv + [str(out)], lambda: (tmp_path / "killed.csv").exists())
+    assert not (tmp_path / "killed.json").exists() and state_dir(out).is_dir()
+    with pytest.raises(UserError, match=r"--title .* there, \"flat\" now.*--restart"):
+        main(argv + [str(out), "--title", "flat"])
+    main(argv + [str(out)])  # the same command: its own half-written output is not "a file of the user's"
+    for suffix in (".csv", ".json", ".png"):
+        assert (tmp_path / f"killed{suffix}").read_bytes() == (tmp_path / f"ref{suffix}").read_bytes(), suffix
+    assert not state_dir(out).exists()
+
+
+def test_sigkill_difficulty(base, tmp_path):
+    """Killed after its first model: another --lr is refused by name (the scores are kept), the same command
+    continues and writes the CSV and order file of an uninterrupted run."""
+    from rank_select.difficulty import main
+
+    root, _ = base
+    argv = ["--data-path", str(root / "data" / "train"), "--num-models", "3", "--epochs", "2", "--batch-size", "6",
+            "--input-size", "16", "--device", "cpu", "--output"]
+    main(argv + [str(tmp_path / "ref.csv")])
+    out = tmp_path / "killed.csv"
+    kill_midway("rank_select.difficulty", argv + [str(out)], lambda: (state_dir(out) / "scores.pt").exists())
+    assert not out.exists()
+    saved = (state_dir(out) / "scores.pt").read_bytes()
+    with pytest.raises(UserError, match=r"--lr 0.01 there, 0.02 now.*pass --restart"):
+        main(argv + [str(out), "--lr", "0.02"])
+    assert (state_dir(out) / "scores.pt").read_bytes() == saved  # refused, not silently discarded
+    main(argv + [str(out)])
+    assert out.read_text() == (tmp_path / "ref.csv").read_text()
+    assert (tmp_path / "killed.order.json").read_text() == (tmp_path / "ref.order.json").read_text()
+    assert json.loads((tmp_path / "killed.manifest.json").read_text())["stage"] == "rank_select.difficulty"
+    assert not state_dir(out).exists()

@@ -15,6 +15,7 @@ from common.cli.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_SUBSETS = ("imagenet-nette", "imagenet-woof", "imagenet-10", "imagenet-100")  # cut from ImageNet-1K
 CLASS_LIST_DIR = Path(__file__).resolve().parent / "class_lists"
 
 

@@ -254,6 +254,15 @@ class RunState:
     def finish(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def discard(self) -> None:
+        """Remove the state and the parent folders :meth:`begin` created (a diverged run leaves nothing)."""
+        if not self.main:
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)
+        for parent in getattr(self, "_made_parents", []):  # deepest first
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # only if empty
+
     # -- files and units ---------------------------------------------------------------------------
     def path(self, name: str) -> Path:
         """A resume file of the stage, inside the state folder."""
