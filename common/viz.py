@@ -23,6 +23,29 @@ from common.cli.paths import check_output_file
 from common.data.imagefolder import find_classes, list_class_files, load_rgb
 from common.run.atomic import atomic_save_image
 
+MARK = "delt-toolkit common.viz"  # PNG text chunk "Software": a grid this command wrote and may replace
+
+
+def save_grid(grid: Image.Image, out: str | os.PathLike) -> None:
+    """Write the grid atomically; a PNG carries :data:`MARK` so a later run may replace it."""
+    kwargs = {}
+    if Path(out).suffix.lower() == ".png":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Software", MARK)
+        kwargs["pnginfo"] = info
+    atomic_save_image(grid, out, **kwargs)
+
+
+def written_by_viz(path: Path) -> bool:
+    """Whether ``path`` is a PNG this command wrote (its "Software" text chunk)."""
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get("Software") == MARK
+    except (OSError, ValueError):
+        return False
+
 
 def image_grid(rows: Sequence[Sequence[Image.Image]], cell: int = 64, pad: int = 2,
                labels: Sequence[str] | None = None, label_width: int = 0) -> Image.Image:
@@ -49,7 +72,7 @@ def folder_grid(root: str | os.PathLike, out_png: str | os.PathLike, per_class: 
     classes = find_classes(root)[:max_classes]
     rows = [[load_rgb(root / c / f) for f in list_class_files(root / c)[:per_class]] for c in classes]
     grid = image_grid(rows, cell=cell, labels=classes if label else None, label_width=90 if label else 0)
-    atomic_save_image(grid, out_png)
+    save_grid(grid, out_png)
     return Path(out_png)
 
 
@@ -64,7 +87,7 @@ def sets_grid(roots: list[str | os.PathLike], out_png: str | os.PathLike, names:
             rows.append([load_rgb(root / c / f) for f in list_class_files(root / c)[:per_class]])
             labels.append(f"{name}: {c}")
     grid = image_grid(rows, cell=cell, labels=labels, label_width=150)
-    atomic_save_image(grid, out_png)
+    save_grid(grid, out_png)
     return Path(out_png)
 
 
@@ -75,8 +98,9 @@ def main(argv=None) -> Path:
     args = get_args_parser().parse_args(argv)
     check_viz(args)
     out = check_output_file(args.out, "--out")
-    if (out.exists() or out.is_symlink()) and not args.force:  # a PNG cannot say who wrote it
-        raise UserError(f"--out {out} exists; choose another path, or pass --force to replace it")
+    if (out.exists() or out.is_symlink()) and not args.force and not written_by_viz(out):
+        raise UserError(f"--out {out} exists and was not written by common.viz; choose another path, or pass "
+                        f"--force to replace it")
     if args.names and len(args.names) != len(args.roots):
         raise UserError(f"--names: {len(args.names)} name(s) for {len(args.roots)} root(s); give one each")
     for root in args.roots:  # every image decodes before anything is written

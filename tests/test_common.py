@@ -236,3 +236,27 @@ def test_atomic_dir_and_manifest(tmp_path):
     assert json.loads(p.read_text())["seconds"] == 1.5
     atomic_write_json(tmp_path / "r.json", {"a": 1})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
+
+
+def test_viz_replaces_its_own_grid_but_not_a_users_png(tmp_path, capsys):
+    """A second run of the same common.viz command replaces the grid it wrote (its PNG says so);
+    a PNG it did not write is replaced only with --force."""
+    from PIL import Image
+
+    from common import viz
+    from common.cli.errors import run_cli
+    from tests.conftest import make_tree
+
+    make_tree(tmp_path / "set", 2, 2)
+    out = tmp_path / "grid.png"
+    argv = [str(tmp_path / "set"), "--out", str(out), "--per-class", "2"]
+    assert run_cli(viz.main, argv) == 0 and viz.written_by_viz(out)
+    assert run_cli(viz.main, argv) == 0  # our own grid: replaced
+    user = tmp_path / "mine.png"
+    Image.new("RGB", (4, 4)).save(user)
+    before = user.read_bytes()
+    capsys.readouterr()
+    assert run_cli(viz.main, [str(tmp_path / "set"), "--out", str(user)]) == 2
+    assert "--force" in capsys.readouterr().err and user.read_bytes() == before
+    assert run_cli(viz.main, [str(tmp_path / "set"), "--out", str(user), "--force"]) == 0
+    assert viz.written_by_viz(user)
