@@ -201,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from common.ops.zca import ZCA
     from common.run.atomic import atomic_dir, atomic_torch_save, atomic_write_json
     from common.run.manifest import build_manifest, write_manifest
+    from common.run.safe_load import load_torch_file
     from common.run.state import RunState, fingerprint
     from common.train.memdata import load_tensor_dataset
     from common.train.seed import seed_everything
@@ -244,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     state_file = run.path("matching.pt")
     state = None
     if state_file.is_file():
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        state = load_torch_file(state_file, "resume state", "pass --restart to discard it")
         print(f"resuming at iteration {state['iteration']} from {state_file}", file=sys.stderr)
 
     if state is None:
