@@ -32,6 +32,12 @@ CASES = {
     "relabel_eval.diversity": (["--syn-data-path", "{tmp}", "--teacher-path", f"{MISSING}.pth",
                                 "--output", "{tmp}/d.json"],
                                f"{MISSING}.pth: --teacher-path does not exist"),
+    "squeeze.trajectories": (["--data-path", MISSING, "--output-dir", "{tmp}/experts"],
+                             f"{MISSING}: --data-path does not exist"),
+    "recover.trajectory_matching": (["--experts", MISSING, "--data-path", "{tmp}", "--output-path", "{tmp}/syn"],
+                                    f"{MISSING}: --experts does not exist"),
+    "relabel_eval.export": (["--format", "ddranking", "--syn-data-path", MISSING, "--output-dir", "{tmp}/dd"],
+                            f"{MISSING}: --syn-data-path does not exist"),
 }
 HEAVY = ("torch", "torchvision", "timm", "pandas")
 
@@ -50,7 +56,9 @@ def test_parser_modules_are_torch_free():
             f"for m in {sorted(PARSERS.values())!r}:\n"
             "    importlib.import_module(m).get_args_parser().format_help()\n"
             "for m, f in [('squeeze.args', 'evaluate_parser'), ('rank_select.args', 'patches_parser'),\n"
-            "             ('relabel_eval.args', 'relabel_parser'), ('relabel_eval.args', 'diversity_parser')]:\n"
+            "             ('relabel_eval.args', 'relabel_parser'), ('relabel_eval.args', 'diversity_parser'),\n"
+            "             ('squeeze.args', 'trajectories_parser'), ('recover.args', 'trajectory_matching_parser'),\n"
+            "             ('relabel_eval.args', 'export_parser')]:\n"
             "    assert 'python -m' in getattr(importlib.import_module(m), f)().format_help()\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
