@@ -189,7 +189,7 @@ class Setup:
 def prepare(args, experts: Experts) -> Setup:
     """Check the experts against the flags and the data; build the student."""
     from common.compute.device import device_from_args
-    from common.data.imagefolder import check_same_classes, find_classes
+    from common.data.imagefolder import check_same_classes, find_classes, list_class_files
     from common.ops.dsa import parse_strategy
     from common.ops.zca import read_zca
     from common.train.seed import seed_everything
@@ -209,6 +209,10 @@ def prepare(args, experts: Experts) -> Setup:
     classes = man["classes"]
     check_same_classes(classes, find_classes(args.data_path, "--data-path"), f"experts {experts.root}",
                        f"--data-path {args.data_path}")
+    for cls in classes:
+        n = len(list_class_files(Path(args.data_path) / cls))
+        if n < args.ipc:
+            raise UserError(f"{args.data_path}: class {cls} has {n} images, fewer than --ipc {args.ipc}")
     device = device_from_args(args)
     seed_everything(args.seed)
     size = man["input_size"]

@@ -200,7 +200,7 @@ def load_pad_data(args: argparse.Namespace, syn: Path, mode: str) -> PadData:
     from common.cli.errors import UserError
     from common.data.dataconfig import resolve_data_config
     from common.data.datasets import get_dataset
-    from common.data.imagefolder import check_same_classes, find_classes
+    from common.data.imagefolder import check_same_classes, find_classes, make_samples
     from common.ops.zca import read_zca
     from common.train.memdata import load_tensor_dataset
 
@@ -218,20 +218,23 @@ def load_pad_data(args: argparse.Namespace, syn: Path, mode: str) -> PadData:
         (float(args.learning_rate), "--learning-rate")
     zca = read_zca(args.zca, "--zca", "give the zca.pt of the experts (squeeze.trajectories --zca)",
                    features=3 * cfg.input_size ** 2) if args.zca else None
+    _, samples = make_samples(syn, classes, per_class=want, what="--syn-data-path")
+    files = [Path(p).relative_to(syn).as_posix() for p, _ in samples]  # the images trained on, in file order
+    soft = soft_targets_for(files, labels, str(label_file), exact=not want) if labels is not None else None
     x, y, rel, _ = load_tensor_dataset(syn, cfg.input_size, cfg.mean, cfg.std, classes, what="--syn-data-path",
                                        progress=False)
-    ipc = want or min(counts.values())
     if want:
         keep = first_per_class(y, want)
         x, y, rel = x[keep], y[keep], [rel[int(i)] for i in keep]
-    elif len(set(counts.values())) != 1:
-        ipc = None  # classes of different sizes: no single IPC
+    assert rel == files, "the set changed while it was read"
     vx, vy, _, _ = load_tensor_dataset(args.val_dir, cfg.input_size, cfg.mean, cfg.std, classes, what="--val-dir")
     if zca is not None:
         x, vx = zca.whiten(x), zca.whiten(vx)
-    targets = soft_targets_for(rel, labels, str(label_file), exact=not want) if labels is not None else y
+    # one IPC when every class holds the same number (after --ipc); None for classes of different sizes
+    ipc = want or (min(counts.values()) if len(set(counts.values())) == 1 else None)
     if not lr > 0:
         raise UserError(f"{lr_source}: lr {lr} must be positive")
+    targets = soft if soft is not None else y
     return PadData(x, y, vx, vy, classes, cfg.input_size, ipc, mode, targets, lr, lr_source, meta.get("arch"))
 
 

@@ -140,31 +140,30 @@ def unit(i: int) -> str:
 
 @dataclass
 class Data:
-    """The training and val tensors (ZCA-whitened with ``--zca``) and what the manifest records."""
+    """What the experts are trained on: the data's description (read first, cheaply), then its tensors
+    (ZCA-whitened with ``--zca``)."""
 
-    x: Any
-    y: Any
-    xv: Any
-    yv: Any
-    orders: list[list[int]] | None
     classes: list[str]
     arch: str
     size: int
     mean: list[float]
     std: list[float]
-    zca: Any
     n_params: int
     layout: list
+    orders: list[list[int]] | None = None
+    x: Any = None
+    y: Any = None
+    xv: Any = None
+    yv: Any = None
+    zca: Any = None
 
 
-def load_data(args) -> Data:
-    """Read and check every input (data, order file, architecture) before anything is written."""
+def inspect_data(args) -> Data:
+    """Check every input (DSA ops, data folders, architecture, order file) without decoding the images."""
     from common.data.dataconfig import resolve_data_config
     from common.data.datasets import check_class_count, get_dataset
-    from common.data.imagefolder import check_train_val
+    from common.data.imagefolder import check_train_val, make_samples
     from common.ops.dsa import parse_strategy
-    from common.ops.zca import ZCA
-    from common.train.memdata import load_tensor_dataset
     from models import build_model
     from models.registry import canonical_arch
 
@@ -178,17 +177,28 @@ def load_data(args) -> Data:
     check_class_count(spec, len(classes), data / "train")
     arch = canonical_arch(args.arch)
     size = resolve_data_config(spec, arch, args.input_size, image_root=data / "train").input_size
-    x, y, rel, _ = load_tensor_dataset(data / "train", size, spec.mean, spec.std, classes)
-    xv, yv, _, _ = load_tensor_dataset(data / "val", size, spec.mean, spec.std, classes)
-    orders = read_order(args.difficulty, classes, rel) if args.difficulty else None
     model = build_model(arch, len(classes), size)
     layout = [[n, list(p.shape)] for n, p in model.named_parameters()]
-    zca = None
+    d = Data(list(classes), arch, size, list(spec.mean), list(spec.std), sum(p.numel() for p in model.parameters()),
+             layout)
+    if args.difficulty:
+        _, samples = make_samples(data / "train", classes, what="--data-path")
+        d.orders = read_order(args.difficulty, classes, [Path(p).relative_to(data / "train").as_posix()
+                                                         for p, _ in samples])
+    return d
+
+
+def load_tensors(args, d: Data) -> None:
+    """Decode the train and val images into ``d`` (whitened with ``--zca``)."""
+    from common.ops.zca import ZCA
+    from common.train.memdata import load_tensor_dataset
+
+    data = Path(args.data_path)
+    d.x, d.y, _, _ = load_tensor_dataset(data / "train", d.size, d.mean, d.std, d.classes)
+    d.xv, d.yv, _, _ = load_tensor_dataset(data / "val", d.size, d.mean, d.std, d.classes)
     if args.zca:
-        zca = ZCA.fit(x)
-        x, xv = zca.whiten(x), zca.whiten(xv)
-    return Data(x, y, xv, yv, orders, list(classes), arch, size, list(spec.mean), list(spec.std), zca,
-                sum(p.numel() for p in model.parameters()), layout)
+        d.zca = ZCA.fit(d.x)
+        d.x, d.xv = d.zca.whiten(d.x), d.zca.whiten(d.xv)
 
 
 # ----------------------------------------------------------------------------- the output folder
@@ -264,8 +274,8 @@ def publish_expert(out: Path, i: int, trajectory, record: dict, manifest: dict, 
 
 # ----------------------------------------------------------------------------- one expert
 
-def resume_expert(path: Path, model, opt, gen, epochs: int, n_params: int) -> tuple[list, int, float]:
-    """Load an expert's resume file (weights-only) into ``model``, ``opt`` and ``gen``; check it first."""
+def read_resume(path: Path, epochs: int, n_params: int) -> dict:
+    """An expert's resume file, loaded weights-only and checked (its trajectory so far fits these settings)."""
     import torch
 
     from common.run.safe_load import load_torch_file
@@ -274,17 +284,27 @@ def resume_expert(path: Path, model, opt, gen, epochs: int, n_params: int) -> tu
     st = load_torch_file(path, "expert resume file", fix)
     try:
         traj, epoch = st["trajectory"], int(st["epoch"])
-        ok = traj.ndim == 2 and traj.shape[1] == n_params and traj.shape[0] == epoch + 1 and 0 < epoch <= epochs \
-            and bool(torch.isfinite(traj).all())
-        if ok:
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            gen.set_state(st["generator"])
+        ok = (isinstance(st["model"], dict) and isinstance(st["optimizer"], dict) and traj.ndim == 2
+              and traj.shape[1] == n_params and traj.shape[0] == epoch + 1 and 0 < epoch <= epochs
+              and bool(torch.isfinite(traj).all()) and isinstance(st["generator"], torch.Tensor))
     except (KeyError, TypeError, AttributeError, ValueError, RuntimeError, IndexError):
         ok = False
     if not ok:
         raise UserError(f"{path}: not an expert resume file of these settings; {fix}")
-    return list(traj), epoch, float(st.get("elapsed", 0.0))
+    return st
+
+
+def resume_expert(path: Path, model, opt, gen, epochs: int, n_params: int) -> tuple[list, int, float]:
+    """Load an expert's resume file into ``model``, ``opt`` and ``gen``."""
+    st = read_resume(path, epochs, n_params)
+    try:
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        gen.set_state(st["generator"])
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        raise UserError(f"{path}: not an expert resume file of these settings; pass --restart to discard this "
+                        f"run's state") from None
+    return list(st["trajectory"]), int(st["epoch"]), float(st.get("elapsed", 0.0))
 
 
 def train_expert(i: int, args, data: Data, device, out: Path, run, manifest: dict) -> float | None:
@@ -352,13 +372,32 @@ def diverged_message(i: int, epoch: int, args, run) -> str:
 
 # ----------------------------------------------------------------------------- the command
 
+def open_run(args, out: Path, data: Data, num_shards: int, shard: int):
+    """The run state (an unfinished run of other settings refused by name and --restart; a finished folder of
+    other settings by check_folder), and this shard's experts still to train, their resume files checked."""
+    from common.run.state import RunState, fingerprint, state_dir
+
+    settings = fingerprint(args, NOT_RESULT)
+    had_state = state_dir(out).is_dir()
+    run = RunState(out, STAGE, settings, restart=args.restart, check=shard == 0)
+    restarted = args.restart and had_state and not state_dir(out).exists()
+    if (restarted or check_folder(out, settings, args.force)) and shard == 0:
+        shutil.rmtree(out, ignore_errors=True)  # --restart of an unfinished run, or --force
+    done = finished_experts(out, run, args.num_experts, args.epochs, data.n_params)
+    mine = [i for i in shard_items(range(args.num_experts), num_shards, shard) if i not in done]
+    for i in mine:
+        if run.path(f"{unit(i)}.pt").is_file():
+            read_resume(run.path(f"{unit(i)}.pt"), args.epochs, data.n_params)
+    return run, mine
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     from squeeze.args import check_trajectories
 
     check_trajectories(args)
-    from common.cli.paths import check_output_dir, first_missing
-    from common.run.state import RunState, check_output, fingerprint, state_dir
+    from common.cli.paths import check_output_dir
+    from common.run.state import check_output, state_dir
 
     out = Path(args.output_dir)
     check_output_dir(out, "--output-dir")
@@ -370,33 +409,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from common.run.manifest import build_manifest
 
     device = device_from_args(args)
-    data = load_data(args)
-    settings = fingerprint(args, NOT_RESULT)
-    had_state = state_dir(out).is_dir()
-    # an unfinished run with other settings is refused by name (and --restart); a finished folder by check_folder
-    run = RunState(out, STAGE, settings, restart=args.restart, check=shard == 0)
-    restarted = args.restart and had_state and not state_dir(out).exists()
-    if (restarted or check_folder(out, settings, args.force)) and shard == 0:
-        shutil.rmtree(out, ignore_errors=True)  # --restart of an unfinished run, or --force
-    done = finished_experts(out, run, args.num_experts, args.epochs, data.n_params)
-    manifest = build_manifest(STAGE, args, result_args=settings, arch=data.arch, input_size=data.size,
+    data = inspect_data(args)
+    run, mine = open_run(args, out, data, num_shards, shard)
+    load_tensors(args, data)
+    manifest = build_manifest(STAGE, args, result_args=run.fingerprint, arch=data.arch, input_size=data.size,
                               classes=data.classes, mean=data.mean, std=data.std, n_params=data.n_params,
                               param_layout=data.layout, zca="zca.pt" if args.zca else None,
                               curriculum=data.orders is not None,
                               class_sizes=[int((data.y == c).sum()) for c in range(len(data.classes))])
-    created = first_missing(out)
     accs = {}
-    try:
-        with run.running():  # a run that finishes no expert and saves no epoch leaves no state behind
-            for i in shard_items(range(args.num_experts), num_shards, shard):
-                if i not in done:
-                    acc = train_expert(i, args, data, device, out, run, manifest)
-                    if acc is not None:
-                        accs[i] = acc
-    except BaseException:
-        if created is not None and not run.done_units() and out.exists():
-            shutil.rmtree(created, ignore_errors=True)
-        raise
+    with run.running():  # a run that finishes no expert and saves no epoch leaves no state (and no folder)
+        for i in mine:
+            acc = train_expert(i, args, data, device, out, run, manifest)
+            if acc is not None:
+                accs[i] = acc
     done = finished_experts(out, run, args.num_experts, args.epochs, data.n_params)
     if len(done) == args.num_experts:
         run.finish()
