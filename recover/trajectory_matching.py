@@ -359,7 +359,11 @@ def load_state(path: Path, args, setup: Setup) -> Synthetic:
 
 # ----------------------------------------------------------------------------- the iterations
 
-def match_step(args, setup: Setup, syn: Synthetic, it: int, ratio: float, current_max: int, run) -> dict:
+class Diverged(Exception):
+    """A non-finite loss or synthetic tensor: the run stops (main turns it into one error line)."""
+
+
+def match_step(args, setup: Setup, syn: Synthetic, it: int, ratio: float, current_max: int) -> dict:
     """One iteration: pick an expert and a start epoch, unroll the student, step images, lr and labels."""
     import torch
 
@@ -373,8 +377,7 @@ def match_step(args, setup: Setup, syn: Synthetic, it: int, ratio: float, curren
                    setup.batch_syn, syn.gen, args.dsa_strategy)
     loss = matching_loss(final, start, target, ratio, args.mask)
     if not torch.isfinite(loss):
-        raise UserError(diverged_message(f"non-finite matching loss at iteration {it} (expert {e}, start epoch {t})",
-                                         run))
+        raise Diverged(f"non-finite matching loss at iteration {it} (expert {e}, start epoch {t})")
     for opt in (syn.opt_img, syn.opt_lr, syn.opt_y):
         opt.zero_grad()
     loss.backward()
@@ -390,13 +393,15 @@ def match_step(args, setup: Setup, syn: Synthetic, it: int, ratio: float, curren
             "stepped": stepped}
 
 
-def diverged_message(what: str, run) -> str:
-    """The advice after a divergence: lower the lrs, and --restart when an earlier checkpoint of these settings
-    would make the corrected command refused."""
-    msg = f"{what}; lower --lr-img / --lr-lr / --lr-y"
-    if run.path("matching.pt").is_file():
-        msg += f" and pass --restart (the checkpoint in {run.dir} was made with these settings)"
-    return msg
+def diverged(exc: Diverged, run, resumed: bool) -> UserError:
+    """A diverged run is no result: a fresh run leaves nothing (its checkpoints go too); a resumed one keeps the
+    earlier run's state, so the corrected command needs --restart, and the advice says so."""
+    msg = f"{exc}; lower --lr-img / --lr-lr / --lr-y"
+    if resumed:
+        return UserError(f"{msg} and pass --restart (the unfinished run in {run.dir} was made with these settings)")
+    run.path("matching.pt").unlink(missing_ok=True)
+    run.marker("outputs").unlink(missing_ok=True)
+    return UserError(msg)
 
 
 def run_iterations(args, setup: Setup, syn: Synthetic, run, stop: int) -> None:
@@ -412,14 +417,13 @@ def run_iterations(args, setup: Setup, syn: Synthetic, run, stop: int) -> None:
     with tqdm(range(it0, stop), desc="matching", initial=it0, total=args.iterations, dynamic_ncols=True) as bar, \
             bar_vanishes_on_error(bar):
         for it in bar:
-            syn.history.append(match_step(args, setup, syn, it, ratio, current_max, run))
+            syn.history.append(match_step(args, setup, syn, it, ratio, current_max))
             bar.set_postfix(loss=f"{syn.history[-1]['loss']:.4f}", lr=f"{syn.lr.item():.4g}")
             syn.iteration, syn.seconds = it + 1, seconds0 + time.time() - t0
             if (it + 1) % args.checkpoint_every == 0 and it + 1 < args.iterations:
                 save_state(run.path("matching.pt"), syn)
     if not all(bool(torch.isfinite(t).all()) for t in (syn.images, syn.labels, syn.lr)):
-        raise UserError(diverged_message(f"the synthetic images, labels or lr became non-finite by iteration "
-                                         f"{syn.iteration}", run))
+        raise Diverged(f"the synthetic images, labels or lr became non-finite by iteration {syn.iteration}")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -548,7 +552,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     stop = args.iterations if args.max_iterations_this_run is None else min(args.iterations,
                                                                               it0 + args.max_iterations_this_run)
     with run.running():  # a failure before the first checkpoint leaves no state behind
-        run_iterations(args, setup, syn, run, stop)
+        try:
+            run_iterations(args, setup, syn, run, stop)
+        except Diverged as exc:
+            raise diverged(exc, run, resumed=it0 > 0) from None
         if stop < args.iterations:
             save_state(state_file, syn)
             print(f"stopped at iteration {stop}/{args.iterations}; run the same command to continue",

@@ -482,3 +482,78 @@ def test_bad_input(case: Case, shared, tmp_path, capsys, monkeypatch):
     finally:
         if (ws / "ro").exists():
             os.chmod(ws / "ro", 0o755)
+
+
+# --------------------------------------------------------------------------- the fixes, one by one
+
+def _ws(shared, tmp_path, monkeypatch) -> Path:
+    ws = tmp_path / "ws"
+    shutil.copytree(shared["template"], ws)
+    monkeypatch.chdir(ws)
+    return ws
+
+
+def test_a_resume_file_in_the_old_place_is_never_unpickled(shared, tmp_path, capsys, monkeypatch):
+    """squeeze.trajectories used to resume from ``.expert_XXX.partial.pt`` inside --output-dir."""
+    ws, marker = _ws(shared, tmp_path, monkeypatch), tmp_path / "PWNED"
+    out = ws / "out" / "experts"
+    out.mkdir(parents=True)
+    shutil.copy(ws / "experts" / "manifest.json", out / "manifest.json")
+    evil(out / ".expert_000.partial.pt", marker)
+    code, err = run_one_line(main_of(T), argv_for(T, {}, shared["ck"]), capsys)
+    assert not marker.exists() and code == 0, err
+    assert torch.load(out / "expert_000.pt", weights_only=True).shape[0] == 3
+
+
+def test_pad_protocol_trains_on_the_first_ipc_images_and_records_it(shared, tmp_path, capsys, monkeypatch):
+    _ws(shared, tmp_path, monkeypatch)
+    res = main_of(P)(argv_for(P, {"--ipc": "1"}, shared["ck"]))
+    assert res["ipc"] == 1 and res["num_images"] == 3 and res["label_mode"] == "soft"
+    res = main_of(P)(argv_for(P, {"--output": "out/all.json"}, shared["ck"]))
+    assert res["ipc"] == 2 and res["num_images"] == 6
+
+
+def test_export_takes_the_first_ipc_images(shared, tmp_path, capsys, monkeypatch):
+    ws = _ws(shared, tmp_path, monkeypatch)
+    m = main_of(E)(argv_for(E, {"--ipc": "1"}, shared["ck"]))
+    assert m["ipc"] == 1 and m["files"] == [p for p in shared["paths"] if p.endswith("img_000.png")]
+    assert torch.load(ws / "out" / "dd" / "images.pt", weights_only=True).shape == (3, 3, SIZE, SIZE)
+    m = main_of(E)(argv_for(E, {"--output-dir": "out/dd2", "--input-size": None}, shared["ck"]))
+    assert m["input_size"] == SIZE and m["data_config_source"]["input_size"] == "images"
+
+
+def test_matching_owns_its_side_files(shared, tmp_path, capsys, monkeypatch):
+    """A rerun replaces its own OUT.labels.pt & co; a side file changed by hand is not replaced without --force."""
+    ws = _ws(shared, tmp_path, monkeypatch)
+    argv = argv_for(M, {"--iterations": "1"}, shared["ck"])
+    assert run_one_line(main_of(M), argv, capsys)[0] == 0
+    assert run_one_line(main_of(M), argv, capsys)[0] == 0  # ours: replaced
+    (ws / "out" / "syn.loss.json").write_text("my notes")
+    code, err = run_one_line(main_of(M), argv, capsys)
+    assert_one_line_error(code, err, "syn.loss.json exists and was not written")
+    assert (ws / "out" / "syn.loss.json").read_text() == "my notes"
+    assert run_one_line(main_of(M), argv + ["--force"], capsys)[0] == 0
+    assert json.loads((ws / "out" / "syn.loss.json").read_text())["history"]
+
+
+def test_diverged_matching_leaves_nothing_or_names_restart(shared, tmp_path, capsys, monkeypatch):
+    """A fresh run that diverges leaves nothing (its checkpoints too), so the corrected command just runs; a run
+    resumed from an earlier checkpoint keeps that state, and its advice says --restart, which the corrected
+    command then needs."""
+    ws = _ws(shared, tmp_path, monkeypatch)
+    before = snapshot(ws)
+    code, err = run_one_line(main_of(M), argv_for(M, {"--lr-img": "1e38", "--iterations": "3"}, shared["ck"]),
+                             capsys)
+    assert_one_line_error(code, err, "lower --lr-img", late=True)
+    assert "--restart" not in err[-1] and snapshot(ws) == before
+    partial_run(ws, M, shared["ck"])
+    state = ws / "out" / "syn.state" / "matching.pt"
+    st = torch.load(state, weights_only=True)
+    st["lr"] = torch.tensor(1e30)  # a student lr that overflows the unrolled steps from here on
+    torch.save(st, state)
+    code, err = run_one_line(main_of(M), argv_for(M, {}, shared["ck"]), capsys)
+    assert_one_line_error(code, err, "lower --lr-img / --lr-lr / --lr-y and pass --restart", late=True)
+    assert state.is_file() and not (ws / "out" / "syn").exists()
+    code, err = run_one_line(main_of(M), argv_for(M, {"--lr-img": "5"}, shared["ck"]), capsys)
+    assert_one_line_error(code, err, "--restart")
+    assert run_one_line(main_of(M), argv_for(M, {"--lr-img": "5", "--restart": True}, shared["ck"]), capsys)[0] == 0
