@@ -475,7 +475,10 @@ def test_bad_input(case: Case, shared, tmp_path, capsys, monkeypatch):
     argv = argv_for(case.command, overrides, shared["ck"])
     before = snapshot(ws)
     try:
-        code, err = run_one_line(main_of(case.command), argv, capsys)
+        try:
+            code, err = run_one_line(main_of(case.command), argv, capsys)
+        except Exception as exc:  # what python -m would show as a traceback
+            code, err = 1, [f"Traceback: {type(exc).__name__}: {exc}"[:300]]
         assert not marker.exists(), "a planted pickle ran code"
         assert_one_line_error(code, err, case.match, late=case.late)
         assert snapshot(ws) == before, "the workspace changed"
