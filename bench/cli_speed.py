@@ -37,6 +37,9 @@ COMMANDS = {
                              "--output-dir", "{tmp}/soft"],
     "relabel_eval.diversity": ["--syn-data-path", MISSING, "--teacher-path", f"{MISSING}.pth", "--output",
                                "{tmp}/div.json"],
+    "squeeze.trajectories": ["--data-path", MISSING, "--output-dir", "{tmp}/experts"],
+    "recover.trajectory_matching": ["--experts", MISSING, "--data-path", MISSING, "--output-path", "{tmp}/syn"],
+    "relabel_eval.export": ["--format", "ddranking", "--syn-data-path", MISSING, "--output-dir", "{tmp}/dd"],
 }
 
 
