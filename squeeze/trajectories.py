@@ -374,21 +374,21 @@ def diverged_message(i: int, epoch: int, args, run) -> str:
 
 def open_run(args, out: Path, data: Data, num_shards: int, shard: int):
     """The run state (an unfinished run of other settings refused by name and --restart; a finished folder of
-    other settings by check_folder), and this shard's experts still to train, their resume files checked."""
+    other settings by check_folder), this shard's experts still to train (their resume files checked), and
+    whether the folder found there is to be replaced (--restart of an unfinished run, --force)."""
     from common.run.state import RunState, fingerprint, state_dir
 
     settings = fingerprint(args, NOT_RESULT)
     had_state = state_dir(out).is_dir()
     run = RunState(out, STAGE, settings, restart=args.restart, check=shard == 0)
     restarted = args.restart and had_state and not state_dir(out).exists()
-    if (restarted or check_folder(out, settings, args.force)) and shard == 0:
-        shutil.rmtree(out, ignore_errors=True)  # --restart of an unfinished run, or --force
-    done = finished_experts(out, run, args.num_experts, args.epochs, data.n_params)
+    replace = (restarted or check_folder(out, settings, args.force)) and out.exists()
+    done = [] if replace else finished_experts(out, run, args.num_experts, args.epochs, data.n_params)
     mine = [i for i in shard_items(range(args.num_experts), num_shards, shard) if i not in done]
     for i in mine:
         if run.path(f"{unit(i)}.pt").is_file():
             read_resume(run.path(f"{unit(i)}.pt"), args.epochs, data.n_params)
-    return run, mine
+    return run, mine, replace
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -410,8 +410,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     device = device_from_args(args)
     data = inspect_data(args)
-    run, mine = open_run(args, out, data, num_shards, shard)
-    load_tensors(args, data)
+    run, mine, replace = open_run(args, out, data, num_shards, shard)
+    load_tensors(args, data)  # the last input check (every image decodes)
+    if replace and shard == 0:
+        shutil.rmtree(out)  # --restart of an unfinished run, or --force: the folder found there goes
     manifest = build_manifest(STAGE, args, result_args=run.fingerprint, arch=data.arch, input_size=data.size,
                               classes=data.classes, mean=data.mean, std=data.std, n_params=data.n_params,
                               param_layout=data.layout, zca="zca.pt" if args.zca else None,

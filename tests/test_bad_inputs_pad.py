@@ -367,6 +367,19 @@ def k_diverged_hard(ws, sh, command, marker):
     return {"--learning-rate": "1e30", "--label-mode": "hard"}
 
 
+def k_corrupt_image_with_force(ws, sh, command, marker):
+    """--force over a folder not ours, and a corrupt training image: the folder is not removed."""
+    k_out_foreign(ws, sh, command, marker)
+    (ws / "data" / "train" / "01_square" / "img_001.png").write_bytes(b"not a PNG")
+    return {"--force": True}
+
+
+def k_corrupt_image(ws, sh, command, marker):
+    tree = {T: "data/train", M: "data/train", P: "syn", E: "syn"}[command]
+    (ws / tree / "01_square" / "img_001.png").write_bytes(b"not a PNG")
+    return {}
+
+
 def k_finished_other_settings(ws, sh, command, marker):
     _our_experts(ws)
     return {"--lr-teacher": "0.02"}
@@ -434,6 +447,8 @@ CASES = [
     Case(P, "diverging lr, hard labels", k_diverged_hard, "non-finite", late=True),
     *[Case(c, "unfinished run with other settings", k_other_settings, "--restart") for c in (T, M)],
     Case(T, "finished experts of other settings", k_finished_other_settings, "--lr-teacher 0.01 there, 0.02 now"),
+    Case(T, "corrupt image, --force over a folder not ours", k_corrupt_image_with_force, "img_001.png"),
+    *[Case(c, "corrupt image", k_corrupt_image, "img_001.png") for c in (T, M, P, E)],
     Case(M, "--ipc above a class's size", k_flags(**{"--ipc": "9"}), "--ipc"),
     Case(P, "--ipc above a class's size", k_flags(**{"--ipc": "5"}), "--ipc 5"),
     Case(E, "--ipc above a class's size", k_flags(**{"--ipc": "5"}), "--ipc 5"),
@@ -560,3 +575,13 @@ def test_diverged_matching_leaves_nothing_or_names_restart(shared, tmp_path, cap
     code, err = run_one_line(main_of(M), argv_for(M, {"--lr-img": "5"}, shared["ck"]), capsys)
     assert_one_line_error(code, err, "--restart")
     assert run_one_line(main_of(M), argv_for(M, {"--lr-img": "5", "--restart": True}, shared["ck"]), capsys)[0] == 0
+
+
+def test_force_replaces_a_folder_not_ours(shared, tmp_path, capsys, monkeypatch):
+    ws = _ws(shared, tmp_path, monkeypatch)
+    k_out_foreign(ws, shared, T, None)
+    code, err = run_one_line(main_of(T), argv_for(T, {}, shared["ck"]), capsys)
+    assert_one_line_error(code, err, "pass --force")
+    assert run_one_line(main_of(T), argv_for(T, {"--force": True}, shared["ck"]), capsys)[0] == 0
+    assert sorted(p.name for p in (ws / "out" / "experts").iterdir()) == ["expert_000.json", "expert_000.pt",
+                                                                          "manifest.json"]

@@ -24,12 +24,14 @@ def load_tensor_dataset(root: str | os.PathLike, size: int, mean: Sequence[float
     """``(x [N,3,s,s] float32, y [N] int64, rel_paths, classes)`` in file order (class, then name)."""
     from tqdm import tqdm
 
+    from common.cli.errors import bar_vanishes_on_error
     from common.data.imagefolder import ImageFolder
     from common.data.transforms import val_transform
 
     ds = ImageFolder(root, val_transform(size, mean, std), classes=classes, what=what)
-    xs = [ds[i][0] for i in tqdm(range(len(ds)), desc=f"loading {Path(root).name}", unit="img",
-                                 disable=not progress, dynamic_ncols=True)]
+    with tqdm(range(len(ds)), desc=f"loading {Path(root).name}", unit="img", disable=not progress,
+              dynamic_ncols=True) as bar, bar_vanishes_on_error(bar):  # an unreadable image: only the error line
+        xs = [ds[i][0] for i in bar]
     x = torch.stack(xs) if xs else torch.zeros(0, 3, size, size)
     y = torch.tensor(ds.targets, dtype=torch.long)
     rel = [Path(p).relative_to(Path(root)).as_posix() for p, _ in ds.samples]
