@@ -117,7 +117,7 @@ def soft_targets_for(paths: list[str], labels: dict, what: str, exact: bool = Tr
 
 def train_pad_student(model, x, targets, lr: float, epochs: int, batch: int, seed: int, val_x, val_y,
                       dsa_strategy: str = "color_crop_cutout_flip_scale_rotate", device="cpu",
-                      progress: bool = True) -> dict:
+                      progress: bool = True, lr_source: str = "lr.pt") -> dict:
     """Train ``model`` under the PAD protocol; ``targets`` are soft logits [N, C] or hard labels [N]."""
     import torch
     import torch.nn.functional as F
@@ -148,8 +148,10 @@ def train_pad_student(model, x, targets, lr: float, epochs: int, batch: int, see
             if not torch.isfinite(loss):
                 from common.cli.errors import UserError
 
-                raise UserError(f"non-finite training loss at epoch {ep} (lr {lr:g}); the learned lr may be too "
-                                f"large for this student: pass --learning-rate with a set without lr.pt")
+                fix = (f"lower --learning-rate (now {lr:g})" if lr_source == "--learning-rate" else
+                       f"the learned lr {lr:g} ({lr_source}) is too large for this student: pass --learning-rate "
+                       f"with a set without lr.pt")
+                raise UserError(f"student seed {seed}: non-finite training loss at epoch {ep}; {fix}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -274,7 +276,7 @@ def evaluate_students(args: argparse.Namespace, d: PadData, state, device) -> di
                 torch.manual_seed(seed)
                 model = build_model(stud, len(d.classes), d.size)
                 run = train_pad_student(model, d.x, d.targets, d.lr, args.re_epochs, batch, seed, d.vx, d.vy,
-                                        device=device)
+                                        device=device, lr_source=d.lr_source)
                 run["seed"] = seed
                 state.mark_done(unit, run)
             runs.append(run)
