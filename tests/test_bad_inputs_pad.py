@@ -585,3 +585,22 @@ def test_force_replaces_a_folder_not_ours(shared, tmp_path, capsys, monkeypatch)
     assert run_one_line(main_of(T), argv_for(T, {"--force": True}, shared["ck"]), capsys)[0] == 0
     assert sorted(p.name for p in (ws / "out" / "experts").iterdir()) == ["expert_000.json", "expert_000.pt",
                                                                           "manifest.json"]
+
+
+def test_diverged_expert_keeps_finished_experts_and_names_restart(shared, tmp_path, capsys, monkeypatch):
+    """Expert 1 diverges after expert 0 finished: one line naming --lr-teacher and --restart (the finished expert
+    makes the corrected command refused without it); nothing of expert 1 is left; expert 0 stays."""
+    ws = _ws(shared, tmp_path, monkeypatch)
+    partial_run(ws, T, shared["ck"], **{"--num-experts": "2"})
+    resume = ws / "out" / "experts.state" / "expert_001.pt"
+    st = torch.load(resume, weights_only=True)
+    st["optimizer"]["param_groups"][0]["lr"] = 1e38  # this expert's steps overflow from here on
+    torch.save(st, resume)
+    code, err = run_one_line(main_of(T), argv_for(T, {"--num-experts": "2"}, shared["ck"]), capsys)
+    assert_one_line_error(code, err, "expert 1: non-finite training loss at epoch 1; lower --lr-teacher", late=True)
+    assert "pass --restart" in err[-1]
+    assert not resume.exists() and (ws / "out" / "experts" / "expert_000.pt").is_file()
+    assert not (ws / "out" / "experts" / "expert_001.pt").exists()
+    code, err = run_one_line(main_of(T), argv_for(T, {"--num-experts": "2", "--lr-teacher": "0.005"}, shared["ck"]),
+                             capsys)
+    assert_one_line_error(code, err, "--restart")
