@@ -604,3 +604,29 @@ def test_diverged_expert_keeps_finished_experts_and_names_restart(shared, tmp_pa
     code, err = run_one_line(main_of(T), argv_for(T, {"--num-experts": "2", "--lr-teacher": "0.005"}, shared["ck"]),
                              capsys)
     assert_one_line_error(code, err, "--restart")
+
+
+def test_matching_killed_while_writing_side_files_is_still_ours(shared, tmp_path, capsys, monkeypatch):
+    """Interrupted after the new OUT was swapped in but before its side files: the old side files (of our earlier
+    run) are still recognised as ours, and the same command completes."""
+    import common.run.atomic as atomic
+
+    ws = _ws(shared, tmp_path, monkeypatch)
+    argv = argv_for(M, {"--iterations": "1"}, shared["ck"])
+    assert run_one_line(main_of(M), argv, capsys)[0] == 0
+    old_labels = (ws / "out" / "syn.labels.pt").read_bytes()
+    real = atomic.atomic_write_bytes
+
+    def killed(path, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic, "atomic_write_bytes", killed)
+    argv2 = argv_for(M, {"--iterations": "2"}, shared["ck"])
+    assert run_one_line(main_of(M), argv2, capsys)[0] == 130
+    assert (ws / "out" / "syn.labels.pt").read_bytes() == old_labels  # the new OUT is there, its side files not
+    monkeypatch.setattr(atomic, "atomic_write_bytes", real)
+    code, err = run_one_line(main_of(M), argv2, capsys)
+    assert code == 0, err
+    labels = torch.load(ws / "out" / "syn.labels.pt", weights_only=True)
+    assert len(json.loads((ws / "out" / "syn.loss.json").read_text())["history"]) == 2 and labels["kind"] == "logits"
+    assert not (ws / "out" / "syn.state").exists()
