@@ -45,6 +45,9 @@ COMMANDS = {
     "hub": ["pack", MISSING, "--out", "{tmp}/set.tar.gz"],
     "common.prepare": ["tinyimagenet", "--src", f"{MISSING}.zip", "--out", "{tmp}/tiny"],
     "common.viz": [MISSING, "--out", "{tmp}/grid.png"],
+    "squeeze.trajectories": ["--data-path", MISSING, "--output-dir", "{tmp}/experts"],
+    "recover.trajectory_matching": ["--experts", MISSING, "--data-path", MISSING, "--output-path", "{tmp}/syn"],
+    "relabel_eval.export": ["--format", "ddranking", "--syn-data-path", MISSING, "--output-dir", "{tmp}/dd"],
 }
 
 

@@ -76,3 +76,62 @@ def check_paths(args: argparse.Namespace) -> None:
     """Every input path given must exist (the teacher, the init and train folders)."""
     require_paths(args, [("arch_path", "--arch-path"), ("init_data_path", "--init-data-path"),
                          ("train_data_path", "--train-data-path")])
+
+
+# -------------------- python -m recover.trajectory_matching
+
+def trajectory_matching_parser() -> argparse.ArgumentParser:
+    from common.cli.argtypes import momentum_float
+    from common.cli.entry import module_doc
+
+    p = argparse.ArgumentParser(prog="python -m recover.trajectory_matching",
+                                description=module_doc("recover.trajectory_matching"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--experts", required=True, help="directory written by squeeze.trajectories")
+    p.add_argument("--data-path", required=True, help="training ImageFolder (real images for initialisation)")
+    p.add_argument("--output-path", required=True, help="output ImageFolder of the distilled images")
+    p.add_argument("--ipc", type=positive_int, default=10)
+    p.add_argument("--iterations", type=positive_int, default=5000)
+    p.add_argument("--syn-steps", type=positive_int, default=80)
+    p.add_argument("--expert-epochs", type=positive_int, default=2)
+    p.add_argument("--min-start-epoch", type=nonneg_int, default=0)
+    p.add_argument("--current-max-start-epoch", type=nonneg_int, default=None,
+                   help="initial upper end of the start-epoch window (default: --max-start-epoch, no growth)")
+    p.add_argument("--max-start-epoch", type=nonneg_int, default=20)
+    p.add_argument("--expansion-end-epoch", type=nonneg_int, default=3000,
+                   help="iteration at which the window reaches --max-start-epoch")
+    p.add_argument("--batch-syn", type=positive_int, default=None, help="student batch (default: all synthetic images)")
+    p.add_argument("--lr-img", type=positive_float, default=1000.0)
+    p.add_argument("--lr-lr", type=nonneg_float, default=1e-5)
+    p.add_argument("--lr-y", type=nonneg_float, default=2.0)
+    p.add_argument("--momentum-y", type=momentum_float, default=0.9)
+    p.add_argument("--lr-teacher", type=positive_float, default=0.01, help="initial student lr")
+    p.add_argument("--mask", choices=["depth", "loss"], default="depth")
+    p.add_argument("--depth-ratio", type=unit_float, default=0.5, help="fraction of shallowest parameters dropped")
+    p.add_argument("--loss-ratio", type=unit_float, default=0.5, help="fraction of smallest-error entries dropped")
+    p.add_argument("--threshold", type=positive_float, default=1.0, help="skip the update when the loss exceeds this")
+    p.add_argument("--pix-init", choices=["correct", "real", "noise"], default="correct",
+                   help="correct: real images the experts classify correctly (PAD); real: random real; noise")
+    p.add_argument("--label-init", choices=["experts", "onehot"], default="experts",
+                   help="experts: mean logits of the experts that are right (PAD/DATM); onehot: fixed hard labels")
+    p.add_argument("--no-learn-labels", action="store_true", help="keep the initial labels fixed (MTT)")
+    p.add_argument("--dsa-strategy", default="color_crop_cutout_flip_scale_rotate")
+    p.add_argument("--checkpoint-every", type=positive_int, default=100)
+    p.add_argument("--max-iterations-this-run", type=positive_int, default=None,
+                   help="stop after this many iterations (the run resumes); for time-boxed jobs and tests")
+    p.add_argument("--seed", type=seed_int, default=0)
+    add_device_args(p)
+    add_run_args(p)
+    return p
+
+
+def check_trajectory_matching(args: argparse.Namespace) -> None:
+    """--experts and --data-path must be folders; the ratios and the start-epoch window must make sense."""
+    from common.cli.errors import UserError
+
+    require_paths(args, [("experts", "--experts"), ("data_path", "--data-path")], kind="dir")
+    for flag in ("depth_ratio", "loss_ratio"):
+        if not getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be in [0, 1)")
+    if args.max_start_epoch <= args.min_start_epoch:
+        raise UserError("--max-start-epoch must be greater than --min-start-epoch")

@@ -34,7 +34,8 @@ from common.cli.errors import UserError, bar_vanishes_on_error
 from common.cli.flags import device_spec
 from common.cli.paths import check_output_dir, first_missing
 from common.compute.accel import resolve_precision
-from common.compute.distributed import dist_info, init_distributed
+from common.compute.distributed import init_distributed
+from common.compute.shards import resolve_shard, shard_items
 from common.data.dataconfig import resolve_data_config
 from common.data.datasets import check_class_count, get_dataset
 from common.data.imagefolder import check_same_classes, find_classes, list_class_files, load_rgb
@@ -55,7 +56,6 @@ from recover.schedule import (
     class_rounds,
     early_late_schedule,
     plan_groups,
-    shard_groups,
     uniform_schedule,
 )
 
@@ -100,11 +100,8 @@ def check_args(args: argparse.Namespace) -> Plan:
         min_itr = max(min_itr, ri)  # as released: at least one round
     # IPC 1 uses no rounds: the single image gets all ITR iterations (docs/methods/delt.md)
     early_late = bool(ri) and args.ipc > 1 and (args.use_early_late or (min_itr is not None and min_itr < itr))
-    launch = dist_info()  # torchrun (also multi-node) or srun; one shard without either
-    num_shards = args.num_shards if args.num_shards is not None else launch.world_size
-    shard_index = args.shard_index if args.shard_index is not None else launch.rank
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise UserError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+    # the flags, else torchrun (also multi-node) or srun; one shard without either (common.compute.shards)
+    num_shards, shard_index = resolve_shard(args.num_shards, args.shard_index)
     return Plan(early_late, min_itr, num_shards, shard_index)
 
 
@@ -257,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         planned_image_iterations=planned, uniform_image_iterations=len(classes) * args.ipc * args.iteration,
         device=str(device), num_shards=plan.num_shards)
 
-    mine = shard_groups(groups, plan.num_shards, plan.shard_index)
+    mine = shard_items(groups, plan.num_shards, plan.shard_index, index=lambda g: g.index)
     out.run.begin()  # every input is valid: from here on the run can be resumed
     out.clean_stale([classes[c] for g in mine for c in g.classes])
     todo = [g for g in mine if not all(out.is_done(classes[c]) for c in g.classes)]

@@ -257,3 +257,34 @@ def check_baselines(args: argparse.Namespace) -> None:
     require_paths(args, [("train_dir", "--train-dir")], kind="dir")
     require_paths(args, [(k, "--" + k.replace("_", "-")) for k in ("syn_soft", "random_soft", "syn_hard", "full_hard")],
                   kind="file")
+
+
+# -------------------- python -m relabel_eval.export
+
+EXPORT_FORMATS = ("ddranking",)
+MAX_EXPORT_SIZE = 2048  # an image side beyond this is a typo (40000 px would need tens of GB per image batch)
+
+
+def export_parser() -> argparse.ArgumentParser:
+    from common.cli.argtypes import int_range
+
+    p = argparse.ArgumentParser("python -m relabel_eval.export",
+                                description=module_doc("relabel_eval.export").split("\n\n")[0])
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="target layout")
+    p.add_argument("--syn-data-path", required=True, help="distilled set (ImageFolder)")
+    p.add_argument("--output-dir", required=True, help="folder to write (must not exist, or be an earlier export)")
+    p.add_argument("--ipc", type=positive_int, default=None,
+                   help="first IPC files per class (default: all; classes must then hold the same number)")
+    p.add_argument("--teacher-path", default=None, help="teacher checkpoint: soft labels, mean / std and size")
+    p.add_argument("--soft-label-dir", default=None, help="FKD soft labels of this set (checked, see above)")
+    p.add_argument("--dataset", default="custom", help="registry name for mean / std and size without a teacher")
+    p.add_argument("--input-size", type=int_range(1, MAX_EXPORT_SIZE), default=None,
+                   help="image side S (default: the teacher's, else the dataset's, else the images')")
+    add_device_args(p, default="cpu")  # the teacher's device
+    return p
+
+
+def check_export(args: argparse.Namespace) -> None:
+    """The set must be a folder; the teacher and the soft labels, when given, must exist."""
+    require_paths(args, [("syn_data_path", "--syn-data-path"), ("soft_label_dir", "--soft-label-dir")], kind="dir")
+    require_paths(args, [("teacher_path", "--teacher-path")], kind="file")

@@ -26,81 +26,91 @@ and the teacher to reproduce the online labels FKD stored.
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # --help and argument errors before torch is imported (common.cli.entry)
+    import sys
+
+    from common.cli.entry import run_stage
+
+    sys.exit(run_stage("relabel_eval.args:export_parser", "relabel_eval.export"))
+
 import shutil
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.cli.argtypes import positive_int
-from common.cli.flags import add_device_args
+from common.cli.errors import UserError
+from relabel_eval.args import check_export, export_parser
 
-FORMATS = ("ddranking",)
 STAGE = "relabel_eval.export"
+get_args_parser = export_parser  # torch-free, in relabel_eval.args (python -m answers before torch is imported)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("python -m relabel_eval.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--format", choices=FORMATS, required=True, help="target layout")
-    p.add_argument("--syn-data-path", required=True, help="distilled set (ImageFolder)")
-    p.add_argument("--output-dir", required=True, help="folder to write (must not exist, or be an earlier export)")
-    p.add_argument("--ipc", type=positive_int, default=None,
-                   help="first IPC files per class (default: all; classes must then hold the same number)")
-    p.add_argument("--teacher-path", default=None, help="teacher checkpoint: soft labels, mean / std and size")
-    p.add_argument("--soft-label-dir", default=None, help="FKD soft labels of this set (checked, see above)")
-    p.add_argument("--input-size", type=positive_int, default=None, help="image side S (default: the teacher's)")
-    add_device_args(p, default="cpu")  # the teacher's device
-    return p
+def check_output(out: Path) -> None:
+    """The folder to write: writable, and absent or an earlier export (before any work)."""
+    from common.cli.paths import check_output_dir
+    from common.run.manifest import read_manifest
 
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = get_args_parser().parse_args(argv)
-    import numpy as np
-    import torch
-
-    from common.cli.errors import UserError
-    from common.compute.device import device_from_args
-    from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD
-    from common.data.imagefolder import ImageFolder
-    from common.data.transforms import val_transform
-    from common.run.atomic import atomic_dir, atomic_torch_save
-    from common.run.manifest import build_manifest, read_manifest, sha256_file, write_manifest
-    from models import load_model
-
-    syn, out = Path(args.syn_data_path), Path(args.output_dir)
-    device = device_from_args(args)
-    if args.ipc is not None and args.ipc < 1:
-        raise UserError(f"--ipc {args.ipc}: must be at least 1")
+    check_output_dir(out, "--output-dir")
     if out.exists():
         old = read_manifest(out)
         if not old or old.get("stage") != STAGE:
             raise UserError(f"--output-dir {out}: exists and is not an earlier export; choose a new folder")
-    ds = ImageFolder(syn, per_class=args.ipc, what="--syn-data-path")
-    counts = ds.count_per_class()
-    if len(set(counts)) != 1:
-        raise UserError(f"--syn-data-path {syn}: classes hold different numbers of images ({min(counts)}.."
-                        f"{max(counts)}); DD-Ranking needs the same IPC for every class: pass --ipc")
-    ipc = counts[0]
+
+
+def check_soft_labels(args, syn: Path, ipc: int) -> None:
+    """The FKD store belongs to these images and to this teacher."""
+    from common.run.manifest import sha256_file
+    from relabel_eval.data import load_distilled
+    from relabel_eval.relabel import SoftLabelStore
+
+    if not args.teacher_path:
+        raise UserError("--soft-label-dir needs --teacher-path (the teacher that made the soft labels)")
+    store = SoftLabelStore(args.soft_label_dir)
+    store.check(load_distilled(syn, ipc))
+    made_with = store.manifest.get("inputs", {}).get("teacher", {}).get("sha256")
+    if made_with and made_with != sha256_file(args.teacher_path):
+        raise UserError(f"--soft-label-dir {args.soft_label_dir} was made with another teacher than "
+                        f"--teacher-path {args.teacher_path}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    check_export(args)
+    syn, out = Path(args.syn_data_path), Path(args.output_dir)
+    check_output(out)
+    from relabel_eval.pad_protocol import require_ipc
+
+    counts = require_ipc(syn, args.ipc)
+    if not args.ipc and len(set(counts.values())) != 1:
+        raise UserError(f"--syn-data-path {syn}: classes hold different numbers of images "
+                        f"({min(counts.values())}..{max(counts.values())}); DD-Ranking needs the same IPC for "
+                        f"every class: pass --ipc")
+    ipc = args.ipc or next(iter(counts.values()))
+
+    import numpy as np
+    import torch
+
+    from common.compute.device import device_from_args
+    from common.data.dataconfig import resolve_data_config
+    from common.data.datasets import get_dataset
+    from common.data.imagefolder import ImageFolder
+    from common.data.transforms import val_transform
+    from common.run.atomic import atomic_dir, atomic_torch_save
+    from common.run.manifest import build_manifest, write_manifest
+    from models import load_model
+
+    device = device_from_args(args)
+    spec = get_dataset(args.dataset)
+    ds = ImageFolder(syn, per_class=ipc, what="--syn-data-path")
     teacher, meta = None, {}
-    if args.teacher_path:
+    if args.teacher_path:  # the checkpoint is read once: its weights and meta
         teacher, meta = load_model(args.teacher_path, classes=ds.classes, device=device)
-    size = args.input_size or meta.get("input_size")
-    if not size:
-        raise UserError("--input-size is required without --teacher-path")
-    mean, std = tuple(meta.get("mean") or IMAGENET_MEAN), tuple(meta.get("std") or IMAGENET_STD)
+    cfg = resolve_data_config(spec, meta.get("arch"), args.input_size, meta=meta, image_root=syn,
+                              classes=ds.classes)
+    size, mean, std = cfg.input_size, cfg.mean, cfg.std
     files = [str(Path(p).relative_to(syn)) for p, _ in ds.samples]
     if args.soft_label_dir:
-        from relabel_eval.data import load_distilled
-        from relabel_eval.relabel import SoftLabelStore
-
-        if not args.teacher_path:
-            raise UserError("--soft-label-dir needs --teacher-path (the teacher that made the soft labels)")
-        store = SoftLabelStore(args.soft_label_dir)
-        store.check(load_distilled(syn, ipc))
-        made_with = store.manifest.get("inputs", {}).get("teacher", {}).get("sha256")
-        if made_with and made_with != sha256_file(args.teacher_path):
-            raise UserError(f"--soft-label-dir {args.soft_label_dir} was made with another teacher than "
-                            f"--teacher-path {args.teacher_path}")
+        check_soft_labels(args, syn, ipc)
     ds.transform = val_transform(int(size), mean, std)
     images = torch.stack([ds[i][0] for i in range(len(ds))]).float()
     labels = None
@@ -120,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         manifest = build_manifest(
             STAGE, args, inputs={"teacher": args.teacher_path}, format=args.format, classes=ds.classes,
             files=files, ipc=ipc, num_images=len(files), input_size=int(size), mean=list(mean), std=list(std),
+            data_config_source=cfg.source,
             images_pt={"shape": list(images.shape), "normalised": True, "order": "class-major, files order"},
             labels_pt=None if labels is None else {"shape": list(labels.shape), "kind": "teacher logits",
                                                    "ddranking_soft_label_mode": "S"},
@@ -128,9 +139,3 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"exported {len(files)} images ({len(ds.classes)} classes x IPC {ipc}, {size}px) for DD-Ranking -> {out}"
           f"{' with teacher soft labels' if labels is not None else ''}")
     return manifest
-
-
-if __name__ == "__main__":
-    from common.cli.errors import run_cli
-
-    sys.exit(run_cli(main))

@@ -243,3 +243,47 @@ def check_bn_stats(args: argparse.Namespace) -> None:
         raise UserError(f"--names: {len(names)} name(s) for {len(args.checkpoints)} checkpoint(s); give one each")
     if len(set(names)) != len(names):
         raise UserError("--names: names must be distinct (pass --names when files share a stem)")
+
+
+# -------------------- python -m squeeze.trajectories
+
+def trajectories_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m squeeze.trajectories", description=module_doc("squeeze.trajectories"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p, "root with train/ and val/ ImageFolder trees", "conv3_in",
+                  "expert architecture (conv3_in; conv4_in for 64 px)", arch_flag="--arch")
+    p.add_argument("--num-experts", type=positive_int, default=100, help="(released README: 100)")
+    p.add_argument("--epochs", type=positive_int, default=100, help="training epochs per expert (released README: 100)")
+    p.add_argument("--lr-teacher", type=positive_float, default=0.01)
+    p.add_argument("--momentum", type=momentum_float, default=0.0)
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    p.add_argument("--batch-train", type=positive_int, default=256)
+    p.add_argument("--zca", action="store_true", help="train on ZCA-whitened images (fit saved as zca.pt)")
+    p.add_argument("--dsa-strategy", default="color_crop_cutout_flip_scale_rotate",
+                   help="DSA ops ('none' disables augmentation)")
+    p.add_argument("--difficulty", default=None,
+                   help="per-class easy-to-hard order file (rank_select.difficulty); enables the curriculum")
+    p.add_argument("--init-ratio", type=float_range(0, 1, lo_open=True), default=0.75)
+    p.add_argument("--add-end-epoch", type=nonneg_int, default=20)
+    p.add_argument("--rm-epoch-first", type=nonneg_int, default=40)
+    p.add_argument("--rm-epoch-second", type=nonneg_int, default=60)
+    p.add_argument("--rm-easy-ratio-first", type=float_range(0, 1, hi_open=True), default=0.1)
+    p.add_argument("--rm-easy-ratio-second", type=float_range(0, 1, hi_open=True), default=0.2)
+    p.add_argument("--num-shards", type=positive_int, default=None, help="split experts across this many processes")
+    p.add_argument("--shard-index", type=nonneg_int, default=None, help="this process's shard (0-based)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--max-epochs-this-run", type=positive_int, default=None,
+                   help="stop each expert after this many epochs in this run (resume later); for time-boxed jobs")
+    p.add_argument("--output-dir", required=True, help="directory of expert_XXX.pt files and manifest.json")
+    add_device_args(p)
+    add_run_args(p)
+    return p
+
+
+def check_trajectories(args: argparse.Namespace) -> None:
+    """--data-path must hold train/ and val/; --difficulty, when given, must be a file."""
+    data = Path(args.data_path)
+    require_paths(args, [("data_path", "--data-path")])
+    if not (data / "train").is_dir() or not (data / "val").is_dir():
+        raise UserError(f"{data}: --data-path must contain train/ and val/ ImageFolder trees")
+    require_paths(args, [("difficulty", "--difficulty")], kind="file")

@@ -44,6 +44,12 @@ CASES = {
     "common.prepare": (["tinyimagenet", "--src", f"{MISSING}.zip", "--out", "{tmp}/t"],
                        f"{MISSING}.zip: --src does not exist"),
     "common.viz": ([MISSING, "--out", "{tmp}/g.png"], f"{MISSING}: ImageFolder root does not exist"),
+    "squeeze.trajectories": (["--data-path", MISSING, "--output-dir", "{tmp}/experts"],
+                             f"{MISSING}: --data-path does not exist"),
+    "recover.trajectory_matching": (["--experts", MISSING, "--data-path", "{tmp}", "--output-path", "{tmp}/syn"],
+                                    f"{MISSING}: --experts does not exist"),
+    "relabel_eval.export": (["--format", "ddranking", "--syn-data-path", MISSING, "--output-dir", "{tmp}/dd"],
+                            f"{MISSING}: --syn-data-path does not exist"),
 }
 # the torch-free parser of each sub-command: (module, parser function)
 SUB_PARSERS = [("squeeze.args", "evaluate_parser"), ("rank_select.args", "patches_parser"),
@@ -51,7 +57,9 @@ SUB_PARSERS = [("squeeze.args", "evaluate_parser"), ("rank_select.args", "patche
                ("squeeze.args", "linear_probe_parser"), ("squeeze.args", "ssl_parser"),
                ("squeeze.args", "bn_stats_parser"), ("rank_select.args", "difficulty_parser"),
                ("relabel_eval.args", "baselines_parser"), ("common.args", "prepare_parser"),
-               ("common.args", "viz_parser"), ("hub.args", "get_args_parser")]
+               ("common.args", "viz_parser"), ("hub.args", "get_args_parser"),
+               ("squeeze.args", "trajectories_parser"), ("recover.args", "trajectory_matching_parser"),
+               ("relabel_eval.args", "export_parser")]
 HEAVY = ("torch", "torchvision", "timm", "pandas")
 
 

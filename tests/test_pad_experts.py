@@ -82,7 +82,7 @@ def test_difficulty_then_curriculum_experts_resume(tiny_data, tmp_path):
                                                    "--gpu-device", "-1", "--max-epochs-this-run", "1"])
     from common.cli.errors import UserError
 
-    with pytest.raises(UserError, match=r"other settings \(--lr-teacher 0.01 there, 0.02 now\)"):
+    with pytest.raises(UserError, match=r"other arguments .*\(--lr-teacher 0.01 there, 0.02 now\).*--restart"):
         trajectories(common + ["--output-dir", str(tmp_path / "cut"), "--lr-teacher", "0.02"])
 
 

@@ -60,3 +60,21 @@ class ZCA:
     @classmethod
     def load(cls, path: str | os.PathLike) -> ZCA:
         return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def read_zca(path: str | os.PathLike, what: str = "ZCA file", fix: str = "", features: int | None = None) -> ZCA:
+    """A saved fit, loaded weights-only and checked (three finite tensors of one size, ``features`` when given);
+    one ``error:`` line for an unsafe, unreadable or wrong file."""
+    from common.run.safe_load import require, safe_torch_load
+
+    sd = safe_torch_load(path, what=what, advice=fix)
+    keys = ("mean", "transform", "inverse")
+    ok = isinstance(sd, dict) and all(isinstance(sd.get(k), torch.Tensor) for k in keys)
+    if ok:
+        d = sd["transform"].shape[0] if sd["transform"].ndim == 2 else -1
+        ok = (d > 0 and tuple(sd["transform"].shape) == (d, d) == tuple(sd["inverse"].shape)
+              and sd["mean"].numel() == d and (features is None or d == features)
+              and all(bool(torch.isfinite(sd[k]).all()) for k in keys))
+    require(ok, path, what, "is not a ZCA fit for these images (mean, transform and inverse of one size, finite)",
+            fix)
+    return ZCA.from_state_dict(sd)

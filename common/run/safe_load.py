@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from common.cli.errors import UserError
 
+UNSAFE = "is not a safe torch file (loading it would run pickle code); nothing from it was run"
+
 
 def safe_torch_load(path: str | os.PathLike, *, what: str, advice: str = "", safe_globals: Sequence[Any] = ()) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; any failure is one :class:`UserError` line naming
@@ -34,9 +36,8 @@ def safe_torch_load(path: str | os.PathLike, *, what: str, advice: str = "", saf
         raise UserError(f"{path}: {what} is a folder, not a file{tail}") from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "global" in text.lower() or _is_raw_pickle(path):  # pickled objects, or a bare pickle stream
-            raise UserError(f"{path}: {what} is not a safe torch file (loading it would run pickle code); "
-                            f"nothing from it was run{tail}") from None
+        if "global" in text.lower() or "unsupported" in text.lower() or _is_raw_pickle(path):
+            raise UserError(f"{path}: {what} {UNSAFE}{tail}") from None  # pickled objects, or a bare pickle
         raise UserError(f"{path}: {what} is not a readable torch file (corrupt or truncated){tail}") from None
     except Exception as exc:  # zip errors, truncated files, random bytes
         first = str(exc).splitlines()[0][:100] if str(exc) else ""
@@ -52,3 +53,9 @@ def _is_raw_pickle(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def require(ok: bool, path: str | os.PathLike, what: str, problem: str, fix: str = "") -> None:
+    """One line for a file that loaded but does not hold what ``what`` must hold."""
+    if not ok:
+        raise UserError(f"{path}: {what} {problem}{'; ' + fix if fix else ''}")
