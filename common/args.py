@@ -26,6 +26,13 @@ def prepare_parser() -> argparse.ArgumentParser:
         s.add_argument("--download-root", default=str(Path.home() / ".cache" / "torchvision"))
     s = sub.add_parser("tinyimagenet", aliases=["tiny-imagenet"], help="from the official zip layout")
     s.add_argument("--src", required=True, help="tiny-imagenet-200.zip or its extracted folder")
+    s = sub.add_parser("imagenet-1k", help="ImageNet-1K from the official train/val images and devkit "
+                                           "(val regrouped into class folders)")
+    s.add_argument("--train-src", required=True,
+                   help="folder of the 1000 <wnid>/ training folders, or ILSVRC2012_img_train.tar")
+    s.add_argument("--val-src", required=True, help="folder of the 50,000 extracted ILSVRC2012_val_*.JPEG files")
+    s.add_argument("--devkit", required=True, help="ILSVRC2012_devkit_t12.tar.gz or its extracted folder")
+    s.add_argument("--copy", action="store_true", help="copy files instead of symlinking them (folder inputs)")
     for name in IMAGENET_SUBSETS:
         s = sub.add_parser(name, help=f"{name} from a local ImageNet-1K tree")
         s.add_argument("--imagenet-root", required=True, help="ImageNet-1K root with train/<wnid> and val/<wnid>")
@@ -39,7 +46,8 @@ def prepare_parser() -> argparse.ArgumentParser:
 def check_prepare(args: argparse.Namespace) -> None:
     """Tiny-ImageNet's --src and an ImageNet root must exist."""
     require_paths(args, [("src", "--src")])
-    require_paths(args, [("imagenet_root", "--imagenet-root")], kind="dir")
+    require_paths(args, [("imagenet_root", "--imagenet-root"), ("val_src", "--val-src")], kind="dir")
+    require_paths(args, [("train_src", "--train-src"), ("devkit", "--devkit")])
 
 
 # -------------------- python -m common.viz

@@ -4,11 +4,14 @@
     python -m common.prepare cifar10 --out data/cifar10 [--download-root ~/.cache/cifar]
     python -m common.prepare cifar100 --out data/cifar100
     python -m common.prepare tinyimagenet --src tiny-imagenet-200.zip --out data/tinyimagenet
-    python -m common.prepare imagenet-nette --imagenet-root /data/imagenet --out data/imagenette
+    python -m common.prepare imagenet-1k --train-src /data/ILSVRC2012_img_train.tar --val-src /data/val_flat \
+        --devkit /data/ILSVRC2012_devkit_t12.tar.gz --out data/imagenet-1k
+    python -m common.prepare imagenet-nette --imagenet-root data/imagenet-1k --out data/imagenette
 
 ``shapes`` is generated offline in seconds. CIFAR uses torchvision's downloader.
 Tiny-ImageNet is read from the official zip (or its extracted folder) and val is
-regrouped by ``val_annotations.txt``. The ImageNet subsets (imagenet-nette,
+regrouped by ``val_annotations.txt``. ImageNet-1K's flat val folder is regrouped into class
+folders by the devkit (``common.data.imagenet``; symlinks unless ``--copy``). The ImageNet subsets (imagenet-nette,
 imagenet-woof, imagenet-10, imagenet-100) are cut from a local ImageNet-1K tree
 (``ROOT/train/<wnid>``, ``ROOT/val/<wnid>``) by the wnid lists shipped in
 ``common/data/class_lists`` (symlinks by default, ``--copy`` to copy). Every output is
@@ -36,6 +39,7 @@ from common.cli.errors import UserError
 from common.cli.paths import check_output_dir
 from common.data.datasets import IMAGENET_SUBSETS, get_dataset
 from common.data.imagefolder import is_image_file, list_class_files
+from common.data.imagenet import prepare_imagenet1k
 from common.run.atomic import atomic_dir
 from common.run.manifest import build_manifest, write_manifest
 
@@ -182,6 +186,9 @@ def main(argv=None) -> Path:
         prepare_cifar(name, out, Path(args.download_root), args.force)
     elif name == "tinyimagenet":
         prepare_tinyimagenet(Path(args.src), out, args.force)
+    elif name == "imagenet-1k":
+        _check_out(out, args.force)
+        prepare_imagenet1k(Path(args.train_src), Path(args.val_src), Path(args.devkit), out, args.copy)
     else:
         prepare_imagenet_subset(name, Path(args.imagenet_root), out, args.copy, args.force)
     print(f"{name} written to {out}", file=sys.stderr)

@@ -156,7 +156,7 @@ def k_resume_truncated(ws, sh, command, marker):
 def k_resume_wrong_shape(ws, sh, command, marker):
     partial_run(ws, command, sh["ck"])
     for f in resume_files(ws, command):
-        st = torch.load(f, weights_only=False)  # the test's own file
+        st = torch.load(f, weights_only=True)  # the run's own state: plain tensors and strings
         key = "trajectory" if command == "squeeze.trajectories" else "images"
         st[key] = torch.zeros(2, 3, 5, 5)
         torch.save(st, f)
@@ -166,7 +166,7 @@ def k_resume_wrong_shape(ws, sh, command, marker):
 def k_resume_nan(ws, sh, command, marker):
     partial_run(ws, command, sh["ck"])
     for f in resume_files(ws, command):
-        st = torch.load(f, weights_only=False)
+        st = torch.load(f, weights_only=True)
         key = "trajectory" if command == "squeeze.trajectories" else "images"
         st[key] = st[key].clone()
         st[key].view(-1)[0] = float("nan")

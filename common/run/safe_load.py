@@ -36,7 +36,7 @@ def safe_torch_load(path: str | os.PathLike, *, what: str, advice: str = "", saf
         raise UserError(f"{path}: {what} is a folder, not a file{tail}") from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "global" in text.lower() or "unsupported" in text.lower() or _is_raw_pickle(path):
+        if "global" in text.lower() or _is_raw_pickle(path):
             raise UserError(f"{path}: {what} {UNSAFE}{tail}") from None  # pickled objects, or a bare pickle
         raise UserError(f"{path}: {what} is not a readable torch file (corrupt or truncated){tail}") from None
     except Exception as exc:  # zip errors, truncated files, random bytes
