@@ -206,6 +206,7 @@ def ssl_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs (the run can be resumed); for tests and time-boxed jobs")
     add_run_args(p)
     add_device_args(p)
+    add_curve_args(p)
     return p
 
 

@@ -10,6 +10,7 @@ import torch
 
 from common.cli.errors import UserError, run_cli
 from common.data.imagefolder import ImageFolder
+from common.train.curves import read_scalars
 from models import build_backbone, build_model, make_meta, read_checkpoint, save_checkpoint
 from models.external_ssl import map_ssl_state_dict, read_linear_classifier, read_ssl_checkpoint
 from squeeze import bn_stats, linear_probe, ssl
@@ -84,12 +85,17 @@ def test_ssl_writes_backbone_and_resume_equals_uninterrupted(ssl_run):
     assert [k["epoch"] for k in report["knn_curve"]] == [1, 2]
 
     part = base / "part.pth"
-    ssl.main(_ssl_args(data, part, "--max-epochs-this-run", "1"))
+    logs = ["--log-dir", str(base / "logs")]  # curves: not part of the fingerprint, continued with the run
+    ssl.main(_ssl_args(data, part, "--max-epochs-this-run", "1", *logs))
     assert not part.exists() and read_checkpoint(last_path(part))["epoch"] == 0
     assert last_path(part) == base / "part.pth.state" / "last.pth"  # beside the output (common.run.state)
     with pytest.raises(UserError, match=r"--lr 0.03 there, 0.1 now.*--restart"):  # other settings: refused
         ssl.main(_ssl_args(data, part, "--lr", "0.1"))
-    ssl.main(_ssl_args(data, part))  # the same command continues (the queue is restored with the weights)
+    ssl.main(_ssl_args(data, part, *logs))  # the same command continues (the queue is restored with the weights)
+    curves = read_scalars(base / "logs" / "squeeze_ssl_part")
+    assert [s for s, _ in curves["loss"]] == [1, 2]
+    assert [v for _, v in curves["loss"]] == pytest.approx(report["loss_curve"])
+    assert [v for _, v in curves["knn/top1"]] == pytest.approx([k["knn_top1"] for k in report["knn_curve"]])
     a, b = read_checkpoint(full)["model"], read_checkpoint(part)["model"]
     assert a.keys() == b.keys()
     for k in a:
