@@ -122,6 +122,7 @@ def trajectory_matching_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0)
     add_device_args(p)
     add_run_args(p)
+    add_curve_args(p)
     return p
 
 

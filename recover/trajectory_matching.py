@@ -99,6 +99,8 @@ def check_outputs(args) -> tuple[Path, dict[str, list[str]]]:
     out = Path(args.output_path)
     check_output_dir(out, "--output-path")
     check_output_dir(state_dir(out), "--output-path")
+    if args.log_dir:
+        check_output_dir(args.log_dir, "--log-dir")
     for suffix in SIDE_FILES:
         check_output_file(side_file(out, suffix), "--output-path")
     check_output(out, STAGE, args.force, flag="--output-path")
@@ -404,12 +406,14 @@ def diverged(exc: Diverged, run, resumed: bool) -> UserError:
     return UserError(msg)
 
 
-def run_iterations(args, setup: Setup, syn: Synthetic, run, stop: int) -> None:
-    """Iterations ``syn.iteration`` .. ``stop``, a checkpoint every ``--checkpoint-every``."""
+def run_iterations(args, setup: Setup, syn: Synthetic, run, stop: int, curves=None) -> None:
+    """Iterations ``syn.iteration`` .. ``stop``, a checkpoint every ``--checkpoint-every``; each iteration's
+    loss, lr and start epoch to ``curves`` (``--log-dir``, ``--wandb-project``)."""
     import torch
     from tqdm import tqdm
 
     from common.cli.errors import bar_vanishes_on_error
+    from common.train.curves import epoch_scalars
 
     current_max = args.current_max_start_epoch if args.current_max_start_epoch is not None else args.max_start_epoch
     ratio = args.depth_ratio if args.mask == "depth" else args.loss_ratio
@@ -418,6 +422,8 @@ def run_iterations(args, setup: Setup, syn: Synthetic, run, stop: int) -> None:
             bar_vanishes_on_error(bar):
         for it in bar:
             syn.history.append(match_step(args, setup, syn, it, ratio, current_max))
+            if curves is not None:
+                curves.log(it + 1, epoch_scalars(syn.history[-1]))
             bar.set_postfix(loss=f"{syn.history[-1]['loss']:.4f}", lr=f"{syn.lr.item():.4g}")
             syn.iteration, syn.seconds = it + 1, seconds0 + time.time() - t0
             if (it + 1) % args.checkpoint_every == 0 and it + 1 < args.iterations:
@@ -536,6 +542,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out, owned = check_outputs(args)
 
     from common.run.state import RunState, fingerprint
+    from common.train.curves import Curves
 
     experts = load_experts(Path(args.experts))
     setup = prepare(args, experts)
@@ -551,9 +558,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     it0 = syn.iteration
     stop = args.iterations if args.max_iterations_this_run is None else min(args.iterations,
                                                                               it0 + args.max_iterations_this_run)
-    with run.running():  # a failure before the first checkpoint leaves no state behind
+    curves = Curves(args.log_dir, f"matching_{out.name}", wandb_project=args.wandb_project, config=settings,
+                    purge_step=it0 + 1)
+    with run.running(), curves:  # a failure before the first checkpoint leaves no state behind
         try:
-            run_iterations(args, setup, syn, run, stop)
+            run_iterations(args, setup, syn, run, stop, curves)
         except Diverged as exc:
             raise diverged(exc, run, resumed=it0 > 0) from None
         if stop < args.iterations:

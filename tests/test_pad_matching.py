@@ -145,13 +145,15 @@ def test_cli_outputs_and_resume_equals_uninterrupted(tiny_data, tmp_path):
               "--lr-img", "10", "--checkpoint-every", "1", "--threshold", "10"]
     full = match(common + ["--output-path", str(tmp_path / "a")])
     assert full["iterations_timed"] == 2
-    assert match(common + ["--output-path", str(tmp_path / "b"), "--max-iterations-this-run", "1"])["finished"] is False
+    logs = ["--log-dir", str(tmp_path / "logs")]  # the curve continues with the resumed run
+    assert match(common + ["--output-path", str(tmp_path / "b"), "--max-iterations-this-run", "1", *logs])[
+        "finished"] is False
     assert (tmp_path / "b.state" / "matching.pt").is_file() and not (tmp_path / "b").exists()
     from common.cli.errors import UserError
 
     with pytest.raises(UserError, match=r"--lr-img 10.0 there, 20.0 now.*--restart"):  # other settings: refused
         match([*common, "--output-path", str(tmp_path / "b"), "--lr-img", "20"])
-    match(common + ["--output-path", str(tmp_path / "b")])
+    match(common + ["--output-path", str(tmp_path / "b"), *logs])
     assert not (tmp_path / "b.state").exists()
     la = torch.load(tmp_path / "a.labels.pt", weights_only=True)
     lb = torch.load(tmp_path / "b.labels.pt", weights_only=True)
@@ -160,6 +162,10 @@ def test_cli_outputs_and_resume_equals_uninterrupted(tiny_data, tmp_path):
     ha = json.loads((tmp_path / "a.loss.json").read_text())["history"]
     hb = json.loads((tmp_path / "b.loss.json").read_text())["history"]
     assert [h["loss"] for h in ha] == pytest.approx([h["loss"] for h in hb], rel=1e-5)
+    from common.train.curves import read_scalars
+
+    curve = read_scalars(tmp_path / "logs" / "matching_b")["loss"]
+    assert curve == [(h["iteration"] + 1, pytest.approx(h["loss"])) for h in hb]  # step = iterations done
     for name in ("00_circle/000.png", "02_triangle/001.png"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     ds = TVImageFolder(str(tmp_path / "a"))

@@ -75,11 +75,11 @@ class Curves:
 
 
 def epoch_scalars(stats: Mapping[str, Any]) -> dict[str, Any]:
-    """An epoch's stats as TensorBoard tags: ``train_loss`` -> ``train/loss``, ``val_top1`` -> ``val/top1``;
-    the epoch number itself is the step, not a curve."""
+    """An epoch's (or iteration's) stats as TensorBoard tags: ``train_loss`` -> ``train/loss``, ``val_top1`` ->
+    ``val/top1``; the epoch or iteration number itself is the step, not a curve."""
     out = {}
     for k, v in stats.items():
-        if k == "epoch":
+        if k in ("epoch", "iteration"):
             continue
         head, _, tail = k.partition("_")
         out[f"{head}/{tail}" if head in ("train", "val", "knn") and tail else k] = v
