@@ -9,9 +9,13 @@
 # SEED_PARALLEL=ddp (default) trains each evaluation seed with all processes (DDP);
 # SEED_PARALLEL=ranks gives each process whole seeds (faster at small IPC).
 # Evaluation results, tables and resume state go to EVAL_PATH, beside the distilled set, never in it.
+# LOG_DIR=DIR writes every training stage's curves there (TensorBoard: tensorboard --logdir DIR);
+# WANDB_PROJECT=NAME also logs them to Weights & Biases (pip install wandb).
 
 # the stages that split their work over torchrun's processes; the others run as one process
 DIST_MODULES=" squeeze squeeze.ssl squeeze.trajectories rank_select recover relabel_eval "
+# the stages that write training curves (--log-dir, --wandb-project)
+CURVE_MODULES=" squeeze squeeze.ssl recover recover.trajectory_matching relabel_eval "
 
 # Print a command (shell-quoted, one line starting with "+ ") and run it unless DRY_RUN=1.
 run() {
@@ -57,10 +61,15 @@ launcher() {
 # launch MODULE ARGS...: the module under its launcher; a one-process step runs on node 0 only
 # (ONE_PROCESS=1 launch ...: one process whatever the module, for a step that would idle the others)
 launch() {
+    local curves=()
+    if [[ "${CURVE_MODULES}" == *" $1 "* ]]; then
+        if [ -n "${LOG_DIR:-}" ]; then curves+=(--log-dir "${LOG_DIR}"); fi
+        if [ -n "${WANDB_PROJECT:-}" ]; then curves+=(--wandb-project "${WANDB_PROJECT}"); fi
+    fi
     launcher "$1"; shift
     if [ "${ONE_PROCESS:-0}" = 1 ]; then LAUNCH=(python -m "${LAUNCH[-1]}"); fi
     if [ "${LAUNCH[0]}" = torchrun ] || [ "${NODE_RANK}" = 0 ]; then
-        run "${LAUNCH[@]}" "$@"
+        run "${LAUNCH[@]}" "$@" ${curves[@]+"${curves[@]}"}
     else
         echo "# node ${NODE_RANK}: ${LAUNCH[*]} runs on node 0" >&2
     fi

@@ -179,7 +179,8 @@ STAGE_SCRIPTS = [s for s in SCRIPTS if s.parent.name != "scripts"]
 
 def run_dry(script: Path, **env) -> tuple[list[list[str]], str]:
     e = {**os.environ, "DRY_RUN": "1", **env}
-    for var in ("IPC", "ITR", "ROUND_ITR", "NNODES", "NODE_RANK", "MASTER_ADDR", "SEED_PARALLEL", "EVAL_PATH"):
+    for var in ("IPC", "ITR", "ROUND_ITR", "NNODES", "NODE_RANK", "MASTER_ADDR", "SEED_PARALLEL", "EVAL_PATH",
+                "LOG_DIR", "WANDB_PROJECT"):
         if var not in env:
             e.pop(var, None)
     res = subprocess.run(["bash", str(script)], cwd=ROOT, env=e, capture_output=True, text=True, timeout=120)
@@ -317,3 +318,26 @@ def test_reproduce_knows_every_method_of_the_table():
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: METHOD nosuch")
     assert all(m in bad.stderr for m in table)
+
+
+@pytest.mark.parametrize("script", ["cifar10/conv3_ipc10.sh", "cifar10/pad_conv3_in_ipc10.sh",
+                                    "tinyimagenet/scdd_resnet18_modified_ipc50.sh"])
+def test_log_dir_and_wandb_reach_every_training_stage(script):
+    """LOG_DIR/WANDB_PROJECT add --log-dir/--wandb-project to each stage that writes curves, and only there;
+    every such command still parses with the stage's own parser."""
+    cmds, _ = run_dry(ROOT / "scripts" / script, GPU="0,1,2,3", LOG_DIR="runs/curves", WANDB_PROJECT="dd")
+    curve_modules = {"squeeze", "squeeze.ssl", "recover", "recover.trajectory_matching", "relabel_eval"}
+    seen = set()
+    for cmd in cmds:
+        module = module_of(cmd)
+        if module in curve_modules:
+            assert flag(cmd, "--log-dir") == "runs/curves" and flag(cmd, "--wandb-project") == "dd", cmd
+            parser, args = parser_for(cmd)
+            ns = parser.parse_args(args)
+            assert ns.log_dir == "runs/curves" and ns.wandb_project == "dd"
+            seen.add(module)
+        else:
+            assert "--log-dir" not in cmd and "--wandb-project" not in cmd, cmd
+    assert seen & {"recover", "recover.trajectory_matching"} and "relabel_eval" in seen
+    plain, _ = run_dry(ROOT / "scripts" / script, GPU="0,1,2,3")
+    assert not any("--log-dir" in c for c in plain)
