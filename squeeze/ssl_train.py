@@ -29,13 +29,12 @@ from common.data.transforms import val_transform
 from common.run.atomic import atomic_write_json
 from common.run.manifest import build_manifest
 from common.run.state import RunState, fingerprint, state_dir
-from common.train.curves import Curves, epoch_scalars
 from common.train.optim import SCHEDULER_KEY
 from common.train.seed import epoch_seed, sampler_seed, seed_everything, seed_worker
 from models import build_backbone, make_meta, save_checkpoint
 from models.registry import canonical_arch
 from squeeze.moco import MoCo, TwoViews, extract_features, knn_top1, train_step, view_transform
-from squeeze.train import check_then_train, lr_at, report_path, resume_training, run_args_of
+from squeeze.train import check_then_train, lr_at, report_path, resume_training, run_args_of, run_epochs
 
 
 def last_path(output: str | Path) -> Path:
@@ -154,15 +153,9 @@ def _pretrain(args, ctx) -> dict:
     print(f"squeeze.ssl: MoCo v2 {arch} on {data / 'train'} ({len(base)} images, input {size}, device {device}"
           f"{procs}, {args.epochs} epochs, batch {args.batch_size}, queue {args.queue_size})", file=sys.stderr)
     t_start = time.perf_counter()
-    curves = Curves(args.log_dir, f"squeeze_ssl_{output.stem}", wandb_project=args.wandb_project,
-                    config=run_args_of(args), purge_step=start_epoch + 1, main=ctx.is_main)
-    with run.running(), curves:  # a failure before the first epoch's checkpoint leaves no state behind
-        for epochs_run, epoch in enumerate(range(start_epoch, args.epochs)):
-            if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
-                print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
-                return {"stopped_at_epoch": epoch, "history": history}
-            history.append(loop.run_epoch(epoch, history))
-            curves.log(epoch + 1, epoch_scalars(history[-1]))
+    stopped = run_epochs(args, ctx, run, loop, start_epoch, history, f"squeeze_ssl_{output.stem}")
+    if stopped is not None:
+        return stopped
     if not ctx.is_main:
         knns = [h for h in history if "knn_top1" in h]
         return {"knn_top1": knns[-1]["knn_top1"] if knns else None, "history": history}

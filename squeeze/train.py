@@ -123,6 +123,23 @@ def main(argv=None) -> dict:
     return check_then_train(get_args_parser().parse_args(argv), STAGE, train)
 
 
+def run_epochs(args: argparse.Namespace, ctx, run, loop, start_epoch: int, history: list[dict],
+               curves_name: str) -> dict | None:
+    """The epochs ``start_epoch`` .. ``--epochs`` of ``loop`` (squeeze's or squeeze.ssl's), appended to
+    ``history`` and logged as curves (``--log-dir``, ``--wandb-project``); with ``--max-epochs-this-run``
+    the run stops early and the result says where (``None`` when every epoch ran)."""
+    curves = Curves(args.log_dir, curves_name, wandb_project=args.wandb_project, config=run_args_of(args),
+                    purge_step=start_epoch + 1, main=ctx.is_main)
+    with run.running(), curves:  # a failure before the first epoch's checkpoint leaves no state behind
+        for epochs_run, epoch in enumerate(range(start_epoch, args.epochs)):
+            if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
+                print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
+                return {"stopped_at_epoch": epoch, "history": history}
+            history.append(loop.run_epoch(epoch, history))
+            curves.log(epoch + 1, epoch_scalars(history[-1]))
+    return None
+
+
 def check_then_train(args: argparse.Namespace, stage: str, train_fn) -> dict:
     """Check ``--output``, its report and the state folder beside it before any work (not after hours
     of training), then ``train_fn(args, ctx)`` in torchrun's process group (one process: just the device)."""
@@ -179,15 +196,9 @@ def train(args: argparse.Namespace, ctx) -> dict:
     print(f"squeeze: {arch} on {data} ({len(classes)} classes, {len(train_ds)} train / {len(val_ds)} val, "
           f"input {size}, device {device} ({precision.name}){procs}, {args.epochs} epochs)", file=sys.stderr)
     t_start = time.perf_counter()
-    curves = Curves(args.log_dir, f"squeeze_{output.stem}", wandb_project=args.wandb_project,
-                    config=run_args_of(args), purge_step=start_epoch + 1, main=ctx.is_main)
-    with run.running(), curves:  # a failure before the first epoch's checkpoint leaves no state behind
-        for epochs_run, epoch in enumerate(range(start_epoch, args.epochs)):
-            if args.max_epochs_this_run is not None and epochs_run >= args.max_epochs_this_run:
-                print(f"stopping after {epochs_run} epoch(s); run the same command to continue", file=sys.stderr)
-                return {"stopped_at_epoch": epoch, "history": history}
-            history.append(loop.run_epoch(epoch, history))
-            curves.log(epoch + 1, epoch_scalars(history[-1]))
+    stopped = run_epochs(args, ctx, run, loop, start_epoch, history, f"squeeze_{output.stem}")
+    if stopped is not None:
+        return stopped
     if not ctx.is_main:
         final = history[-1] if history else {}
         return {"val_top1": final.get("val_top1"), "history": history}
