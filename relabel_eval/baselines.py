@@ -53,6 +53,16 @@ def dd_ranking(syn_soft: float, random_soft: float, syn_hard: float, full_hard: 
     return {"IOR": ior, "HLR": hlr, "alpha": alpha, "LRS": lrs}
 
 
+def dd_ars(syn_aug: float, random_aug: float, syn_noaug: float, random_noaug: float, weight: float = 0.5) -> dict:
+    """DD-Ranking's augmentation-robust score (ddranking 0.2.0's ``AugmentationRobustScore``), accuracies as
+    fractions: beta = w (syn - random, with augmentation) + (1 - w) (syn - random, without), and
+    ARS = (e^beta - e^-1) / (e - e^-1), the same squashing as LRS."""
+    with_aug, without_aug = syn_aug - random_aug, syn_noaug - random_noaug
+    beta = weight * with_aug + (1.0 - weight) * without_aug
+    ars = (math.exp(beta) - math.exp(-1.0)) / (math.e - math.exp(-1.0))
+    return {"with_aug": with_aug, "without_aug": without_aug, "beta": beta, "ARS": ars}
+
+
 def random_subset(train_dir: str | Path, ipc: int, seed: int, output_dir: str | Path, force: bool = False) -> Path:
     """Copy ``ipc`` seeded-random images per class into ``output_dir`` (reused when already made alike)."""
     train_dir, out = Path(train_dir), Path(output_dir)

@@ -19,7 +19,7 @@ from relabel_eval.augment import (
     sample_crops,
     seeded_global_rng,
 )
-from relabel_eval.baselines import dd_ranking
+from relabel_eval.baselines import dd_ars, dd_ranking
 from relabel_eval.diversity import class_centroids, inter_class_cosine, intra_class_cosine
 from relabel_eval.mix import MixParams, apply_mix, box_lambda, cutmix_box, draw_mix, kd_loss, mixed_ce, target_lambda
 from relabel_eval.plan import AugConfig, make_epoch_plan
@@ -262,3 +262,14 @@ def test_released_script_flags_parse():
     assert student_archs(["conv3,resnet18_modified", "mobilenet_v2"], None) == ["conv3", "resnet18_modified",
                                                                                  "mobilenet_v2"]
     assert student_archs(None, "conv3") == ["conv3"]
+
+
+def test_dd_ars_hand_computed():
+    # syn beats random by 0.10 with augmentation and by 0.30 without: beta = 0.5 * 0.1 + 0.5 * 0.3 = 0.2
+    s = dd_ars(syn_aug=0.50, random_aug=0.40, syn_noaug=0.45, random_noaug=0.15)
+    assert s["with_aug"] == pytest.approx(0.10) and s["without_aug"] == pytest.approx(0.30)
+    assert s["beta"] == pytest.approx(0.2)
+    assert s["ARS"] == pytest.approx((math.exp(0.2) - math.exp(-1)) / (math.e - math.exp(-1)))
+    # equal to random both ways: beta 0; the weight moves beta between the two differences
+    assert dd_ars(0.3, 0.3, 0.2, 0.2)["ARS"] == pytest.approx((1 - math.exp(-1)) / (math.e - math.exp(-1)))
+    assert dd_ars(0.5, 0.4, 0.45, 0.15, weight=1.0)["beta"] == pytest.approx(0.1)
