@@ -28,7 +28,7 @@ from common.compute.distributed import (
 )
 from common.data.dataconfig import resolve_data_config
 from common.data.datasets import check_class_count, get_dataset
-from common.data.imagefolder import ImageFolder, check_train_val
+from common.data.imagefolder import CORRUPT, ImageFolder, check_train_val
 from common.data.transforms import train_transform, val_transform
 from common.run.atomic import atomic_write_json
 from common.run.manifest import build_manifest
@@ -152,6 +152,10 @@ def check_then_train(args: argparse.Namespace, stage: str, train_fn) -> dict:
     ctx = init_distributed(device_spec(args))
     try:
         return train_fn(args, ctx)
+    except UserError as exc:
+        if CORRUPT in str(exc) and getattr(args, "skip_corrupt", True) is False:  # only squeeze has the flag
+            raise UserError(f"{exc}, or pass --skip-corrupt to leave such files out") from None
+        raise
     finally:
         cleanup()
 

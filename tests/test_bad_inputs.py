@@ -814,3 +814,17 @@ def test_failed_validation_leaves_nothing_that_blocks_the_corrected_rerun(shared
     assert not (ws / "out").exists()
     code, err = run_one_line(main, build_argv("relabel_eval", {}, shared["ck"]), capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("command", ["squeeze", "rank_select", "relabel_eval.diversity"])
+def test_skip_corrupt_is_suggested_only_where_it_exists(command, shared, tmp_path, capsys, monkeypatch):
+    """A corrupt image: squeeze's line names its --skip-corrupt; other commands never suggest a flag they lack."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(shared["template"], ws)
+    monkeypatch.chdir(ws)
+    argv = build_argv(command, k_corrupt(ws, shared, command), shared["ck"])
+    code, err = run_one_line(command_main(command), argv, capsys)
+    assert_one_line_error(code, err, "img_001.png")
+    assert ("--skip-corrupt" in err[0]) == (command == "squeeze"), err[0]

@@ -149,6 +149,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+CORRUPT = "corrupt or unreadable image"  # a command with --skip-corrupt (squeeze) adds that hint to the line
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Open an image fully and decode it to 8-bit RGB (:func:`to_rgb`); a bad file names itself."""
     try:
@@ -160,8 +163,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     except FileNotFoundError:
         raise UserError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"{path}: corrupt or unreadable image ({exc}); remove or replace the file "
-                        f"(squeeze: --skip-corrupt skips such files)") from None
+        raise UserError(f"{path}: {CORRUPT} ({exc}); remove or replace the file") from None
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
