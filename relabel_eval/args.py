@@ -52,13 +52,34 @@ def mix_type(v) -> str:
     return s
 
 
+class TeacherPaths(argparse.Action):
+    """``--teacher-path A [B ...]``: ``teacher_path`` is the first (mean/std/size, the reported teacher),
+    ``teacher_paths`` all of them (their logits averaged) when more than one is given, else None."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        values = list(values)
+        namespace.teacher_path = values[0]
+        namespace.teacher_paths = values if len(values) > 1 else None
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Data, teacher, augmentation and device flags, named as the released RDED/DELT scripts name them."""
     g = p.add_argument_group("data and teacher")
     g.add_argument("--syn-data-path", required=True, help="distilled set (ImageFolder: ROOT/<class>/<image>)")
     g.add_argument("--ipc", type=positive_int, default=None,
                    help="use the first IPC files (sorted by name) of every class (default: all)")
-    g.add_argument("--teacher-path", default=None, help="teacher checkpoint (soft labels; gives mean/std/size)")
+    g.add_argument("--teacher-path", nargs="+", action=TeacherPaths, default=None,
+                   help="teacher checkpoint (soft labels; gives mean/std/size); several: their logits averaged "
+                        "(the first gives mean/std/size)")
+    g.set_defaults(teacher_paths=None)
+    g.add_argument("--teacher-weights", type=nonneg_float, nargs="+", default=None,
+                   help="weights of the --teacher-path logits (default: equal); normalised to sum 1")
+    g.add_argument("--teacher-mode", choices=("eval", "train"), default="eval",
+                   help="eval: BN running statistics (default); train: BN normalises with each batch's own "
+                        "statistics (FADRM/CV-DD), the teacher's running statistics left unchanged")
+    g.add_argument("--teacher-bn-group", type=nonneg_int, default=0,
+                   help="--teacher-mode train: BN statistics over groups of this many images of the batch "
+                        "(FADRM: 8, half its batch of 16); 0 = the whole batch (default)")
     g.add_argument("--arch-name", default=None, help="teacher architecture (checked against the checkpoint)")
     g.add_argument("--dataset", "--subset", dest="dataset", default="custom",
                    help="dataset name for the batch-size table and defaults (default: %(default)s)")
@@ -123,6 +144,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--seeds", type=seed_int, nargs="+", default=None,
                    help="several seeds in one call (overrides --seed)")
     t.add_argument("--eval-every", type=positive_int, default=10, help="validate every N epochs and at the end")
+    t.add_argument("--kd-loss", choices=("kl", "mse", "mse+ce"), default=None,
+                   help="soft-label loss: kl = KL at temperature T (DELT); mse = MSE on raw logits; mse+ce = MSE + "
+                        "--ce-weight x CE on the (mixed) class labels (EDC) (default: the protocol's, kl)")
+    t.add_argument("--ce-weight", type=nonneg_float, default=None,
+                   help="weight of the CE term of --kd-loss mse+ce (default: the protocol's; EDC 0.025)")
+    t.add_argument("--lr-stretch", type=float_range(1, None), default=None,
+                   help="the lr schedule computed over S x --re-epochs epochs, of which --re-epochs are run "
+                        "(EDC: 2) (default: the protocol's, 1)")
+    t.add_argument("--ema-decay", type=float_range(0, 1, hi_open=True), default=None,
+                   help="also validate an EMA of the student's weights and buffers, updated every step with "
+                        "this decay (EDC: 0.99); 0 = none (default: the protocol's, 0)")
+    t.add_argument("--label-temperature-schedule", choices=("none", "lpqld"), default="none",
+                   help="lpqld: KD temperature 20 x 0.7^(epoch // 30), at least 2 (LPQLD; overrides -T); "
+                        "none: the fixed temperature (default)")
     t.add_argument("--bn-double-update", action=argparse.BooleanOptionalAction, default=None,
                    help="student BN momentum 1-(1-m)^2 (0.19), the effect of the released loop's extra train-mode "
                         "forward per batch (default: on, as the protocol's release; --no-bn-double-update: "
@@ -156,8 +191,24 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_paths(args: argparse.Namespace) -> None:
     """The distilled set, the validation folder, the teacher and the soft labels, when given, must exist."""
     require_paths(args, [("syn_data_path", "--syn-data-path"), ("val_dir", "--val-dir"),
-                         ("teacher_path", "--teacher-path"), ("soft_label_dir", "--soft-label-dir"), ("zca", "--zca")])
+                         ("teacher_path", "--teacher-path"), ("teacher_paths", "--teacher-path"),
+                         ("soft_label_dir", "--soft-label-dir"), ("zca", "--zca")])
+    check_teacher_flags(args)
     _output_outside_set(args)
+
+
+def check_teacher_flags(args: argparse.Namespace) -> None:
+    """--teacher-weights must match --teacher-path; --teacher-bn-group needs --teacher-mode train."""
+    n = len(args.teacher_paths or ([args.teacher_path] if getattr(args, "teacher_path", None) else []))
+    weights = getattr(args, "teacher_weights", None)
+    if weights is not None:
+        if len(weights) != n:
+            raise UserError(f"--teacher-weights: {len(weights)} weight(s) for {n} --teacher-path checkpoint(s); "
+                            "give one weight per teacher")
+        if sum(weights) <= 0:
+            raise UserError("--teacher-weights: the weights sum to 0; give at least one positive weight")
+    if getattr(args, "teacher_bn_group", 0) and getattr(args, "teacher_mode", "eval") != "train":
+        raise UserError("--teacher-bn-group only applies with --teacher-mode train")
 
 
 def _output_outside_set(args: argparse.Namespace) -> None:
@@ -185,7 +236,11 @@ def relabel_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", "--re-epochs", dest="epochs", type=positive_int, required=True,
                    help="number of epochs of soft labels to store")
     p.add_argument("--output-dir", required=True, help="folder for the epoch files and manifest.json")
-    p.add_argument("--topk", type=nonneg_int, default=0, help="store only the K largest logits per image (0: all)")
+    p.add_argument("--topk", "--label-topk", dest="topk", type=nonneg_int, default=0,
+                   help="store only the K largest logits per image, fp16, with int16 class indices (0: all)")
+    p.add_argument("--label-keep", type=float_range(0, 1, lo_open=True), default=1.0,
+                   help="label pruning (LPLD): keep this fraction of the (epoch, batch) records, seeded by "
+                        "--seed; training draws each epoch's batches from them with replacement (default: 1, all)")
     p.add_argument("--stud-name", default=None, help="student the labels are for (only picks the batch size)")
     add_run_args(p)
     p.add_argument("--no-resume", dest="restart", action="store_true", help="the same as --restart")

@@ -5,6 +5,7 @@ that turns an epoch plan into mixed, normalised batches on the device.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,10 +72,17 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
         raise UserError(f"--nclass {args.nclass} but {args.syn_data_path} has {len(data.classes)} class folders")
     teacher, meta = None, {}
     if args.teacher_path is not None and (need_teacher or stored is None):
+        from relabel_eval.args import check_teacher_flags
+
+        check_teacher_flags(args)
         teacher, meta = load_model(args.teacher_path, arch=args.arch_name, classes=data.classes,
                                    device=device if need_teacher else "cpu")
         if need_teacher:
             teacher = freeze(teacher).to(memory_format=torch.channels_last)
+            others = [freeze(load_model(p, classes=data.classes, device=device)[0]).to(
+                memory_format=torch.channels_last) for p in (getattr(args, "teacher_paths", None) or [])[1:]]
+            teacher = label_teacher([teacher, *others], getattr(args, "teacher_weights", None),
+                                    getattr(args, "teacher_mode", "eval"), getattr(args, "teacher_bn_group", 0))
         else:
             teacher = None
     made_under = stored.get("protocol", DEFAULT_PROTOCOL) if stored is not None else None
@@ -107,10 +115,77 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
                   precision)
 
 
+@contextlib.contextmanager
+def bn_batch_statistics(model: nn.Module):
+    """BatchNorm layers normalise with the batch's own statistics (train mode) and leave their running
+    statistics and ``num_batches_tracked`` untouched; everything else keeps its mode (no dropout)."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            saved.append((m, m.training, m.track_running_stats))
+            m.training, m.track_running_stats = True, False  # F.batch_norm gets running stats None
+    try:
+        yield model
+    finally:
+        for m, training, track in saved:
+            m.training, m.track_running_stats = training, track
+
+
+class LabelTeacher(nn.Module):
+    """The teacher(s) soft labels come from: the weighted mean of their fp32 logits, each in eval mode or
+    (``mode="train"``) with BN on batch statistics, over groups of ``bn_group`` images (0: the whole batch)."""
+
+    def __init__(self, teachers: list[nn.Module], weights: list[float] | None, mode: str = "eval",
+                 bn_group: int = 0):
+        super().__init__()
+        self.teachers = nn.ModuleList(teachers)
+        self.weights = None if weights is None else [float(w) / float(sum(weights)) for w in weights]
+        self.mode, self.bn_group = mode, int(bn_group)
+
+    def one(self, teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.mode != "train":
+            return teacher(x).float()
+        with bn_batch_statistics(teacher):
+            if self.bn_group and self.bn_group < len(x):
+                return torch.cat([teacher(c).float() for c in x.split(self.bn_group)])
+            return teacher(x).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [self.one(t, x) for t in self.teachers]
+        if len(outs) == 1:
+            return outs[0]
+        if self.weights is None:
+            return torch.stack(outs).mean(0)
+        return sum(w * o for w, o in zip(self.weights, outs))
+
+
+def label_teacher(teachers: list[nn.Module], weights, mode: str, bn_group: int) -> nn.Module:
+    """The one teacher itself (today's path, unchanged) unless there are several, weights or train mode."""
+    if len(teachers) == 1 and mode == "eval":
+        return teachers[0]
+    return LabelTeacher(teachers, weights, mode, bn_group)
+
+
+def teacher_summary(args: argparse.Namespace, common: Common | None = None) -> dict:
+    """How the soft labels are made (for manifests and results)."""
+    paths = getattr(args, "teacher_paths", None) or ([args.teacher_path] if args.teacher_path else [])
+    return {"paths": [str(p) for p in paths], "weights": getattr(args, "teacher_weights", None),
+            "mode": getattr(args, "teacher_mode", "eval"), "bn_group": getattr(args, "teacher_bn_group", 0)}
+
+
+def teacher_inputs(args: argparse.Namespace) -> dict:
+    """Manifest inputs: ``teacher`` (the first checkpoint), ``teacher_2`` ... for the others."""
+    paths = getattr(args, "teacher_paths", None) or [args.teacher_path]
+    return {("teacher" if i == 0 else f"teacher_{i + 1}"): p for i, p in enumerate(paths)}
+
+
 def batch_size_for(args: argparse.Namespace, common: Common, stud_name: str) -> tuple[int, str]:
-    """``(batch size, source)``: the flag, the released special case, or DELT's table."""
+    """``(batch size, source)``: the flag, the protocol's, the released special case, or DELT's table."""
     if args.re_batch_size:
         return int(args.re_batch_size), "flag"
+    proto = get_protocol(getattr(args, "protocol", None))
+    if proto.batch_size:
+        return int(min(proto.batch_size, len(common.data))), f"--protocol {proto.name}"
     special = released_special_case(common.spec.name, args.arch_name or common.teacher_meta.get("arch"), stud_name)
     if "batch_size" in special:
         return int(special["batch_size"]), "released special case"

@@ -16,6 +16,11 @@ step, a field here and the code that reads it).
   its own in ``relabel_eval.pad_protocol``: the set's learned soft labels (``<set>.labels.pt``)
   and lr (``<set>.lr.pt``), SGD momentum 0.9, weight decay 5e-4, lr / 10 after half the
   epochs, DSA, hard-label val top-1; no teacher.
+- ``edc``: the EDC evaluation, which FADRM also reports under (shaoshitong/EDC): the student
+  learns the teacher's raw logits with MSE plus 0.025 x CE on the (mixed) class labels, the cosine
+  is computed over twice the epochs run ("smoothing lr", so it ends half-way down), an EMA of the
+  weights (decay 0.99, every step) is validated beside the weights, batch 100; the rest (AdamW and
+  its lr table, CutMix, crops, the BN double update of the RDED loop it builds on) as ``delt``.
 
 Both released loops run an extra no-grad student forward in train mode on every
 batch (to log train accuracy). Their CutMix mixes in place, so that forward sees the
@@ -38,6 +43,11 @@ class EvalProtocol:
     shuffle_patches: bool = False   # ShufflePatches(--factor) on the image before RandomResizedCrop
     scale_from_factor: bool = False  # RandomResizedCrop scale (1 / --factor, --max-scale-crops)
     default_min_scale: float = 0.08  # RandomResizedCrop min scale when --min-scale-crops is not given
+    kd_loss: str = "kl"             # default of --kd-loss: kl | mse | mse+ce
+    ce_weight: float = 0.0          # default of --ce-weight (the CE term of mse+ce)
+    lr_stretch: float = 1.0         # default of --lr-stretch: schedule over lr_stretch x the epochs run
+    ema_decay: float = 0.0          # default of --ema-decay: 0 = no EMA weights
+    batch_size: int = 0             # batch size when --re-batch-size is not given; 0 = DELT's table
 
     @property
     def needs_factor(self) -> bool:
@@ -52,6 +62,8 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     "rded": EvalProtocol("rded", "LINs-lab/RDED validation/main.py", shuffle_patches=True, scale_from_factor=True),
     # its own loop (relabel_eval.pad_protocol): learned soft labels and lr, DSA, no teacher
     "pad": EvalProtocol("pad", "NUS-HPC-AI-Lab/PAD utils/utils_baseline.py evaluate_synset", bn_double_update=False),
+    "edc": EvalProtocol("edc", "shaoshitong/EDC (Branch_full_ImageNet_1k) evaluation, as FADRM reports it",
+                        kd_loss="mse+ce", ce_weight=0.025, lr_stretch=2.0, ema_decay=0.99, batch_size=100),
 }
 DEFAULT_PROTOCOL = "delt"
 

@@ -105,3 +105,26 @@ def topk_to_logits(values: torch.Tensor, indices: torch.Tensor, num_classes: int
     """Full logit rows from stored top-k logits: other classes get -inf (softmax restricted to the top k)."""
     out = torch.full((values.shape[0], num_classes), float("-inf"), dtype=torch.float32, device=values.device)
     return out.scatter_(1, indices.long(), values.float())
+
+
+def mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between raw logits, averaged over every element (``F.mse_loss``'s reduction mean;
+    written out so that the teacher's inference-mode logits need not be saved for the backward)."""
+    return (student_logits.float() - teacher_logits.float()).square().mean()
+
+
+def soft_label_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+                    labels: torch.Tensor | None = None, mix: MixParams | None = None, lam: float = 1.0,
+                    ce_weight: float = 0.0) -> torch.Tensor:
+    """``kl``: :func:`kd_loss`; ``mse``: :func:`mse_loss`; ``mse+ce``: MSE + ``ce_weight`` x :func:`mixed_ce`."""
+    if kind == "kl":
+        return kd_loss(student_logits, teacher_logits, temperature)
+    loss = mse_loss(student_logits, teacher_logits)
+    if kind == "mse+ce":
+        loss = loss + ce_weight * mixed_ce(student_logits, labels, mix, lam)
+    return loss
+
+
+def lpqld_temperature(epoch: int) -> float:
+    """LPQLD's schedule: ``20 x 0.7^(epoch // 30)``, never below 2 (``epoch`` 0-based)."""
+    return max(2.0, 20.0 * 0.7 ** (int(epoch) // 30))

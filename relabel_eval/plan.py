@@ -52,16 +52,33 @@ class EpochPlan:
     perms: np.ndarray   # (N,) per batch, the in-batch permutation of the mixing partner
     lams: np.ndarray    # (num_batches,) Beta draw of each batch
     boxes: np.ndarray   # (num_batches, 4) CutMix box (y1, y2, x1, x2); zeros otherwise
+    # (num_batches + 1,) first position of every batch, for batches of unequal size (a replay of pruned
+    # label records, whose short last batch of an epoch may come anywhere); None: every batch_size long
+    bounds: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.order)
 
     @property
     def num_batches(self) -> int:
+        if self.bounds is not None:
+            return len(self.bounds) - 1
         return (len(self.order) + self.batch_size - 1) // self.batch_size
 
     def batch_slice(self, b: int) -> slice:
+        if self.bounds is not None:
+            return slice(int(self.bounds[b]), int(self.bounds[b + 1]))
         return slice(b * self.batch_size, min((b + 1) * self.batch_size, len(self.order)))
+
+    def subset(self, batches) -> EpochPlan:
+        """A plan of the given batches of this one, in the given order (repeats allowed)."""
+        batches = [int(b) for b in batches]
+        slices = [self.batch_slice(b) for b in batches]
+        rows = np.concatenate([np.arange(s.start, s.stop) for s in slices]) if slices else np.zeros(0, np.int64)
+        bounds = np.concatenate([[0], np.cumsum([s.stop - s.start for s in slices])]).astype(np.int64)
+        idx = np.asarray(batches, dtype=np.int64)
+        return EpochPlan(self.order[rows], self.crops[rows], self.flips[rows], self.seeds[rows], self.batch_size,
+                         self.mix_type, self.perms[rows], self.lams[idx], self.boxes[idx].reshape(-1, 4), bounds)
 
     def records(self, b: int) -> list[tuple]:
         """Per-image records ``(index, top, left, h, w, flip, seed)`` of batch ``b`` (sent to the dataset)."""

@@ -44,12 +44,14 @@ from relabel_eval.context import (
     default_output,
     resolve_common,
     student_archs,
+    teacher_inputs,
     teacher_logits,
+    teacher_summary,
     warn_ignored,
 )
 from relabel_eval.data import ValSet
 from relabel_eval.eval_protocols import EvalProtocol, get_protocol
-from relabel_eval.mix import kd_loss, mixed_ce, target_lambda
+from relabel_eval.mix import kd_loss, lpqld_temperature, mixed_ce, soft_label_loss, target_lambda
 from relabel_eval.plan import make_epoch_plan
 from relabel_eval.protocol import (
     adamw_lr_for,
@@ -87,6 +89,16 @@ class TrainConfig:
     cos: bool = True
     compile: bool = False
     bn_double_update: bool = False
+    kd_loss: str = "kl"            # kl | mse | mse+ce
+    ce_weight: float = 0.0         # the CE term of mse+ce
+    lr_stretch: float = 1.0        # schedule computed over lr_stretch x epochs
+    ema_decay: float = 0.0         # 0: no EMA weights
+    temperature_schedule: str = "none"  # none | lpqld
+
+    def temperature_at(self, epoch: int) -> float | None:
+        if self.temperature_schedule == "lpqld":
+            return lpqld_temperature(epoch)
+        return self.temperature
 
 
 class OnlineTeacher:
@@ -111,7 +123,8 @@ class StoredLogits:
 
 
 def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, optimizer, scaler,
-                    temperature: float, accum_steps: int = 1) -> dict:
+                    temperature: float, accum_steps: int = 1, loss_kind: str = "kl", ce_weight: float = 0.0,
+                    after_step: Callable[[], None] | None = None) -> dict:
     """One epoch; ``targets(b, mixed_x)`` gives teacher logits (soft / fkd) or is None (hard labels).
 
     Train accuracy comes from the training forward on the mixed batch (no extra forward).
@@ -119,6 +132,8 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     gradient is the whole batch's; loss and accuracy are summed over processes.
     A non-finite loss is recorded (first batch, and whether the teacher's logits were to blame)
     without a per-batch device sync; the caller stops the run on it.
+    ``loss_kind``: the soft-label loss (``relabel_eval.mix.soft_label_loss``); ``after_step()`` runs after
+    every optimiser step (the EMA update).
     """
     common = maker.common
     distributed = maker.world_size > 1
@@ -138,7 +153,10 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
         else:
             t = targets(b, xm)
             teacher_bad |= ~torch.isfinite(t).all()
-            loss = kd_loss(out, t, temperature)
+            if loss_kind == "kl":
+                loss = kd_loss(out, t, temperature)
+            else:
+                loss = soft_label_loss(loss_kind, out, t, temperature, y, mix, target_lambda(mix, S, S), ce_weight)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
         weight = maker.own_rows(plan, b)[1] if distributed else 1.0
         scaler.scale(loss * (weight / accum_steps) if distributed else loss / accum_steps).backward()
@@ -146,6 +164,8 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
         if weight == 0.0:  # a padding row (this process had no share of a short last batch)
             continue
         loss_sum += loss.detach() * len(y)
@@ -200,9 +220,10 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     dev, E = common.device, cfg.epochs
     rank, world = maker.rank, maker.world_size  # world 1 unless DDP under torchrun
     student, optimizer, scheduler, scaler = new_student(common, stud_name, seed, cfg)
+    ema = new_ema(student, cfg.ema_decay)
     start, history, train_time = 0, [], 0.0
     if state_path is not None and state_path.is_file():
-        start, history, train_time = load_progress(state_path, student, optimizer, scheduler, scaler)
+        start, history, train_time = load_progress(state_path, student, optimizer, scheduler, scaler, ema)
     curves = curves_from(start + 1) if curves_from is not None else Curves(None, "", main=False)
     evals = set(eval_epochs(E, cfg.eval_every))
     online = OnlineTeacher(common) if cfg.label_mode == "soft" else None
@@ -214,16 +235,17 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
     for epoch in bar:
         if world > 1:  # dropout & co: a function of (seed, epoch, rank), so resume is exact
             torch.manual_seed(item_seed(seed, epoch, rank))
-        if store is not None:
-            plan, logits = store.load(epoch)
+        if store is not None:  # the stored epoch, or (pruned labels) the records drawn for it
+            plan, logits = store.epoch(epoch, seed)
             targets = StoredLogits(logits, plan, dev, maker)
         else:
             plan = make_epoch_plan(seed, epoch, common.data.sizes, cfg.batch_size, common.aug)
             targets = online
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        stats = train_one_epoch(fast_net, maker, plan, targets, optimizer, scaler, cfg.temperature,
-                                cfg.accum_steps)
+        stats = train_one_epoch(fast_net, maker, plan, targets, optimizer, scaler, cfg.temperature_at(epoch),
+                                cfg.accum_steps, cfg.kd_loss, cfg.ce_weight,
+                                None if ema is None else functools.partial(ema.update_parameters, student))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         if stats["nonfinite_batch"] is not None:
@@ -235,12 +257,15 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
                "epoch_time_s": dt, "images_per_s": stats["images"] / dt if dt > 0 else None}
         if epoch in evals:
             rec.update(validate(student, fast_student, val, common, rank, world))
+            if ema is not None:
+                rec.update({f"ema_{k}": v for k, v in validate(ema.module, ema.module, val, common, rank,
+                                                                  world).items()})
             bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
         history.append(rec)
         curves.log(epoch + 1, epoch_scalars(rec))
         if (epoch in evals or epoch == E - 1) and rank == 0:
             if state_path is not None:
-                save_progress(state_path, student, optimizer, scheduler, scaler, epoch, history, train_time)
+                save_progress(state_path, student, optimizer, scheduler, scaler, epoch, history, train_time, ema)
             if log_csv is not None:
                 write_history_csv(history, log_csv)
         if on_epoch_end is not None:
@@ -259,24 +284,38 @@ def new_student(common: Common, stud_name: str, seed: int, cfg: TrainConfig) -> 
     student = student.to(common.device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(student, cfg.sgd, cfg.lr, cfg.adamw_weight_decay, cfg.lr, cfg.momentum,
                                cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.epochs, cfg.cos)
+    # --lr-stretch S: the schedule of S x epochs, of which the first epochs are run (1: today's, unchanged)
+    scheduler = make_scheduler(optimizer, cfg.epochs if cfg.lr_stretch == 1 else cfg.epochs * cfg.lr_stretch, cfg.cos)
     scaler = common.precision.grad_scaler()  # enabled only for fp16 (GPUs without bf16)
     return student, optimizer, scheduler, scaler
 
 
+def new_ema(student, decay: float):
+    """An EMA of the student's weights and buffers (``torch.optim.swa_utils``), or None for decay 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def save_progress(state_path: Path, student, optimizer, scheduler, scaler, epoch: int, history: list[dict],
-                  train_time: float) -> None:
-    """The student's checkpoint after ``epoch``: weights, optimiser, schedule, scaler, RNG, history."""
-    atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                       SCHEDULER_KEY: scheduler.state_dict(), "scaler": scaler.state_dict(),
-                       "rng": _rng_state(), "epoch": epoch + 1, "history": json.dumps(history),
-                       "train_time": train_time}, state_path)
+                  train_time: float, ema=None) -> None:
+    """The student's checkpoint after ``epoch``: weights, optimiser, schedule, scaler, RNG, history (EMA)."""
+    st = {"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+          SCHEDULER_KEY: scheduler.state_dict(), "scaler": scaler.state_dict(),
+          "rng": _rng_state(), "epoch": epoch + 1, "history": json.dumps(history), "train_time": train_time}
+    if ema is not None:
+        st["ema"] = ema.state_dict()
+    atomic_torch_save(st, state_path)
 
 
-def load_progress(state_path: Path, student, optimizer, scheduler, scaler) -> tuple[int, list[dict], float]:
+def load_progress(state_path: Path, student, optimizer, scheduler, scaler, ema=None) -> tuple[int, list[dict], float]:
     """Load :func:`save_progress`'s checkpoint: ``(first epoch to run, history, training seconds so far)``."""
     st = torch.load(state_path, map_location="cpu", weights_only=True)
     student.load_state_dict(st["model"])
+    if ema is not None:
+        ema.load_state_dict(st["ema"])
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st[SCHEDULER_KEY])
     scaler.load_state_dict(st["scaler"])
@@ -300,10 +339,14 @@ def run_summary(stud_name: str, seed: int, epochs: int, history: list[dict], tra
     final = evaluated[-1]
     best = max(evaluated, key=lambda h: h["val_top1"])
     images = sum(h["images_per_s"] * h["epoch_time_s"] for h in history if h["images_per_s"])
-    return {"student": stud_name, "seed": seed, "final_top1": final["val_top1"], "final_top5": final["val_top5"],
-            "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": epochs,
-            "train_time_s": train_time, "images_per_s": images / train_time if train_time > 0 else None,
-            "history": history}
+    out = {"student": stud_name, "seed": seed, "final_top1": final["val_top1"], "final_top5": final["val_top5"],
+           "best_top1": best["val_top1"], "best_top1_epoch": best["epoch"], "epochs": epochs,
+           "train_time_s": train_time, "images_per_s": images / train_time if train_time > 0 else None,
+           "history": history}
+    if "ema_val_top1" in final:  # --ema-decay: the EMA weights' accuracy beside the weights'
+        out.update(final_ema_top1=final["ema_val_top1"], final_ema_top5=final["ema_val_top5"],
+                   best_ema_top1=max(h["ema_val_top1"] for h in evaluated))
+    return out
 
 
 def recovery_teacher(syn_data_path) -> dict | None:
@@ -434,12 +477,33 @@ def resolve_setup(args: argparse.Namespace, ctx) -> EvalSetup:
         raise UserError("--seeds has duplicates")
     temperature = None if args.label_mode == "hard" else args.temperature or default_temperature(common.aug.mix_type)
     protocol = get_protocol(args.protocol)
+    resolve_recipe(args, protocol, store)
     bn_double = protocol.bn_double_update if args.bn_double_update is None else bool(args.bn_double_update)
     output = Path(args.output) if args.output else default_output(args.syn_data_path, args.label_mode)
     results_csv = Path(args.results_csv) if args.results_csv else output.parent / "results.csv"
     # the output was checked in main(), before any work
     return EvalSetup(common, store, students, seeds, temperature, protocol, bn_double, output, results_csv,
                      ddp=ctx.distributed and args.seed_parallel == "ddp")
+
+
+def resolve_recipe(args: argparse.Namespace, protocol: EvalProtocol, store: SoftLabelStore | None) -> None:
+    """--kd-loss, --ce-weight, --lr-stretch, --ema-decay: the flag, else the protocol's; checked together."""
+    given = {key for key in ("kd_loss", "ce_weight", "lr_stretch", "ema_decay") if getattr(args, key, None) is not None}
+    for key in ("kd_loss", "ce_weight", "lr_stretch", "ema_decay"):
+        if key not in given:
+            setattr(args, key, getattr(protocol, key))
+    if args.label_mode == "hard" and "kd_loss" in given:
+        raise UserError(f"--kd-loss {args.kd_loss}: --label-mode hard has no soft labels (drop the flag)")
+    if "ce_weight" in given and args.ce_weight and args.kd_loss != "mse+ce":
+        raise UserError(f"--ce-weight {args.ce_weight:g} only applies with --kd-loss mse+ce")
+    if store is not None and int(store.manifest.get("topk") or 0) and args.kd_loss != "kl" \
+            and args.label_mode != "hard":
+        raise UserError(f"--kd-loss {args.kd_loss}: the soft labels in {args.soft_label_dir} keep only the top "
+                        f"{store.manifest['topk']} logits (no MSE target for the others); use --kd-loss kl")
+    teacher_flags = args.teacher_paths or args.teacher_weights or args.teacher_mode != "eval"
+    if args.label_mode != "soft" and teacher_flags:
+        raise UserError(f"--teacher-path (several) / --teacher-weights / --teacher-mode make online soft labels; "
+                        f"with --label-mode {args.label_mode} give them to python -m relabel_eval.relabel instead")
 
 
 def _print_setup(args: argparse.Namespace, ctx, setup: EvalSetup, val: ValSet) -> None:
@@ -470,11 +534,18 @@ def student_config(args: argparse.Namespace, setup: EvalSetup, stud: str) -> tup
                       label_mode=args.label_mode, eval_every=args.eval_every, accum_steps=args.re_accum_steps,
                       sgd=args.sgd, adamw_weight_decay=args.adamw_weight_decay, momentum=args.momentum,
                       weight_decay=args.weight_decay, cos=args.cos, compile=args.compile,
-                      bn_double_update=bn_double)
+                      bn_double_update=bn_double, kd_loss=args.kd_loss if args.label_mode != "hard" else "kl",
+                      ce_weight=args.ce_weight, lr_stretch=args.lr_stretch, ema_decay=args.ema_decay,
+                      temperature_schedule=args.label_temperature_schedule if args.label_mode != "hard" else "none")
     print(f"student {stud}: batch {bs} ({bs_source}), lr {lr:g} ({lr_source}), "
           f"{'SGD' if args.sgd else 'AdamW'}, {f'T {temperature:g}' if temperature else 'hard labels'}, "
           f"{args.re_epochs} epochs, seeds {setup.seeds}; protocol {setup.protocol.name}, BN momentum "
-          f"{'0.19 (double update, as released)' if bn_double else '0.1 (--no-bn-double-update)'}",
+          f"{'0.19 (double update, as released)' if bn_double else '0.1 (--no-bn-double-update)'}"
+          + (f"; loss {cfg.kd_loss}" + (f" (CE weight {cfg.ce_weight:g})" if cfg.kd_loss == "mse+ce" else "")
+             if args.label_mode != "hard" else "")
+          + (f"; lr schedule over {cfg.lr_stretch:g} x {cfg.epochs} epochs" if cfg.lr_stretch != 1 else "")
+          + (f"; EMA {cfg.ema_decay:g}" if cfg.ema_decay else "")
+          + ("; T 20 x 0.7^(epoch // 30), min 2 (lpqld)" if cfg.temperature_schedule == "lpqld" else ""),
           file=sys.stderr, flush=True)
     return bs, bs_source, lr, lr_source, cfg
 
@@ -519,10 +590,18 @@ def student_summary(args: argparse.Namespace, setup: EvalSetup, state: RunState,
               f"best top-1 during training {run['best_top1']:.2f} @ epoch {run['best_top1_epoch']} | "
               f"{run['train_time_s']:.1f} s, {run['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
     summary = summarize_runs(runs)
+    if all("final_ema_top1" in r for r in runs):
+        from relabel_eval.protocol import mean_std
+
+        m, sd = mean_std(r["final_ema_top1"] for r in runs)
+        summary.update(final_ema_top1_mean=m, final_ema_top1_std=sd)
     print(f"{stud} [{args.label_mode} labels, {len(setup.seeds)} seed(s)]: FINAL top-1 "
           f"{summary['final_top1_mean']:.2f} +- {summary['final_top1_std']:.2f} "
           f"(top-5 {summary['final_top5_mean']:.2f}); best during training {summary['best_top1_mean']:.2f} "
           f"+- {summary['best_top1_std']:.2f}", flush=True)
+    if "final_ema_top1_mean" in summary:
+        print(f"{stud} [EMA weights, decay {config[4].ema_decay:g}]: FINAL top-1 {summary['final_ema_top1_mean']:.2f} "
+              f"+- {summary['final_ema_top1_std']:.2f}", flush=True)
     return {"batch_size": bs, "batch_size_source": bs_source, "lr": lr, "lr_source": lr_source,
             "summary": summary, "runs": runs}
 
@@ -549,9 +628,14 @@ def result_record(args: argparse.Namespace, ctx, setup: EvalSetup, val: ValSet, 
                      "optimizer": "sgd" if args.sgd else "adamw", "cos": args.cos, "eval_every": args.eval_every,
                      "accum_steps": args.re_accum_steps, "device": str(common.device), "amp": common.amp,
                      "precision": common.precision.name, "processes": ctx.world_size,
-                     "seed_parallel": args.seed_parallel if ctx.distributed else None},
+                     "seed_parallel": args.seed_parallel if ctx.distributed else None,
+                     "kd_loss": args.kd_loss if args.label_mode != "hard" else None, "ce_weight": args.ce_weight,
+                     "lr_stretch": args.lr_stretch, "ema_decay": args.ema_decay,
+                     "temperature_schedule": args.label_temperature_schedule,
+                     "labels": teacher_summary(args) if args.label_mode == "soft" else
+                     (setup.store.manifest.get("teacher") if setup.store is not None else None)},
         "headline": "final_top1 (accuracy after the last epoch); best_top1 is the best seen during training",
         "students": per_student,
-        "manifest": build_manifest(STAGE, args, inputs={"teacher": args.teacher_path}, started=started,
+        "manifest": build_manifest(STAGE, args, inputs=teacher_inputs(args), started=started,
                                    finished=time.strftime("%Y-%m-%dT%H:%M:%S%z")),
     }
