@@ -274,3 +274,58 @@ def test_mse_on_topk_labels_is_refused(tiny_data, tiny_teacher, tmp_path, capsys
     argv[argv.index("--teacher-path"):argv.index("--teacher-path") + 2] = []
     assert "top 2" in _one_line_error(capsys, argv)
     assert not state_dir(tmp_path / "res.json").exists()
+
+
+# ----------------------------------------------------------------------------- 6. resume with every option on
+
+def test_sigkill_relabel_with_every_option_equals_uninterrupted(tiny_data, tiny_teacher, second_teacher, tmp_path):
+    from tests.test_runstate import kill_midway, same
+
+    argv = ["--syn-data-path", str(tiny_data / "train"), "--teacher-path", str(tiny_teacher), str(second_teacher),
+            "--teacher-weights", "1", "2", "--teacher-mode", "train", "--teacher-bn-group", "4", "--label-keep", "0.5",
+            "--topk", "2", "--epochs", "8", *FLAGS, "--output-dir"]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the killed subprocess (float sums depend on the thread count)
+    try:
+        relabel_mod.main(argv + [str(tmp_path / "ref")])
+        out = tmp_path / "killed"
+        kill_midway("relabel_eval.relabel", argv + [str(out)],
+                    lambda: (state_dir(out) / "work" / "epoch_0001.pt").exists())
+        assert not (out / "manifest.json").exists()
+        relabel_mod.main(argv + [str(out)])
+    finally:
+        torch.set_num_threads(n)
+    for e in range(8):
+        a = torch.load(tmp_path / "ref" / f"epoch_{e:04d}.pt", weights_only=True)
+        b = torch.load(out / f"epoch_{e:04d}.pt", weights_only=True)
+        assert same(a, b)
+    ref, got = (json.loads((p / "manifest.json").read_text()) for p in (tmp_path / "ref", out))
+    assert ref["label_bytes"] == got["label_bytes"] and ref["records"] == got["records"]
+    assert not state_dir(out).exists()
+
+
+def test_resumed_training_with_every_option_equals_uninterrupted(tiny_data, tiny_teacher, tmp_path):
+    out = tmp_path / "soft"
+    _relabel(tiny_data, [tiny_teacher], out, "--epochs", "3", "--label-keep", "0.5")
+    store = SoftLabelStore(out)
+    args = train_mod.get_args_parser().parse_args(_eval_args(tiny_data, tiny_teacher, tmp_path, *FLAGS))
+    common = resolve_common(args, need_teacher=True)
+    val = train_mod.ValSet(tiny_data / "val", common.data.classes, 32, common.mean, common.std)
+    maker = BatchMaker(common)
+    cfg = train_mod.TrainConfig(epochs=3, batch_size=10, lr=1e-3, temperature=20.0, label_mode="fkd", eval_every=1,
+                                kd_loss="mse+ce", ce_weight=0.025, lr_stretch=2.0, ema_decay=0.9)
+    full, full_model = train_mod.train_student(common, maker, val, "conv3", 3, cfg, store=store)
+
+    def crash(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    state = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train_student(common, maker, val, "conv3", 3, cfg, state_path=state, store=store, on_epoch_end=crash)
+    resumed, resumed_model = train_mod.train_student(common, maker, val, "conv3", 3, cfg, state_path=state,
+                                                     store=store)
+    for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), k
+    keys = ("loss", "lr", "val_top1", "ema_val_top1", "ema_val_top5")
+    assert [[h[k] for k in keys] for h in full["history"]] == [[h[k] for k in keys] for h in resumed["history"]]
