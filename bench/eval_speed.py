@@ -7,8 +7,10 @@ teacher on every batch, an extra no-grad student forward only to log train accur
 ``.item()`` per batch, contiguous (NCHW) tensors. Ours: ``relabel_eval.train.train_one_epoch``
 (decoded once into memory, no extra forward, channels_last, batch normalisation on the
 device). Same data, models, batch size, workers and threads; the two loops alternate
-epoch by epoch and the ratio of median epoch times is printed. Optionally the FKD
-replay epoch (stored soft labels, no teacher) is timed too.
+epoch by epoch and the ratio of median epoch times is printed. Optionally (``--fkd``) the FKD
+replay epoch (stored soft labels, no teacher) is timed too, with full labels, pruned labels
+(``--label-keep 0.1``, LPLD), top-3 labels (LPQLD) and both, each epoch's label read included,
+beside the label bytes each takes.
 
     python bench/eval_speed.py [--data-path DIR] [--teacher-path CKPT] [--ipc 10] [--repeats 7]
 """
@@ -176,11 +178,26 @@ def main():
         sync()
         return time.perf_counter() - t0
 
-    store = None
+    store, variants = None, {}
     if args.fkd:
         relabel_mod.main([*flags[:2], *flags[4:], "--epochs", str(args.warmup + args.repeats), "--seed", "0",
                           "--output-dir", str(tmp / "soft")])
         store = relabel_mod.SoftLabelStore(tmp / "soft")
+        for name, extra in (("full labels", []), ("pruned 1/10", ["--label-keep", "0.1"]), ("top-3", ["--topk", "3"]),
+                            ("pruned 1/10 + top-3", ["--label-keep", "0.1", "--topk", "3"])):
+            folder = tmp / f"soft_{len(variants)}"
+            manifest = relabel_mod.main([*flags[:2], *flags[4:], "--epochs", str(args.warmup + args.repeats),
+                                         "--seed", "0", "--output-dir", str(folder), *extra])
+            variants[name] = (relabel_mod.SoftLabelStore(folder), manifest["label_bytes"], [])
+
+    def time_replay(vstore, epoch):
+        sync()
+        t0 = time.perf_counter()  # the label read (a file, or a draw from the kept records) counts
+        plan, logits = vstore.epoch(epoch, 0)
+        train_mod.train_one_epoch(ours_student, maker, plan, train_mod.StoredLogits(logits, plan, device), ours_opt,
+                                  scaler, 20.0)
+        sync()
+        return time.perf_counter() - t0
 
     t_ref, t_ours, t_fkd = [], [], []
     for e in range(args.warmup + args.repeats):
@@ -189,11 +206,14 @@ def main():
         if store is not None:
             plan, logits = store.load(e)
             f = time_ours(e, train_mod.StoredLogits(logits, plan, device), plan)
+        replay = {name: time_replay(v[0], e) for name, v in variants.items()}
         if e >= args.warmup:
             t_ref.append(r)
             t_ours.append(o)
             if f is not None:
                 t_fkd.append(f)
+            for name, t in replay.items():
+                variants[name][2].append(t)
     med_ref, med_ours = statistics.median(t_ref), statistics.median(t_ours)
     print(f"device {device} ({torch.get_num_threads()} threads), workers {common.workers}, {args.arch} teacher and "
           f"student at {args.input_size}px, {N} images ({common.num_classes} classes x IPC {args.ipc}) from {data}, "
@@ -204,6 +224,10 @@ def main():
         med_fkd = statistics.median(t_fkd)
         print(f"relabel_eval loop (FKD replay): median epoch {med_fkd * 1000:.1f} ms  ({N / med_fkd:.0f} img/s)  "
               f"ratio vs reference {med_ref / med_fkd:.2f}x")
+    for name, (_, nbytes, times) in variants.items():
+        med = statistics.median(times)
+        print(f"FKD replay, {name:20s}: median epoch {med * 1000:.1f} ms incl. label read ({N / med:.0f} img/s); "
+              f"labels {nbytes / 1e6:.3f} MB")
     print(f"speed-up (reference / ours, medians): {med_ref / med_ours:.2f}x")
 
 
