@@ -67,6 +67,11 @@ def check_soft_labels(args, syn: Path, ipc: int) -> None:
         raise UserError("--soft-label-dir needs --teacher-path (the teacher that made the soft labels)")
     store = SoftLabelStore(args.soft_label_dir)
     store.check(load_distilled(syn, ipc))
+    made = store.manifest.get("teacher") or {}
+    if len(made.get("paths") or []) > 1 or made.get("mode", "eval") != "eval":
+        raise UserError(f"--soft-label-dir {args.soft_label_dir} was made by {len(made.get('paths') or [])} "
+                        f"teacher(s) in {made.get('mode', 'eval')} mode; the export's labels come from one "
+                        "teacher in eval mode, so they would not be those soft labels")
     made_with = store.manifest.get("inputs", {}).get("teacher", {}).get("sha256")
     if made_with and made_with != sha256_file(args.teacher_path):
         raise UserError(f"--soft-label-dir {args.soft_label_dir} was made with another teacher than "
