@@ -313,6 +313,64 @@ def test_linear_probe_killed_two_process_run_resumes_exactly(data, ssl_backbone,
     assert not (tmp_path / "part.pth.state").exists()
 
 
+# ------------------------------------------------------------------------------------------ rank_select.patches
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_patches_classes_sharded_over_two_processes_equal_one(data, tmp_path):
+    from rank_select import patches
+
+    def args(out):  # 3 classes over 2 processes: rank 0 makes classes 0 and 2, rank 1 class 1
+        return [str(a) for a in ["--data-path", data / "data" / "train", "--observer-path", data / "teacher.pth",
+                                 "--output-path", out, "--ipc", 2, "--factor", 2, "--mipc", 8, "--num-crop", 3,
+                                 "--batch-size", 9, "--workers", 0, "--device", "cpu", "--seed", 3]]
+
+    one_thread(patches.main, args(tmp_path / "one"))
+    res = launch(["-m", "rank_select.patches", *args(tmp_path / "two")], nproc=2, timeout=120).check()
+    assert "3 classes dealt to 2 processes (gloo)" in res.stderr[0]
+    assert "rank 0 of 2: 2 of the 3 classes" in res.stderr[0] and "rank 1 of 2: 1 of the 3 classes" in res.stderr[1]
+    one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")
+    assert len(one) == 3 * 2 + 1  # 2 images per class and manifest.json
+    assert {k: v for k, v in two.items() if k != "manifest.json"} == \
+        {k: v for k, v in one.items() if k != "manifest.json"}  # every image byte for byte
+    m1, m2 = (json.loads(t["manifest.json"]) for t in (one, two))
+    # every per-class record (sources, crop boxes, losses to the last bit) and the crop count
+    assert m2["classes"] == m1["classes"] and len(m2["classes"]) == 3
+    assert m2["timings"]["crops_scored"] == m1["timings"]["crops_scored"] == 3 * 8 * 3
+    assert {k: v for k, v in m2["args"].items() if k != "output_path"} == \
+        {k: v for k, v in m1["args"].items() if k != "output_path"}
+    assert not (tmp_path / "two.state").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+
+    # a one-process run interrupted after its first class, finished by two processes: the same output
+    real = patches.write_class
+
+    def interrupt_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    calls: list[int] = []
+    patches.write_class = interrupt_second
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            one_thread(patches.main, args(tmp_path / "resumed"))
+    finally:
+        patches.write_class = real
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.state").is_dir()
+    res = launch(["-m", "rank_select.patches", *args(tmp_path / "resumed")], nproc=2, timeout=120).check()
+    assert "resuming: 1 of 3 classes already done" in res.stderr[0]
+    assert "rank 0 of 2: 1 of the 2 classes" in res.stderr[0] and "rank 1 of 2: 1 of the 2 classes" in res.stderr[1]
+    resumed = _tree(tmp_path / "resumed")
+    assert {k: v for k, v in resumed.items() if k != "manifest.json"} == \
+        {k: v for k, v in one.items() if k != "manifest.json"}
+    assert json.loads(resumed["manifest.json"])["classes"] == m1["classes"]
+    assert not (tmp_path / "resumed.state").exists()
+
+
 # ------------------------------------------------------------------------------------------ scripts
 
 def test_scripts_launch_every_stage_under_torchrun_and_pass_node_flags():
