@@ -114,6 +114,28 @@ class CropDataset(Dataset):
         return crops, boxes, label, index
 
 
+class _Decode(Dataset):
+    """Decode each file (:func:`load_rgb` names a bad one); nothing is kept."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> int:
+        load_rgb(self.paths[index])
+        return 0
+
+
+def check_images(paths: Sequence[str], workers: int) -> None:
+    """Every pool image decodes, before anything is written: a bad file in a later class must not leave
+    earlier classes behind (the workspace is unchanged after a refused command)."""
+    loader = DataLoader(_Decode(paths), batch_size=64, num_workers=workers, collate_fn=len)
+    for _ in tqdm(loader, desc="checking images", unit="batch", leave=False, mininterval=1.0):
+        pass
+
+
 # ----------------------------------------------------------------------------- scoring, selection, stitching
 
 def pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -280,6 +302,9 @@ def run(args, ctx, t_start: float) -> dict:
         if len(pool) < need and not args.allow_fewer:
             raise UserError(f"class {cls} has only {len(pool)} images but --ipc {args.ipc} x --factor^2 "
                             f"{args.factor ** 2} needs {need}; lower --ipc or pass --allow-fewer")
+    # every pool image decodes (each process checks its share), before the state or the output is touched
+    check_images([str(data_root / p) for pool in pools[ctx.rank::ctx.world_size] for p in pool], workers)
+    barrier()
     run = RunState(out, STAGE, fingerprint(args, NOT_RESULT, observer_sha256=sha256_file(observer_path),
                                            classes=classes, input_size=ranker.input_size,
                                            mean=list(ranker.mean), std=list(ranker.std)), restart=args.restart,
