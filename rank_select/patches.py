@@ -14,6 +14,13 @@ holds sorted crop ``k * ipc + j``. Unlike the released code every draw is seeded
 classes survive an interruption in ``OUT.state/`` beside the output
 (``common.run.state``): the same command run again resumes.
 ``manifest.json`` records the source file and crop box of every patch.
+
+Under torchrun the classes still to do are dealt out to the processes (every ``world``-th one
+from the rank's); each process scores and stitches its classes into the run state's shared
+work folder, and rank 0 swaps in the output once every class is done. The observer scores
+each class's crops in batches that never mix classes, so a class comes out the same, to the
+last bit of every recorded loss, whichever process makes it and whatever else it makes: N
+processes, and a resumed run, write the one-process output byte for byte (timings aside).
 """
 from __future__ import annotations
 
@@ -41,9 +48,9 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from common.cli.errors import UserError, bar_vanishes_on_error
-from common.cli.flags import workers_from_args
+from common.cli.flags import device_spec, workers_from_args
 from common.cli.paths import check_output_dir
-from common.compute.device import device_from_args
+from common.compute.distributed import barrier, cleanup, init_distributed, sum_over_ranks
 from common.data.datasets import check_class_count, get_dataset
 from common.data.imagefolder import find_classes, load_rgb, make_samples
 from common.data.transforms import normalize
@@ -105,6 +112,28 @@ class CropDataset(Dataset):
         crops, boxes = random_crops(img, self.num_crop, self.crop_size,
                                     crop_seed(self.seed, label, self.positions[index]))
         return crops, boxes, label, index
+
+
+class _Decode(Dataset):
+    """Decode each file (:func:`load_rgb` names a bad one); nothing is kept."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> int:
+        load_rgb(self.paths[index])
+        return 0
+
+
+def check_images(paths: Sequence[str], workers: int) -> None:
+    """Every pool image decodes, before anything is written: a bad file in a later class must not leave
+    earlier classes behind (the workspace is unchanged after a refused command)."""
+    loader = DataLoader(_Decode(paths), batch_size=64, num_workers=workers, collate_fn=len)
+    for _ in tqdm(loader, desc="checking images", unit="batch", leave=False, mininterval=1.0):
+        pass
 
 
 # ----------------------------------------------------------------------------- scoring, selection, stitching
@@ -226,12 +255,31 @@ class ClassOutput:
     ext: str    # png | jpg
 
 
+def class_batches(counts: Sequence[int], per_batch: int) -> list[list[int]]:
+    """Batches of ``per_batch`` consecutive items that never span two classes (``counts`` items per class,
+    in order): a class's scores then do not depend on which other classes share its process or run."""
+    out, start = [], 0
+    for n in counts:
+        out += [list(range(i, min(start + n, i + per_batch))) for i in range(start, start + n, per_batch)]
+        start += n
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     t_start = time.perf_counter()
     for flag in ("ipc", "mipc", "num_crop", "factor", "batch_size"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be at least 1")
+    ctx = init_distributed(device_spec(args))  # torchrun: one device per process, a gloo/NCCL group
+    try:
+        return run(args, ctx, t_start)
+    finally:
+        cleanup()
+
+
+def run(args, ctx, t_start: float) -> dict:
+    """Synthesize this process's share of the classes; rank 0 completes the output (see the module doc)."""
     seed_everything(args.seed)
     spec = get_dataset(args.dataset)
     data_root, out = Path(args.data_path), Path(args.output_path)
@@ -240,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_class_count(spec, len(classes), data_root)
     check_not_inside(out, data_root, "--output-path", "the data path")
     check_output(out, STAGE, args.force, flag="--output-path")
-    device = device_from_args(args)
+    device = ctx.device
     workers = workers_from_args(args, device.type)
     observer_path = model_path_from_args(args, "observer")
     ranker = load_ranker(observer_path, args.observer_arch, classes, spec, args.input_size, device, "observer")
@@ -254,9 +302,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if len(pool) < need and not args.allow_fewer:
             raise UserError(f"class {cls} has only {len(pool)} images but --ipc {args.ipc} x --factor^2 "
                             f"{args.factor ** 2} needs {need}; lower --ipc or pass --allow-fewer")
+    # every pool image decodes (each process checks its share), before the state or the output is touched
+    check_images([str(data_root / p) for pool in pools[ctx.rank::ctx.world_size] for p in pool], workers)
+    barrier()
     run = RunState(out, STAGE, fingerprint(args, NOT_RESULT, observer_sha256=sha256_file(observer_path),
                                            classes=classes, input_size=ranker.input_size,
-                                           mean=list(ranker.mean), std=list(ranker.std)), restart=args.restart)
+                                           mean=list(ranker.mean), std=list(ranker.std)), restart=args.restart,
+                   check=ctx.is_main)  # under torchrun: rank 0 checks (and may reset) the state, the others wait
     stage = run.path("work")  # the output folder being built; swapped in when every class is done
     done = {rec["class"]: rec for rec in (run.done(u) for u in run.done_units()) if rec}
     todo = [y for y, c in enumerate(classes) if c not in done]
@@ -264,13 +316,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"resuming: {len(classes) - len(todo)} of {len(classes)} classes already done in {run.dir}",
               file=sys.stderr)
 
+    mine = todo[ctx.rank::ctx.world_size]  # this process's classes
+    if ctx.distributed:
+        print(f"{len(todo)} classes dealt to {ctx.world_size} processes ({ctx.backend})", file=sys.stderr)
+        print(f"rank {ctx.rank} of {ctx.world_size}: {len(mine)} of the {len(todo)} classes", file=sys.stderr,
+              force=True)
     samples, positions = [], []
-    for y in todo:
+    for y in mine:
         samples += [(str(data_root / p), y) for p in pools[y]]
         positions += list(range(len(pools[y])))
     per_batch = max(1, args.batch_size // args.num_crop)  # images whose crops share one forward pass
     loader = DataLoader(CropDataset(samples, positions, args.num_crop, crop_size, args.seed),
-                        batch_size=per_batch, shuffle=False, num_workers=workers,
+                        batch_sampler=class_batches([len(pools[y]) for y in mine], per_batch), num_workers=workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers > 0 else None)
     spec_out = ClassOutput(args.ipc, args.factor, ranker.input_size, rank_width(args.ipc), args.save_format)
     open_pools: dict[int, ClassPool] = {}
@@ -292,9 +349,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     del open_pools[y]
             n_crops += len(flat)
             bar.update(len(flat))
+        barrier()  # every process's classes are done (and recorded in the state) before rank 0 completes
     elapsed = time.perf_counter() - t0
+    n_crops = int(sum_over_ranks(n_crops)[0])
     rate = n_crops / max(elapsed, 1e-9)
     print(f"scored {n_crops} crops in {elapsed:.1f}s ({rate:.0f} patches/s)", file=sys.stderr)
+    if not ctx.is_main:
+        return {"output": str(out), "rank": ctx.rank, "classes": len(mine)}
+    if ctx.distributed:  # the other processes' classes, from their records
+        done = {rec["class"]: rec for rec in (run.done(u) for u in run.done_units()) if rec}
+        missing = [c for c in classes if c not in done]
+        if missing:
+            raise RuntimeError(f"classes {missing[:3]} have no done record in {run.dir} after every process ended")
 
     manifest = build_manifest(STAGE, args, inputs={"observer": observer_path}, data_root=str(data_root.resolve()),
                               observer={"arch": ranker.arch, "input_size": ranker.input_size,

@@ -13,7 +13,7 @@
 # WANDB_PROJECT=NAME also logs them to Weights & Biases (pip install wandb).
 
 # the stages that split their work over torchrun's processes; the others run as one process
-DIST_MODULES=" squeeze squeeze.ssl squeeze.trajectories rank_select recover relabel_eval "
+DIST_MODULES=" squeeze squeeze.ssl squeeze.linear_probe squeeze.trajectories rank_select rank_select.patches recover relabel_eval "
 # the stages that write training curves (--log-dir, --wandb-project)
 CURVE_MODULES=" squeeze squeeze.ssl recover recover.trajectory_matching relabel_eval "
 

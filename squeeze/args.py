@@ -141,7 +141,8 @@ def linear_probe_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=positive_int, default=None, help="default: the backbone's, else the dataset's")
     p.add_argument("--epochs", type=positive_int, default=90,
                    help="default: %(default)s (MoCo v3 linear probe); unused with a released classifier")
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="images per SGD step, all processes together under torchrun (default: %(default)s)")
     p.add_argument("--lr", type=positive_float, default=0.1, help="SGD lr, cosine to 0 (default: %(default)s)")
     p.add_argument("--momentum", type=momentum_float, default=0.9)
     p.add_argument("--weight-decay", type=nonneg_float, default=0.0)

@@ -14,7 +14,10 @@ ones, bit for bit (checked before writing). The classifier is trained with SGD (
 taken from a released linear classifier (``--linear-path``, or the ``fc`` a MoCo ``lincls``
 file carries). ``--train-aug none`` computes the frozen features once and trains on them
 (the same result as running the frozen backbone every epoch on unaugmented images, in a
-fraction of the time). A trained classifier is checkpointed every epoch in
+fraction of the time). Under torchrun the processes share the frozen backbone's work (feature
+extraction, each step's batch, validation) and every one takes the same step on the gathered
+features: the classifier is the one process's with the same ``--batch-size`` (the global batch;
+see ``squeeze/probe.py``). A trained classifier is checkpointed every epoch in
 ``<output>.state/probe.pt`` (common.run.state): the same command continues a killed run.
 
 The output is a normal teacher checkpoint (``"model"`` + ``"meta"``, with
@@ -43,6 +46,12 @@ def main(argv=None) -> dict:
     check_linear_probe(args)
     check_output_file(args.output, "--output")
     check_output_file(Path(args.output).with_suffix(".json"), "--output's report")
+    from common.cli.flags import device_spec
+    from common.compute.distributed import cleanup, init_distributed
     from squeeze.probe import train_probe
 
-    return train_probe(args)
+    ctx = init_distributed(device_spec(args))  # torchrun: one device per process, a gloo/NCCL group
+    try:
+        return train_probe(args, ctx)
+    finally:
+        cleanup()

@@ -1,4 +1,21 @@
-"""The linear probe behind ``python -m squeeze.linear_probe``: frozen backbone in eval mode, trained classifier."""
+"""The linear probe behind ``python -m squeeze.linear_probe``: frozen backbone in eval mode, trained classifier.
+
+Under torchrun the frozen backbone's work is shared and the classifier is the one process's:
+
+- ``--train-aug none``: each process extracts the features of whole batches ``rank, rank + world, ...``
+  of min(256, ``--batch-size``) images (the very batches one process forms), and every process gathers
+  all of them;
+- augmented: each step's global batch of ``--batch-size`` images (the same epoch permutation in every
+  process) is cut into one contiguous share per process; each process loads its share (every image's
+  augmentation is a function of (seed, epoch, index): :class:`common.train.seed.SeededItems`), runs the
+  frozen backbone on it, and every process gathers the whole batch's features in batch order;
+- every process then takes the same SGD step on the same features: the classifier is replicated, not
+  averaged (a linear head on a frozen backbone costs nothing next to the backbone), so no gradient is
+  reduced and the result is one process's with the same ``--batch-size``;
+- validation: each process evaluates its whole batches (as above) and the counts are summed.
+
+Rank 0 alone writes the resume state, the checkpoint and the report.
+"""
 from __future__ import annotations
 
 import math
@@ -11,7 +28,8 @@ from torch import nn
 from tqdm import tqdm
 
 from common.cli.errors import UserError
-from common.cli.flags import workers_from_args
+from common.cli.flags import device_spec, workers_from_args
+from common.compute.distributed import all_gather_rows, broadcast_object, init_distributed, reduce_metrics
 from common.data.dataconfig import resolve_data_config
 from common.data.datasets import get_dataset
 from common.data.imagefolder import ImageFolder, check_train_val
@@ -22,7 +40,7 @@ from common.run.safe_load import safe_torch_load
 from common.run.state import RunState, check_output, fingerprint
 from common.train.metrics import evaluate
 from common.train.optim import SCHEDULER_KEY, freeze
-from common.train.seed import epoch_seed, seed_everything, seed_worker
+from common.train.seed import SeededItems, epoch_seed, seed_everything, seed_worker
 from models import build_model, classifier_layer, classifier_name, make_meta, penultimate_features, save_checkpoint
 from models.external_ssl import read_linear_classifier, read_ssl_checkpoint
 from models.registry import canonical_arch
@@ -74,13 +92,41 @@ def freeze_backbone(model: nn.Module) -> nn.Linear:
     return fc
 
 
-def _features(model, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
+EXTRACT_BATCH = 256  # at most this many images per frozen forward pass (feature extraction, validation)
+
+
+def batch_shard(n: int, batch: int, rank: int, world_size: int) -> list[int]:
+    """The indices of the whole batches ``rank, rank + world_size, ...`` of ``range(n)`` cut in ``batch``es:
+    each process sees exactly the batches one process would form (so the same numbers come out)."""
+    return [i for b in range(rank * batch, n, world_size * batch) for i in range(b, min(n, b + batch))]
+
+
+def _features(model, dataset, device, workers: int, batch: int, rank: int = 0,
+              world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features and labels of every item of ``dataset`` in order, ``batch`` images per forward pass;
+    under torchrun each process extracts its :func:`batch_shard` and all are gathered (every process gets
+    the whole)."""
+    mine = batch_shard(len(dataset), batch, rank, world_size)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, mine), batch_size=batch,
+                                         num_workers=workers)
     feats, labels = [], []
     for x, y in tqdm(loader, desc="features", leave=False, mininterval=1.0):
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         feats.append(penultimate_features(model, x).float())
         labels.append(y.to(device))
-    return torch.cat(feats), torch.cat(labels)
+    dim = classifier_layer(model).in_features
+    f = torch.cat(feats) if feats else torch.zeros((0, dim), device=device)
+    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64, device=device)
+    if world_size == 1:
+        return f, y
+    order = torch.tensor([i for r in range(world_size) for i in batch_shard(len(dataset), batch, r, world_size)],
+                         device=device)
+    gathered = all_gather_rows(f)
+    f_all = torch.empty_like(gathered)
+    f_all[order] = gathered
+    y_all = torch.empty(len(dataset), dtype=torch.int64, device=device)
+    y_all[order] = all_gather_rows(y)
+    return f_all, y_all
 
 
 class Diverged(UserError):
@@ -181,10 +227,12 @@ def fit_classifier(model: nn.Module, fc: nn.Linear, batches_of_epoch, steps_per_
     return history
 
 
-def train_probe(args) -> dict:
-    from common.compute.device import device_from_args
-
-    device = device_from_args(args)
+def train_probe(args, ctx=None) -> dict:
+    """The probe; ``ctx`` is :func:`common.compute.distributed.init_distributed`'s (None: one process
+    on ``--device``)."""
+    if ctx is None:
+        ctx = init_distributed(device_spec(args), process_group=False, mute=False)
+    device, rank, world = ctx.device, ctx.rank, ctx.world_size
     spec = get_dataset(args.dataset)
     data, output = Path(args.data_path), Path(args.output)
     if output.suffix != ".pth":
@@ -235,23 +283,26 @@ def train_probe(args) -> dict:
     n_train = sum(1 for f in (data / "train").rglob("*") if f.is_file())
     cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
     val_ds = ImageFolder(data / "val", val_transform(int(size), mean, std), classes=classes, cache=cache)
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256, num_workers=workers)
+    extract = min(EXTRACT_BATCH, args.batch_size)  # images per frozen forward pass (features, validation)
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, batch_shard(len(val_ds), extract,
+                                                                                     rank, world)),
+                                             batch_size=extract, num_workers=workers)
     history: list[dict] = []
     t0 = time.perf_counter()
     trained = head is None
     run, saved = None, None
     if trained:  # the resume state is an input: checked before anything is said or written
         run = RunState(output, STAGE, fingerprint(args, NOT_RESULT, backbone_sha256=sha256_file(args.backbone)),
-                       restart=args.restart)
+                       restart=args.restart, check=ctx.is_main)
         state = run.path("probe.pt")
         if state.exists() and not state.is_file():
             raise UserError(f"{state}: exists and is not a file (the linear probe's resume state goes there); "
                             f"remove it")
-        if run.resumed and state.exists():
+        if broadcast_object(run.resumed) and state.exists():  # rank 0 checked the state (and may have reset it)
             saved = read_probe_state(state, fc, args.epochs)
     print(f"squeeze.linear_probe: {arch} backbone ({layout}) from {args.backbone}, {len(classes)} classes, input "
-          f"{size}, " + ("released classifier" if head is not None else f"{args.epochs} epochs, aug {args.train_aug}"),
-          file=sys.stderr)
+          f"{size}, " + ("released classifier" if head is not None else f"{args.epochs} epochs, aug {args.train_aug}")
+          + (f", {world} processes ({ctx.backend})" if ctx.distributed else ""), file=sys.stderr)
     if trained:
         aug = args.train_aug
         tf = val_transform(int(size), mean, std) if aug == "none" else train_transform(int(size), mean, std, aug)
@@ -259,8 +310,7 @@ def train_probe(args) -> dict:
         steps = -(-len(train_ds) // args.batch_size)
         if aug == "none":
             with torch.no_grad():
-                feats, labels = _features(model, torch.utils.data.DataLoader(train_ds, batch_size=256,
-                                                                             num_workers=workers), device)
+                feats, labels = _features(model, train_ds, device, workers, extract, rank, world)
 
             def batches(epoch):
                 g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))
@@ -269,26 +319,44 @@ def train_probe(args) -> dict:
                     idx = order[i:i + args.batch_size]
                     yield feats[idx], labels[idx]
         else:
+            items = SeededItems(train_ds, args.seed)  # an image's augmentation: a function of (seed, epoch, index)
+            dim = fc.in_features
+
             def batches(epoch):
-                seed_everything(epoch_seed(args.seed, epoch))
+                items.set_epoch(epoch)
                 g = torch.Generator().manual_seed(epoch_seed(args.seed, epoch))
-                return tqdm(torch.utils.data.DataLoader(train_ds, batch_size=args.batch_size, shuffle=True,
-                                                        num_workers=workers, generator=g,
-                                                        worker_init_fn=seed_worker),
-                            desc=f"probe epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=1.0)
+                order = torch.randperm(len(items), generator=g)
+                # this process's contiguous share of each global batch (all of it in one process)
+                shares = [order[i:i + args.batch_size].tensor_split(world)[rank].tolist()
+                          for i in range(0, len(order), args.batch_size)]
+                loader = iter(torch.utils.data.DataLoader(items, batch_sampler=[s for s in shares if s],
+                                                          num_workers=workers, worker_init_fn=seed_worker))
+                for share in tqdm(shares, desc=f"probe epoch {epoch + 1}/{args.epochs}", leave=False,
+                                  mininterval=1.0):
+                    if share:
+                        x, y = next(loader)
+                        with torch.no_grad():
+                            f = penultimate_features(model, x.to(device).contiguous(memory_format=torch.channels_last))
+                        y = y.to(device)
+                    else:  # a last batch smaller than the number of processes
+                        f = torch.zeros((0, dim), device=device)
+                        y = torch.zeros(0, dtype=torch.int64, device=device)
+                    yield all_gather_rows(f.float()), all_gather_rows(y)
         try:
             with run.running():  # a failure before the first epoch's checkpoint leaves no state behind
                 history = fit_classifier(model, fc, batches, steps, args.epochs, args.lr, args.momentum,
-                                         args.weight_decay, device, features_given=aug == "none",
-                                         state_file=run.path("probe.pt"), saved=saved,
+                                         args.weight_decay, device, features_given=True,
+                                         state_file=run.path("probe.pt") if ctx.is_main else None, saved=saved,
                                          max_epochs_this_run=args.max_epochs_this_run)
         except Diverged:
             run.discard()  # a diverged run is an error, not a result: its epochs are of no use to a rerun
             raise
         if history is None:
             return {"stopped": True}
-    val = evaluate(model, val_loader, device)
+    val = reduce_metrics(evaluate(model, val_loader, device))  # each process's batches, the counts summed
     assert_unchanged(model, before)  # the SC-DD invariant: BN statistics are the self-supervised ones
+    if not ctx.is_main:  # rank 0 writes the teacher, the report and removes the state
+        return {"val_top1": val["top1"], "history": history}
     method = bmeta.get("ssl_method") or SSL_METHOD.get(layout, layout)
     meta = make_meta(arch, len(classes), int(size), classes=classes, dataset=spec.name, mean=mean, std=std,
                      val_top1=val["top1"], val_top5=val["top5"], teacher_kind="ssl-linear-probe",

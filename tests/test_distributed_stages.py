@@ -4,7 +4,10 @@
 - squeeze with DDP equals one process with the same global batch; a killed run resumes exactly;
 - squeeze.ssl (MoCo) with DDP equals one process with the same global batch;
 - relabel_eval with DDP writes one results file and matches one process;
-- rank_select scored by two processes writes the single-process CSV.
+- rank_select scored by two processes writes the single-process CSV;
+- squeeze.linear_probe with two processes gives the one-process classifier and report (both modes),
+  and a killed 2-process probe resumes exactly;
+- rank_select.patches with classes sharded over two processes writes the one-process output byte for byte.
 """
 from __future__ import annotations
 
@@ -206,6 +209,166 @@ def test_rank_select_sharded_scoring_equals_one_process(data, tmp_path):
             assert sorted(p.name for p in (tmp_path / "one" / "init" / cls).iterdir()) == \
                 sorted(p.name for p in (tmp_path / "two" / "init" / cls).iterdir())
     assert not list((tmp_path / "two").glob("*.partial*")) and not list((tmp_path / "two").glob("*.state"))
+
+
+# ------------------------------------------------------------------------------------------ squeeze.linear_probe
+
+@pytest.fixture(scope="module")
+def ssl_backbone(data) -> Path:
+    """A conv3 SSL backbone (BatchNorm with non-trivial running statistics, used in eval mode)."""
+    from models import build_model, make_meta, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("conv3", len(CLASSES), 16)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    path = data / "ssl_backbone.pth"
+    save_checkpoint(path, model, make_meta("conv3", len(CLASSES), 16, classes=CLASSES, teacher_kind="ssl-backbone"))
+    return path
+
+
+def probe_args(data: Path, backbone: Path, out: Path, aug: str, *extra: str) -> list[str]:
+    # 24 train images in global batches of 7 (7, 7, 7, 3): shares of 4 and 3 images, then 2 and 1;
+    # feature extraction and validation in batches of 7 as well: rank 0 takes batches 0 and 2, rank 1 1 and 3
+    return ["--backbone", str(backbone), "--data-path", str(data / "data"), "--epochs", "3", "--batch-size", "7",
+            "--lr", "0.5", "--train-aug", aug, "--device", "cpu", "--workers", "0", "--output", str(out), *extra]
+
+
+def one_thread(fn, *args):
+    """``fn(*args)`` with one intra-op thread, as each torchrun process here has (OMP_NUM_THREADS=1): CPU
+    kernels may split a reduction differently with more threads (the last bit of a feature can differ)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _probe_report(path: Path) -> dict:
+    rep = json.loads(path.with_suffix(".json").read_text())
+    hist = [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in rep["history"]]
+    return {"history": hist, **{k: rep[k] for k in ("val_top1", "val_top5", "classes", "arch", "input_size")}}
+
+
+@pytest.mark.parametrize("aug", ["none", "crop"])
+def test_linear_probe_two_processes_equal_one(data, ssl_backbone, tmp_path, aug):
+    from squeeze import linear_probe
+
+    one, two = tmp_path / "one.pth", tmp_path / "two.pth"
+    one_thread(linear_probe.main, probe_args(data, ssl_backbone, one, aug))
+    res = launch(["-m", "squeeze.linear_probe", *probe_args(data, ssl_backbone, two, aug)], nproc=2,
+                 timeout=120).check()
+    assert "2 processes (gloo)" in res.stderr[0]
+    a, b = read_checkpoint(one), read_checkpoint(two)
+    assert not torch.equal(a["model"]["classifier.weight"], torch.zeros_like(a["model"]["classifier.weight"]))
+    for k in a["model"]:
+        if aug == "none" or not k.startswith("classifier."):
+            # bit for bit: each process extracts whole batches one process also forms, and every process
+            # takes one process's SGD step on the gathered features in their order (no gradient is
+            # averaged, so no float summation order changes); the backbone is frozen
+            assert torch.equal(a["model"][k], b["model"][k]), k
+        else:
+            # augmented: the same images, augmentations and steps, but each process runs the backbone on
+            # its share of a step's batch (4 + 3 and 2 + 1 images here instead of 7 and 3), and oneDNN's
+            # conv kernels may round the last bit of a feature differently for another batch size (a
+            # batch of 1 takes another path: 6e-8 on features of size 0.1). Three steps of SGD on the
+            # 3 x 512 weights (about 0.1) carry that to a few 1e-8: 1e-6 absolute is 30 x that margin
+            # and 1e4 x below the smallest change of one step (lr 0.5 x gradients of about 1e-2).
+            torch.testing.assert_close(b["model"][k], a["model"][k], rtol=0, atol=1e-6, msg=k)
+    assert a["meta"]["val_top1"] == b["meta"]["val_top1"] and a["meta"]["val_top5"] == b["meta"]["val_top5"]
+    ra, rb = _probe_report(one), _probe_report(two)
+    if aug == "none":
+        assert rb == ra
+    else:
+        assert [h.pop("train_loss") for h in rb["history"]] == pytest.approx(
+            [h.pop("train_loss") for h in ra["history"]], rel=1e-6, abs=0)
+        assert rb == ra  # everything else (accuracy, lr, val) exactly
+    assert not (tmp_path / "two.pth.state").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.json", "one.pth", "two.json", "two.pth"]
+
+
+def test_linear_probe_killed_two_process_run_resumes_exactly(data, ssl_backbone, tmp_path):
+    from squeeze import linear_probe
+
+    whole, part = tmp_path / "whole.pth", tmp_path / "part.pth"
+    one_thread(linear_probe.main, probe_args(data, ssl_backbone, whole, "crop"))
+    launch(["-m", "squeeze.linear_probe", *probe_args(data, ssl_backbone, part, "crop", "--max-epochs-this-run",
+                                                      "1")], nproc=2, timeout=120).check()
+    assert not part.exists() and (tmp_path / "part.pth.state" / "probe.pt").is_file()
+    res = launch(["-m", "squeeze.linear_probe", *probe_args(data, ssl_backbone, part, "crop")], nproc=2,
+                 timeout=120).check()
+    assert "resumed the linear probe from" in res.stderr[0]
+    # the resumed 2-process run continues where the killed one stopped: the uninterrupted 2-process run
+    # equals one process (test above), so the same tolerance for the batch-size rounding of the features
+    torch.testing.assert_close(read_checkpoint(part)["model"]["classifier.weight"],
+                               read_checkpoint(whole)["model"]["classifier.weight"], rtol=0, atol=1e-6)
+    ra, rb = _probe_report(whole), _probe_report(part)
+    assert [h.pop("train_loss") for h in rb["history"]] == pytest.approx(
+        [h.pop("train_loss") for h in ra["history"]], rel=1e-6, abs=0)
+    assert rb == ra and len(rb["history"]) == 3
+    assert not (tmp_path / "part.pth.state").exists()
+
+
+# ------------------------------------------------------------------------------------------ rank_select.patches
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_patches_classes_sharded_over_two_processes_equal_one(data, tmp_path):
+    from rank_select import patches
+
+    def args(out):  # 3 classes over 2 processes: rank 0 makes classes 0 and 2, rank 1 class 1
+        return [str(a) for a in ["--data-path", data / "data" / "train", "--observer-path", data / "teacher.pth",
+                                 "--output-path", out, "--ipc", 2, "--factor", 2, "--mipc", 8, "--num-crop", 3,
+                                 "--batch-size", 9, "--workers", 0, "--device", "cpu", "--seed", 3]]
+
+    one_thread(patches.main, args(tmp_path / "one"))
+    res = launch(["-m", "rank_select.patches", *args(tmp_path / "two")], nproc=2, timeout=120).check()
+    assert "3 classes dealt to 2 processes (gloo)" in res.stderr[0]
+    assert "rank 0 of 2: 2 of the 3 classes" in res.stderr[0] and "rank 1 of 2: 1 of the 3 classes" in res.stderr[1]
+    one, two = _tree(tmp_path / "one"), _tree(tmp_path / "two")
+    assert len(one) == 3 * 2 + 1  # 2 images per class and manifest.json
+    assert {k: v for k, v in two.items() if k != "manifest.json"} == \
+        {k: v for k, v in one.items() if k != "manifest.json"}  # every image byte for byte
+    m1, m2 = (json.loads(t["manifest.json"]) for t in (one, two))
+    # every per-class record (sources, crop boxes, losses to the last bit) and the crop count
+    assert m2["classes"] == m1["classes"] and len(m2["classes"]) == 3
+    assert m2["timings"]["crops_scored"] == m1["timings"]["crops_scored"] == 3 * 8 * 3
+    assert {k: v for k, v in m2["args"].items() if k != "output_path"} == \
+        {k: v for k, v in m1["args"].items() if k != "output_path"}
+    assert not (tmp_path / "two.state").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+
+    # a one-process run interrupted after its first class, finished by two processes: the same output
+    real = patches.write_class
+
+    def interrupt_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    calls: list[int] = []
+    patches.write_class = interrupt_second
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            one_thread(patches.main, args(tmp_path / "resumed"))
+    finally:
+        patches.write_class = real
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.state").is_dir()
+    res = launch(["-m", "rank_select.patches", *args(tmp_path / "resumed")], nproc=2, timeout=120).check()
+    assert "resuming: 1 of 3 classes already done" in res.stderr[0]
+    assert "rank 0 of 2: 1 of the 2 classes" in res.stderr[0] and "rank 1 of 2: 1 of the 2 classes" in res.stderr[1]
+    resumed = _tree(tmp_path / "resumed")
+    assert {k: v for k, v in resumed.items() if k != "manifest.json"} == \
+        {k: v for k, v in one.items() if k != "manifest.json"}
+    assert json.loads(resumed["manifest.json"])["classes"] == m1["classes"]
+    assert not (tmp_path / "resumed.state").exists()
 
 
 # ------------------------------------------------------------------------------------------ scripts

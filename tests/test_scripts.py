@@ -164,7 +164,8 @@ def test_scdd_scripts_relabel_with_a_supervised_teacher():
 # ------------------------------------------------- every script on 4 GPUs (DRY_RUN=1 GPU=0,1,2,3)
 
 # the stages that split their work over processes: on several GPUs they must run under torchrun
-LONG = {"squeeze", "squeeze.ssl", "squeeze.trajectories", "rank_select", "recover", "relabel_eval"}
+LONG = {"squeeze", "squeeze.ssl", "squeeze.linear_probe", "squeeze.trajectories", "rank_select", "rank_select.patches",
+        "recover", "relabel_eval"}
 # (module, flag) -> what the flag names: a path the stage writes, or one it reads
 WRITES = {("squeeze", "--output"), ("squeeze.ssl", "--output"), ("squeeze.linear_probe", "--output"),
           ("rank_select", "--output-path"), ("rank_select", "--ranking-file"), ("rank_select.patches", "--output-path"),

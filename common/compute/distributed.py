@@ -274,6 +274,29 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def all_gather_rows(tensor):
+    """Every rank's ``tensor`` (same trailing shape and dtype, any number of rows, none included)
+    concatenated in rank order; the tensor itself in a single process. Travels as tensors on the
+    group's device (padded to the longest share), not pickled; the result is on ``tensor``'s device."""
+    if not is_initialized():
+        return tensor
+    import torch
+    import torch.distributed as dist
+
+    dev = _comm_device()
+    n = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=dev)
+    counts = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, n)
+    counts = [int(c) for c in counts]
+    if max(counts) == 0:
+        return tensor
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]), device=dev)
+    padded[:tensor.shape[0]] = tensor.to(dev)
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)]).to(tensor.device)
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s ``obj`` on every rank."""
     if not is_initialized():
