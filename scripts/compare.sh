@@ -319,6 +319,7 @@ done
 grid=(); names=()
 for m in ${METHODS}; do
     case "${m}" in full) continue ;; random) s=${SETS}/random_d0 ;; *) s=${SETS}/${m} ;; esac
+    if [ "${m}" = scdd ] && [ -z "${SSL_BACKBONE}" ] && [ "${SSL_EPOCHS}" = 0 ]; then continue; fi
     if [ "${DRY_RUN:-0}" = 1 ] || [ -f "${s}/manifest.json" ]; then grid+=("${s}"); names+=("${m}"); fi
 done
 if [ "${#grid[@]}" -gt 0 ] && { [ "${DRY_RUN:-0}" = 1 ] || [ ! -f "${OUT}/compare_samples.png" ] \
