@@ -301,8 +301,15 @@ fi
 for m in ${METHODS}; do
     echo "== ${m}" >&2
     set +e
-    ( set -euo pipefail; "method_${m}" )
-    rc=$?
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        ( set -euo pipefail; "method_${m}" )
+        rc=$?
+    else  # stderr also to OUT/logs/METHOD.log: a failure's error line goes into its row
+        mkdir -p "${OUT}/logs"
+        : > "${OUT}/logs/${m}.log"
+        { ( set -euo pipefail; "method_${m}" ) 2>&1 1>&3 | tee -a "${OUT}/logs/${m}.log" >&2; } 3>&1
+        rc=${PIPESTATUS[0]}
+    fi
     set -e
     if [ "${rc}" = 0 ]; then
         record_status "${m}" ok 0 ""
@@ -310,7 +317,8 @@ for m in ${METHODS}; do
         record_status "${m}" skipped 0 "no SSL teacher (set SSL_BACKBONE=FILE or SSL_EPOCHS=N)"
     else
         echo "== ${m} FAILED (exit ${rc}); the other methods go on" >&2
-        record_status "${m}" failed "${rc}" "exit ${rc}: see the error line above (the command is printed before it)"
+        why=$(grep -a '^error:' "${OUT}/logs/${m}.log" 2>/dev/null | tail -n 1 || true)
+        record_status "${m}" failed "${rc}" "exit ${rc}: ${why:-see ${OUT}/logs/${m}.log}"
         FAILED+=("${m}")
     fi
 done
@@ -338,3 +346,5 @@ run python scripts/compare_table.py table --out "${OUT}" --methods "${METHODS}" 
     --ipc "${IPC}" --itr "${ITR}" --budget "${BUDGET:-0}" --num-classes "${NUM_CLASSES}" --seeds "${SEEDS}" \
     --train "${TRAIN}"
 echo "compare finished in $(( $(date +%s) - t0 )) s; table: ${OUT}/compare.md${FAILED[*]:+; failed: ${FAILED[*]}}" >&2
+# a failed row is in the table; the exit code says so too (run the same command again to resume)
+if [ "${#FAILED[@]}" -gt 0 ]; then exit 1; fi

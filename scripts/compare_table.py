@@ -232,7 +232,8 @@ def build_rows(args: argparse.Namespace) -> list[dict]:
         row["images"] = images or None
         row["image_bytes"] = image_bytes or None
         labels = [out / "sets" / f"{m}{suffix}" for suffix in (".labels.pt", ".lr.pt")]
-        row["label_bytes"] = sum(p.stat().st_size for p in labels if p.is_file()) if m in ("pad", "datm") else 0
+        if images:  # stored labels: PAD's and DATM's learned labels and lr; none for the teacher-relabelled sets
+            row["label_bytes"] = sum(p.stat().st_size for p in labels if p.is_file()) if m in ("pad", "datm") else 0
         rows.append(row)
     add_ddranking(rows)
     return rows

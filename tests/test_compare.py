@@ -199,6 +199,16 @@ def test_table_from_hand_made_results(tmp_path):
     assert "delt (budget 3000, spent 3100)" in md and "52.00 +- 2.00" in md and "failed: exit 2" in md
     for png in ("compare_cost.png", "compare_protocols.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # every row (spelled as METHODS spells it) and every column, also for rows that have nothing yet
+    assert mod.main(["table", "--out", str(out), "--methods", ALL, "--ipc", "10"]) == 0
+    doc = json.loads((out / "compare.json").read_text())
+    assert [r["method"] for r in doc["rows"]] == ALL.split()
+    assert all(list(r) == list(mod.COLUMNS) for r in doc["rows"])
+    for col in ("soft_top1_mean", "soft_top1_std", "hard_top1_mean", "rded_top1_mean", "pad_top1_mean", "lrs", "ars",
+                "synthesis_seconds", "teacher_passes", "peak_memory_mb", "image_bytes", "label_bytes"):
+        assert col in mod.COLUMNS
+    missing = {r["method"]: r for r in doc["rows"]}["herding"]
+    assert missing["status"] == "missing" and missing["soft_top1_mean"] is None and missing["label_bytes"] is None
 
 
 def test_measure_records_wall_time_peak_memory_and_exit_code(tmp_path):
@@ -236,3 +246,18 @@ def test_tiny_end_to_end_compare_and_rerun_does_no_work(tmp_path):
     assert [x for x in again.stdout.splitlines() if x.startswith("+ ")] == [
         x for x in again.stdout.splitlines() if x.startswith("+ python scripts/compare_table.py")]
     assert (out / "compare.md").read_text() == first
+
+
+@pytest.mark.slow
+def test_a_failed_method_is_reported_in_its_row_and_the_others_go_on(tmp_path):
+    data = tmp_path / "data"
+    make_tree(data / "train", 3, 2)
+    make_tree(data / "val", 3, 2, split=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GPU": "cpu", "DATA_ROOT": str(data), "OUT": str(tmp_path / "out"),
+           "IPC": "2", "TEACHER_EPOCHS": "1", "TEACHER_FLAGS": "--batch-size 3 --lr 0.05", "RE_EPOCHS": "1",
+           "SEEDS": "0", "METHODS": "rded random", "PROTOCOLS": "soft", "MIPC": "1", "NUM_CROP": "1"}
+    res = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr[-3000:]  # the table is written; the exit code reports the failure
+    rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "compare.json").read_text())["rows"]}
+    assert rows["rded"]["status"] == "failed" and "error: class" in rows["rded"]["note"]
+    assert rows["random"]["status"] == "ok" and rows["random"]["soft_top1_mean"] is not None
