@@ -30,7 +30,7 @@ TEACHER_FLAGS=${TEACHER_FLAGS:-"--lr 0.05 --batch-size 64"}  # python -m squeeze
 ITR=${ITR:-200}                                              # recover iterations (BUDGET overrides)
 ROUND_ITR=${ROUND_ITR:-40}                                   # DELT's EarlyLate round length
 RE_EPOCHS=${RE_EPOCHS:-30}                                   # student epochs of every protocol
-EVAL_EVERY=${EVAL_EVERY:-${RE_EPOCHS}}
+EVAL_EVERY=${EVAL_EVERY:-10}                                 # validation every N epochs (best-during-training)
 PROTOCOLS=${PROTOCOLS:-"soft hard rded pad noaug"}           # noaug: soft KD without augmentation (ARS)
 # recover (SRe2L, CDA, DELT, SC-DD): the quickstart's setting
 LR=${LR:-0.25}
@@ -120,6 +120,7 @@ eval_set() {
                  --input-size "${INPUT_SIZE}" --re-epochs "${RE_EPOCHS}" --eval-every "${EVAL_EVERY}" --seeds "$@"
                  --device "${DEVICE}" --output "${output}" --exp-name "compare_${m}_${proto}")
     if [ "${m}" != full ]; then flags+=(--ipc "${IPC}"); fi
+    if [ "${SEED_PARALLEL}" = ranks ]; then flags+=(--seed-parallel ranks); fi  # under torchrun: whole seeds per process
     local kd=(--teacher-path "${TEACHER}" --arch-name "${ARCH}" --stud-name "${STUDENT}")
     local aug=(--min-scale-crops "${MIN_SCALE}" --max-scale-crops 1.0)
     if [ -n "${RAND_AUG}" ]; then aug+=(--use-rand-augment --rand-augment-config "${RAND_AUG}"); fi
