@@ -32,7 +32,9 @@ from common.cli.flags import add_data_args, add_device_args, add_workers_arg
 from common.run.state import add_run_args
 
 # torch-free: ``python -m rank_select --help`` and input errors answer before torch is imported
-CRITERIA = ("top", "min", "medium", "random")  # rank_select.select.select_indices
+CRITERIA = ("top", "min", "medium", "random", "herding", "kcenter")  # rank_select.select.select_indices
+# the criteria that select on the ranker's penultimate features (rank_select.coreset), not on scores
+FEATURE_CRITERIA = ("herding", "kcenter")
 
 
 def add_model_args(p: argparse.ArgumentParser, role: str, aliases: Sequence[str] = ()) -> None:
@@ -61,7 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-path", required=True, help="output ImageFolder of the selected images")
     p.add_argument("--ipc", type=positive_int, default=50, help="images per class")
     p.add_argument("--selection-criteria", choices=CRITERIA, default="medium",
-                   help="medium (DELT default), top, min, or random (seeded baseline)")
+                   help="medium (DELT default), top, min, random (seeded baseline), or the classic coresets on the "
+                        "ranker's penultimate features, per class: herding (greedy mean matching) or kcenter "
+                        "(k-center greedy)")
     p.add_argument("--allow-fewer", action="store_true", help="take all images of a class smaller than --ipc")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the random criterion")
     p.add_argument("--batch-size", type=positive_int, default=256)

@@ -27,9 +27,11 @@ from common.data.imagefolder import ImageFolder, make_samples
 from common.data.transforms import val_transform
 from common.run.atomic import atomic_dir, atomic_path, atomic_torch_save, atomic_write_json
 from common.run.manifest import build_manifest, read_manifest, sha256_file, write_manifest
+from common.run.safe_load import safe_torch_load
 from common.run.state import RunState, check_not_inside, check_output, fingerprint
 from common.train.seed import seed_everything
-from rank_select.args import get_args_parser  # the torch-free parser (python -m rank_select parses with it first)
+from models import classifier_layer
+from rank_select.args import FEATURE_CRITERIA, get_args_parser  # torch-free parser, parsed first
 from rank_select.ranker import Ranker, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import check_class_size, rank_width, select_indices
 
@@ -69,23 +71,43 @@ def _fingerprint(ranker: Ranker, rel_paths: Sequence[str], labels: Sequence[int]
     return h.hexdigest()
 
 
+def forward_scores(ranker: Ranker, x: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float32 logits and, with ``features``, the penultimate features (the classifier's input)
+    of the same forward pass (fp16 autocast on CUDA only, as :func:`forward_logits`)."""
+    if not features:
+        return forward_logits(ranker, x), None
+    captured = {}
+    handle = classifier_layer(ranker.model).register_forward_hook(
+        lambda m, inp, out: captured.__setitem__("f", inp[0]))
+    try:
+        logits = forward_logits(ranker, x)
+    finally:
+        handle.remove()
+    return logits, torch.flatten(captured["f"], 1).float()
+
+
 def score_dataset(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers: int,
                   partial_path: str | os.PathLike | None = None, save_every: float = 120.0,
-                  fingerprint: str = "", on_batch: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+                  fingerprint: str = "", on_batch: Callable[[int], None] | None = None,
+                  features: bool = False) -> dict[str, np.ndarray]:
     """Score every image of ``dataset`` (in order); returns metric arrays of length ``len(dataset)``.
 
-    With ``partial_path``, progress is saved every ``save_every`` seconds and a later
-    call with the same ``fingerprint`` (ranker, transform and file list) continues
+    With ``features``, ``out["features"]`` is the ``[N, D]`` float32 matrix of the ranker's
+    penultimate features, from the same forward pass (herding and k-center select on it).
+    With ``partial_path``, progress (scores and features) is saved every ``save_every`` seconds
+    and a later call with the same ``fingerprint`` (ranker, transform and file list) continues
     from it; the result equals an uninterrupted run.
     """
     n = len(dataset)
-    done: dict[str, list[torch.Tensor]] = {k: [] for k in METRICS}
+    keys = METRICS + (["features"] if features else [])
+    fingerprint = f"{fingerprint}|features" if features else fingerprint
+    done: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     start = 0
     if partial_path is not None and Path(partial_path).is_file():
         state = torch.load(partial_path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") == fingerprint and 0 < state["done"] <= n:
             start = int(state["done"])
-            done = {k: [state[k]] for k in METRICS}
+            done = {k: [state[k]] for k in keys}
             print(f"resuming scoring at image {start}/{n} from {partial_path}", file=sys.stderr)
     pin = ranker.device.type == "cuda"
     loader = DataLoader(Subset(dataset, range(start, n)), batch_size=batch_size, shuffle=False,
@@ -100,8 +122,11 @@ def score_dataset(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers
     with tqdm(total=n, initial=start, desc="ranking", unit="img", dynamic_ncols=True) as bar, \
             bar_vanishes_on_error(bar):
         for batch_idx, (x, y) in enumerate(loader):
-            metrics = score_logits(forward_logits(ranker, x), y.to(ranker.device))
-            for k in METRICS:
+            logits, feats = forward_scores(ranker, x, features)
+            metrics = score_logits(logits, y.to(ranker.device))
+            if features:
+                metrics["features"] = feats
+            for k in keys:
                 done[k].append(metrics[k].cpu())
             count += len(y)
             bar.update(len(y))
@@ -229,20 +254,40 @@ def sidecar_path(csv_path: str | os.PathLike) -> Path:
     return Path(f"{csv_path}.manifest.json")
 
 
+def features_path(csv_path: str | os.PathLike) -> Path:
+    """The ranker's penultimate features scored with ``csv_path`` (herding, k-center), beside it."""
+    return Path(f"{csv_path}.features.pt")
+
+
+def read_features(csv_path: Path, data_root: Path, rel_paths: Sequence[str]) -> np.ndarray | None:
+    """The stored features when they belong to these files (names and content), else None."""
+    path = features_path(csv_path)
+    if not path.is_file():
+        return None
+    state = safe_torch_load(path, what="the ranking's stored features", advice="pass --rerank to score again")
+    ok = (isinstance(state, dict) and state.get("paths") == list(rel_paths)
+          and state.get("data_fingerprint") == data_fingerprint(data_root, rel_paths)
+          and isinstance(state.get("features"), torch.Tensor) and state["features"].shape[0] == len(rel_paths))
+    return state["features"].numpy() if ok else None
+
+
 # ----------------------------------------------------------------------------- selection output
 
 def pick_per_class(df: pd.DataFrame, classes: Sequence[str], rel_paths: Sequence[str], ipc: int,
-                   criterion: str, seed: int, allow_fewer: bool) -> dict[str, pd.DataFrame]:
-    """Per class, the chosen rows in priority order (selection on scores in file-name order)."""
+                   criterion: str, seed: int, allow_fewer: bool,
+                   features: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+    """Per class, the chosen rows in priority order (selection on scores in file-name order;
+    herding and k-center on the rows of ``features``, which follow ``rel_paths``)."""
     by_path = df.set_index("path")
-    per_class: dict[str, list[str]] = {c: [] for c in classes}
-    for p in rel_paths:  # file-name order, as the data root lists them
-        per_class[p.split("/", 1)[0]].append(p)
+    per_class: dict[str, list[int]] = {c: [] for c in classes}
+    for i, p in enumerate(rel_paths):  # file-name order, as the data root lists them
+        per_class[p.split("/", 1)[0]].append(i)
     chosen = {}
     for label, cls in enumerate(classes):
-        rows = by_path.loc[per_class[cls]]
+        rows = by_path.loc[[rel_paths[i] for i in per_class[cls]]]
         k = check_class_size(cls, len(rows), ipc, allow_fewer)
-        idx = select_indices(criterion, rows["score"].to_numpy(), k, seed=seed, label=label)
+        feats = features[per_class[cls]] if features is not None else None
+        idx = select_indices(criterion, rows["score"].to_numpy(), k, seed=seed, label=label, features=feats)
         chosen[cls] = rows.iloc[idx].reset_index()
     return chosen
 
@@ -284,17 +329,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def score_sharded(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers: int, partial: Path,
-                  save_every: float, fingerprint: str, rank: int, world_size: int) -> dict[str, np.ndarray] | None:
+                  save_every: float, fingerprint: str, rank: int, world_size: int,
+                  features: bool = False) -> dict[str, np.ndarray] | None:
     """Images ``rank, rank + world_size, ...`` scored here; all of them gathered on rank 0 (None elsewhere)."""
     mine = score_dataset(ranker, Subset(dataset, range(rank, len(dataset), world_size)), batch_size, workers,
                          partial.with_name(f"{partial.name}.rank{rank}of{world_size}"), save_every,
-                         f"{fingerprint}|rank {rank} of {world_size}")
+                         f"{fingerprint}|rank {rank} of {world_size}", features=features)
     parts = all_gather_object(mine)
     if rank != 0:
         return None
     out = {}
-    for k in METRICS:
-        full = np.zeros(len(dataset), dtype=parts[0][k].dtype)
+    for k in parts[0]:
+        full = np.zeros((len(dataset), *parts[0][k].shape[1:]), dtype=parts[0][k].dtype)
         for r, part in enumerate(parts):
             full[r::world_size] = part[k]
         out[k] = full
@@ -309,6 +355,7 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
     if args.ranking_file:
         check_output_file(args.ranking_file, "--ranking-file")
         check_output_file(sidecar_path(args.ranking_file), "--ranking-file")
+        check_output_file(features_path(args.ranking_file), "--ranking-file")
     classes, samples = make_samples(data_root)
     check_class_count(spec, len(classes), data_root)
     check_not_inside(out, data_root, "--output-path", "the data path")
@@ -322,8 +369,21 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
     csv_path = Path(args.ranking_file) if args.ranking_file else None
     timing: dict[str, float] = {}
     t_start = time.perf_counter()
+    need_features = args.selection_criteria in FEATURE_CRITERIA
+    feats = None
+    reuse = csv_path is not None and csv_path.is_file() and not args.rerank
+    if reuse and need_features:
+        feats = read_features(csv_path, data_root, rel_paths)
+        if feats is None:  # the ranking was scored without features (another criterion): score again
+            if not ranker_path:
+                raise UserError(f"{csv_path}: --selection-criteria {args.selection_criteria} selects on the "
+                                f"ranker's features, which {features_path(csv_path).name} does not hold for these "
+                                f"files; pass --ranker-path to score them")
+            print(f"note: {csv_path} has no features for {args.selection_criteria}; scoring again with the ranker",
+                  file=sys.stderr)
+            reuse = False
 
-    if csv_path is not None and csv_path.is_file() and not args.rerank:
+    if reuse:
         df = read_ranking(csv_path)
         check_ranking_matches(df, csv_path, data_root, classes, rel_paths)
         check_ranking_content(csv_path, data_root, rel_paths)
@@ -346,10 +406,11 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
         t0 = time.perf_counter()
         with run.running():
             if world_size == 1:
-                metrics = score_dataset(ranker, dataset, args.batch_size, workers, partial, args.save_every, scores_fp)
+                metrics = score_dataset(ranker, dataset, args.batch_size, workers, partial, args.save_every, scores_fp,
+                                        features=need_features)
             else:
                 metrics = score_sharded(ranker, dataset, args.batch_size, workers, partial, args.save_every,
-                                        scores_fp, rank, world_size)
+                                        scores_fp, rank, world_size, features=need_features)
         if metrics is None:  # rank 0 writes the ranking and the selection
             return {}
         timing["scoring_s"] = time.perf_counter() - t0
@@ -365,17 +426,24 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
                 data_fingerprint=data_fingerprint(data_root, rel_paths),
                 ranker={"arch": ranker.arch, "input_size": ranker.input_size, "mean": ranker.mean,
                         "std": ranker.std}, train_top1=acc, **timing))
+        if need_features:
+            feats = metrics["features"]
+            if csv_path is not None:  # weights-only: the file names, the data fingerprint and the matrix
+                atomic_torch_save({"paths": list(rel_paths), "data_fingerprint": data_fingerprint(data_root, rel_paths),
+                                   "features": torch.from_numpy(feats)}, features_path(csv_path))
         scored = True
 
     chosen = pick_per_class(df, classes, rel_paths, args.ipc, args.selection_criteria, args.seed,
-                            args.allow_fewer)
+                            args.allow_fewer, features=feats)
     # cost of this set: this run, plus the scoring of a reused ranking
     timing["wall_time_s"] = time.perf_counter() - t_start + timing.get("reused_ranking_scoring_s", 0.0)
     manifest = build_manifest(STAGE, args, inputs={"ranker": ranker_path if scored else None,
                                                    "ranking_file": csv_path},
                               data_root=str(data_root.resolve()), num_classes=len(classes),
                               selection_criteria=args.selection_criteria, ipc=args.ipc,
-                              reused_ranking=not scored, wall_time_s=timing["wall_time_s"], timings=timing)
+                              reused_ranking=not scored, wall_time_s=timing["wall_time_s"], timings=timing,
+                              **({"features": {"kind": "ranker penultimate (classifier input)",
+                                               "dim": int(feats.shape[1])}} if feats is not None else {}))
     listing = write_selection(out, data_root, chosen, args.ipc, manifest, ranking=df if csv_path is None else None)
     if scored:
         run.finish()

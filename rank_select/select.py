@@ -14,7 +14,7 @@ import numpy as np
 
 from common.cli.errors import UserError
 from common.data.imagefolder import random_real_indices
-from rank_select.args import CRITERIA
+from rank_select.args import CRITERIA, FEATURE_CRITERIA
 
 
 def _as_array(scores: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -62,8 +62,18 @@ def select_random(scores, k: int, seed: int, label: int = 0) -> np.ndarray:
     return np.asarray(random_real_indices(len(_as_array(scores)), k, seed, label), dtype=np.int64)
 
 
-def select_indices(criterion: str, scores, k: int, seed: int = 0, label: int = 0) -> np.ndarray:
-    """Dispatch on ``--selection-criteria``; returns positions, first pick first."""
+def select_indices(criterion: str, scores, k: int, seed: int = 0, label: int = 0, features=None) -> np.ndarray:
+    """Dispatch on ``--selection-criteria``; returns positions, first pick first.
+
+    ``herding`` and ``kcenter`` select on ``features`` (the class's penultimate-feature matrix,
+    rows in the same file-name order as ``scores``; :mod:`rank_select.coreset`).
+    """
+    if criterion in FEATURE_CRITERIA:
+        if features is None:
+            raise UserError(f"--selection-criteria {criterion} selects on the ranker's features; none were computed")
+        from rank_select.coreset import select_herding, select_kcenter
+
+        return (select_herding if criterion == "herding" else select_kcenter)(features, k)
     if criterion == "top":
         return select_top(scores, k)
     if criterion == "min":
