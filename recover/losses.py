@@ -13,11 +13,53 @@ BN of the (frozen, eval-mode) teacher is swapped for :class:`StatBatchNorm` whil
 loss is in use: one autograd function gives the BN output ``x * scale + shift`` and the
 batch mean/variance (two-pass, as exact as ``torch.var_mean``), and its backward is one
 fused expression ``gy * scale + x * a + b``.
+
+Class-aware matching (EDC, ``match="class"`` or ``"mix"``): the images of each class in the
+batch (``set_groups``) have their own per-channel mean and variance compared with that
+class's recorded statistics (``squeeze.class_stats``), summed over the classes present;
+``mix`` weighs ``(1 - W)`` global + ``W`` class. ``momentum`` M > 0 matches an exponential
+moving average of each matched statistic across iterations instead of the current one,
+``ema <- M ema + (1 - M) s`` (no gradient), with the gradient of the current ``s``
+(``ema + s - s.detach()``), as EDC's hooks do. The plain global path (M = 0) is unchanged.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 from torch import nn
+
+MATCH_MODES = ("global", "class", "mix")
+
+
+@dataclass
+class ClassStats:
+    """A teacher's recorded per-class BN-input statistics, one (num_classes, channels) tensor per
+    BatchNorm2d layer in module order (``squeeze.class_stats``)."""
+    mean: list[torch.Tensor]
+    var: list[torch.Tensor]
+
+    def to(self, device) -> ClassStats:
+        return ClassStats([m.to(device) for m in self.mean], [v.to(device) for v in self.var])
+
+
+# a batch's class groups: (label, the positions of its images: a slice when consecutive, else an index tensor)
+Groups = Sequence[tuple[int, "slice | torch.Tensor"]]
+
+
+def class_groups(labels: Sequence[int], device=None) -> list[tuple[int, slice | torch.Tensor]]:
+    """The positions of each label's images, in order of first appearance (a slice when consecutive)."""
+    where: dict[int, list[int]] = {}
+    for pos, c in enumerate(int(v) for v in labels):
+        where.setdefault(c, []).append(pos)
+    out = []
+    for c, pos in where.items():
+        if pos[-1] - pos[0] + 1 == len(pos):
+            out.append((c, slice(pos[0], pos[-1] + 1)))
+        else:
+            out.append((c, torch.tensor(pos, dtype=torch.long, device=device)))
+    return out
 
 
 def bn_stat_term(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
@@ -78,11 +120,54 @@ class StatBatchNorm(nn.Module):
         self.register_buffer("scale", scale.detach().float(), persistent=False)
         self.register_buffer("shift", shift.detach().float(), persistent=False)
         self.term: torch.Tensor | None = None
+        self.match = "global"
+        self.class_mean: torch.Tensor | None = None  # (num_classes, C) for class / mix matching
+        self.class_var: torch.Tensor | None = None
+        self.class_weight = 0.5
+        self.momentum = 0.0
+        self.groups: Groups = ()
+        self.ema: dict = {}
+
+    def _ema(self, key, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The matched statistics: the current ones, or with ``momentum`` their EMA (value) carrying
+        the current ones' gradient."""
+        if not self.momentum:
+            return mean, var
+        md, vd = mean.detach().float(), var.detach().float()
+        prev = self.ema.get(key)
+        if prev is not None:
+            md = self.momentum * prev[0] + (1.0 - self.momentum) * md
+            vd = self.momentum * prev[1] + (1.0 - self.momentum) * vd
+        self.ema[key] = (md, vd)
+        return md + (mean - mean.detach()), vd + (var - var.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y, mean, var = _BatchNormWithStats.apply(x, self.scale, self.shift)
-        self.term = (torch.linalg.vector_norm(mean - self.bn.running_mean)
-                     + torch.linalg.vector_norm(var - self.bn.running_var))
+        if self.match == "global" and not self.momentum:  # the plain, fused path
+            self.term = (torch.linalg.vector_norm(mean - self.bn.running_mean)
+                         + torch.linalg.vector_norm(var - self.bn.running_var))
+            return y
+        term = None
+        if self.match != "class":
+            m, v = self._ema("global", mean, var)
+            term = (torch.linalg.vector_norm(m - self.bn.running_mean)
+                    + torch.linalg.vector_norm(v - self.bn.running_var))
+            if self.match == "mix":
+                term = (1.0 - self.class_weight) * term
+        if self.match != "global":
+            per_class = None
+            for label, sel in self.groups:
+                m, v = channel_mean_var(x[sel])
+                m, v = self._ema(label, m, v)
+                t = (torch.linalg.vector_norm(m - self.class_mean[label])
+                     + torch.linalg.vector_norm(v - self.class_var[label]))
+                per_class = t if per_class is None else per_class + t
+            if per_class is None:
+                raise RuntimeError("class-aware BN matching without class groups (BNStatLoss.set_groups)")
+            if self.match == "mix":
+                per_class = self.class_weight * per_class
+            term = per_class if term is None else term + per_class
+        self.term = term
         return y
 
 
@@ -96,7 +181,12 @@ class BNStatLoss:
     the weighted sum. Use as a context manager or call ``remove()`` to put the BN layers back.
     The teacher must be in eval mode with frozen parameters (as recovery uses it)."""
 
-    def __init__(self, model: nn.Module, first_bn_multiplier: float = 10.0):
+    def __init__(self, model: nn.Module, first_bn_multiplier: float = 10.0, match: str = "global",
+                 class_stats: ClassStats | None = None, class_weight: float = 0.5, momentum: float = 0.0):
+        if match not in MATCH_MODES:
+            raise ValueError(f"match must be one of {MATCH_MODES}, not {match!r}")
+        if match != "global" and class_stats is None:
+            raise ValueError(f"match {match!r} needs the class statistics")
         self.swapped: list[tuple[nn.Module, str, nn.BatchNorm2d, StatBatchNorm]] = []
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
@@ -109,6 +199,25 @@ class BNStatLoss:
         order = {id(m): k for k, m in enumerate(bn_layers_in_order(model))}
         self.swapped.sort(key=lambda s: order[id(s[3])])
         self.weights = [float(first_bn_multiplier)] + [1.0] * (len(self.swapped) - 1)
+        if match != "global" and len(class_stats.mean) != len(self.swapped):
+            self.remove()
+            raise ValueError(f"class statistics for {len(class_stats.mean)} BN layer(s), the model has "
+                             f"{len(self.swapped)}")
+        for k, (_, _, bn, w) in enumerate(self.swapped):
+            w.match, w.class_weight, w.momentum = match, float(class_weight), float(momentum)
+            if match != "global":
+                cm, cv = class_stats.mean[k], class_stats.var[k]
+                if cm.shape[-1] != bn.num_features or cv.shape != cm.shape:
+                    self.remove()
+                    raise ValueError(f"class statistics of BN layer {k}: shape {tuple(cm.shape)}, the layer has "
+                                     f"{bn.num_features} channels")
+                device = bn.running_mean.device
+                w.class_mean, w.class_var = cm.to(device).float(), cv.to(device).float()
+
+    def set_groups(self, groups: Groups) -> None:
+        """The class groups of the images of the next forward (class / mix matching)."""
+        for _, _, _, w in self.swapped:
+            w.groups = groups
 
     def loss(self) -> torch.Tensor:
         terms = [w.term for _, _, _, w in self.swapped]
