@@ -135,7 +135,7 @@ def recover_batch(teacher: nn.Module | Sequence[nn.Module], init: torch.Tensor, 
     active_idx = [torch.tensor(r, device=device, dtype=torch.long) for r in schedule.rounds]
     everyone = [len(r) == schedule.size for r in schedule.rounds]
     bns: list[BNStatLoss] = []
-    groups: dict[int, list] = {}  # per round, the class groups of its active images (class / mix matching)
+    groups: dict = {}  # per round, the class groups of its active images (class / mix matching)
     label_list = labels.tolist()
     fp16 = cfg.amp and cfg.amp_dtype == "fp16"
     amp_dtype = torch.float16 if fp16 else torch.bfloat16

@@ -44,22 +44,35 @@ class ClassStats:
         return ClassStats([m.to(device) for m in self.mean], [v.to(device) for v in self.var])
 
 
-# a batch's class groups: (label, the positions of its images: a slice when consecutive, else an index tensor)
-Groups = Sequence[tuple[int, "slice | torch.Tensor"]]
+@dataclass
+class ClassGroups:
+    """The classes of a batch's images: ``labels`` (G,) the distinct labels in order of first
+    appearance, ``index`` (N,) each image's group, ``counts`` (G, 1) images per group."""
+    labels: torch.Tensor
+    index: torch.Tensor
+    counts: torch.Tensor
 
 
-def class_groups(labels: Sequence[int], device=None) -> list[tuple[int, slice | torch.Tensor]]:
-    """The positions of each label's images, in order of first appearance (a slice when consecutive)."""
-    where: dict[int, list[int]] = {}
-    for pos, c in enumerate(int(v) for v in labels):
-        where.setdefault(c, []).append(pos)
-    out = []
-    for c, pos in where.items():
-        if pos[-1] - pos[0] + 1 == len(pos):
-            out.append((c, slice(pos[0], pos[-1] + 1)))
-        else:
-            out.append((c, torch.tensor(pos, dtype=torch.long, device=device)))
-    return out
+def class_groups(labels: Sequence[int], device=None) -> ClassGroups:
+    """Group the images of a batch by label (built once per EarlyLate round, not per iteration)."""
+    order: dict[int, int] = {}
+    index = [order.setdefault(int(c), len(order)) for c in labels]
+    counts = torch.bincount(torch.tensor(index), minlength=len(order)).float().unsqueeze(1)
+    return ClassGroups(torch.tensor(list(order), dtype=torch.long, device=device),
+                       torch.tensor(index, dtype=torch.long, device=device), counts.to(device))
+
+
+def grouped_mean_var(x: torch.Tensor, groups: ClassGroups) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group (class) of images, the per-channel mean and biased variance over (images, H, W), (G, C)
+    each, in fp32, two passes and vectorised over the groups (every image has the same H x W, so a
+    class's mean is the mean of its images' means)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    n, c = x.shape[:2]
+    zeros = torch.zeros(len(groups.labels), c, dtype=dtype, device=x.device)
+    mean = zeros.index_add(0, groups.index, x.mean(dim=(2, 3), dtype=dtype)) / groups.counts
+    dev = (x if x.dtype == dtype else x.to(dtype)) - mean.index_select(0, groups.index).view(n, c, 1, 1)
+    var = zeros.index_add(0, groups.index, dev.square().mean(dim=(2, 3))) / groups.counts
+    return mean, var
 
 
 def bn_stat_term(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
@@ -125,20 +138,34 @@ class StatBatchNorm(nn.Module):
         self.class_var: torch.Tensor | None = None
         self.class_weight = 0.5
         self.momentum = 0.0
-        self.groups: Groups = ()
+        self.groups: ClassGroups | None = None
         self.ema: dict = {}
 
-    def _ema(self, key, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The matched statistics: the current ones, or with ``momentum`` their EMA (value) carrying
-        the current ones' gradient."""
+    def _ema(self, key, mean: torch.Tensor, var: torch.Tensor,
+             labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The matched statistics: the current ones, or with ``momentum`` their EMA (value) carrying the
+        current ones' gradient. ``labels``: rows of per-class statistics, each class with its own EMA."""
         if not self.momentum:
             return mean, var
         md, vd = mean.detach().float(), var.detach().float()
-        prev = self.ema.get(key)
-        if prev is not None:
-            md = self.momentum * prev[0] + (1.0 - self.momentum) * md
-            vd = self.momentum * prev[1] + (1.0 - self.momentum) * vd
-        self.ema[key] = (md, vd)
+        if labels is None:
+            prev = self.ema.get(key)
+            if prev is not None:
+                md = self.momentum * prev[0] + (1.0 - self.momentum) * md
+                vd = self.momentum * prev[1] + (1.0 - self.momentum) * vd
+            self.ema[key] = (md, vd)
+        else:  # per class: a class seen before continues its average, a new one starts from its statistics
+            if key not in self.ema:
+                k = self.class_mean.shape[0]
+                self.ema[key] = (torch.zeros(k, md.shape[1], device=md.device), torch.zeros_like(self.class_var),
+                                 torch.zeros(k, 1, dtype=torch.bool, device=md.device))
+            em, ev, seen = self.ema[key]
+            was = seen.index_select(0, labels)
+            md = torch.where(was, self.momentum * em.index_select(0, labels) + (1.0 - self.momentum) * md, md)
+            vd = torch.where(was, self.momentum * ev.index_select(0, labels) + (1.0 - self.momentum) * vd, vd)
+            em.index_copy_(0, labels, md)
+            ev.index_copy_(0, labels, vd)
+            seen.index_fill_(0, labels, True)
         return md + (mean - mean.detach()), vd + (var - var.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,15 +182,12 @@ class StatBatchNorm(nn.Module):
             if self.match == "mix":
                 term = (1.0 - self.class_weight) * term
         if self.match != "global":
-            per_class = None
-            for label, sel in self.groups:
-                m, v = channel_mean_var(x[sel])
-                m, v = self._ema(label, m, v)
-                t = (torch.linalg.vector_norm(m - self.class_mean[label])
-                     + torch.linalg.vector_norm(v - self.class_var[label]))
-                per_class = t if per_class is None else per_class + t
-            if per_class is None:
+            if self.groups is None:
                 raise RuntimeError("class-aware BN matching without class groups (BNStatLoss.set_groups)")
+            labels = self.groups.labels
+            m, v = self._ema("class", *grouped_mean_var(x, self.groups), labels=labels)
+            per_class = (torch.linalg.vector_norm(m - self.class_mean.index_select(0, labels), dim=1)
+                         + torch.linalg.vector_norm(v - self.class_var.index_select(0, labels), dim=1)).sum()
             if self.match == "mix":
                 per_class = self.class_weight * per_class
             term = per_class if term is None else term + per_class
@@ -214,7 +238,7 @@ class BNStatLoss:
                 device = bn.running_mean.device
                 w.class_mean, w.class_var = cm.to(device).float(), cv.to(device).float()
 
-    def set_groups(self, groups: Groups) -> None:
+    def set_groups(self, groups: ClassGroups) -> None:
         """The class groups of the images of the next forward (class / mix matching)."""
         for _, _, _, w in self.swapped:
             w.groups = groups

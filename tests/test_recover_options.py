@@ -398,3 +398,29 @@ def test_bad_inputs_are_one_line_and_leave_nothing(shared, stats_file, tmp_path,
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert_one_line_error(code, err, match)
         assert snapshot(tmp_path) == before
+
+
+def test_class_stats_momentum_is_per_class():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    stats = ClassStats([torch.randn(3, 4)], [torch.rand(3, 4) + 0.5])
+    xa, xb = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    with BNStatLoss(model, 1.0, "class", stats, momentum=0.6) as bn, torch.no_grad():
+        bn.set_groups(class_groups([0, 0, 1, 1]))
+        model(xa)
+        bn.loss()
+        bn.set_groups(class_groups([1, 1, 2, 2]))
+        model(xb)
+        got = bn.loss()
+        fa, fb = model[0](xa), model[0](xb)
+
+    def mv(f):
+        v, m = torch.var_mean(f, dim=(0, 2, 3), correction=0)
+        return m, v
+
+    (m1a, v1a), (m1b, v1b), (m2b, v2b) = mv(fa[2:]), mv(fb[:2]), mv(fb[2:])
+    # class 1 continues its average (seen in the first batch); class 2 starts from its current statistics
+    want = (torch.linalg.vector_norm(0.6 * m1a + 0.4 * m1b - stats.mean[0][1])
+            + torch.linalg.vector_norm(0.6 * v1a + 0.4 * v1b - stats.var[0][1])
+            + torch.linalg.vector_norm(m2b - stats.mean[0][2]) + torch.linalg.vector_norm(v2b - stats.var[0][2]))
+    assert torch.allclose(got, want, rtol=1e-5)
