@@ -424,3 +424,33 @@ def test_class_stats_momentum_is_per_class():
             + torch.linalg.vector_norm(0.6 * v1a + 0.4 * v1b - stats.var[0][1])
             + torch.linalg.vector_norm(m2b - stats.mean[0][2]) + torch.linalg.vector_norm(v2b - stats.var[0][2]))
     assert torch.allclose(got, want, rtol=1e-5)
+
+
+def test_rded_patches_as_init_with_residual_stages(shared, tmp_path):
+    """RDED patches (rank_select.patches, factor 2: stitched 2x2) as the initial images of FADRM's schedule;
+    the residual pulls towards the patches: the result is closer to them than without it."""
+    import rank_select.patches as P
+
+    base, _, _ = shared
+    r18 = base / "r18.pth"
+    P.main([str(a) for a in ["--data-path", base / "data" / "train", "--observer-path", r18, "--output-path",
+                             tmp_path / "patches", "--workers", 0, "--mipc", 8, "--num-crop", 2, "--batch-size", 8,
+                             "--ipc", 2, "--factor", 2, "--input-size", 32, "--seed", 0]])
+    common = ["--init-data-path", str(tmp_path / "patches"), "--arch-path", str(r18), "--syn-data-path",
+              str(tmp_path / "syn"), "--ipc", "2", "--iteration", "4", "--batch-size", "6", "--lr", "0.25",
+              "--r-bn", "0.01", "--jitter", "2", "--seed", "1", "--device", "cpu", "--stage-sizes", "24,32"]
+    m = synth.main(common + ["--exp-name", "mixed", "--residual-alpha", "1"])
+    synth.main(common + ["--exp-name", "free"])
+    assert m["stage_sizes"] == [24, 32] and m["residual_alpha"] == 1.0
+    import numpy as np
+    from PIL import Image
+
+    def px(p):
+        return np.asarray(Image.open(p), dtype=np.float64)
+
+    cls = CLASSES[0]
+    for f in m["per_class"][cls]["files"]:
+        init = px(next((tmp_path / "patches" / cls).glob(Path(f).stem + ".*")))
+        # alpha 1: the second stage restarts from the patch itself, so it ends nearer to it than a free run
+        assert np.abs(px(tmp_path / "syn" / "mixed" / cls / f) - init).mean() < \
+            np.abs(px(tmp_path / "syn" / "free" / cls / f) - init).mean()
