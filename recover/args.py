@@ -98,8 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="global: the running statistics; class: each class's images against its recorded class "
                         "statistics (summed over the classes in the batch); mix: (1-W) global + W class "
                         "(default: %(default)s)")
-    g.add_argument("--class-bn-weight", type=unit_float, default=0.5, metavar="W",
-                   help="W of --bn-match mix (EDC: 0.5; default: %(default)s)")
+    g.add_argument("--class-bn-weight", type=unit_float, default=None, metavar="W",
+                   help="W of --bn-match mix (EDC: 0.5; default: 0.5)")
     g.add_argument("--stats-momentum", type=float_range(0, 1, hi_open=True), default=0.0, metavar="M",
                    help="match an EMA of the batch statistics across iterations, ema <- M ema + (1-M) current "
                         "(EDC: 0.8); 0: off (default: %(default)s)")

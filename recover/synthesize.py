@@ -66,7 +66,7 @@ STAGE = "recover"
 NOT_RESULT = {"syn_data_path", "exp_name", "init_data_path", "train_data_path", "arch_path", "dataset",
               "num_classes", "input_size", "num_shards", "shard_index", "store_best_images", "class_stats"}
 # Options past DELT: they enter the fingerprint only when set, so a run without them keeps its fingerprint.
-OPTION_DEFAULTS = {"stage_sizes": None, "residual_alpha": 0.0, "bn_match": "global", "class_bn_weight": 0.5,
+OPTION_DEFAULTS = {"stage_sizes": None, "residual_alpha": 0.0, "bn_match": "global", "class_bn_weight": None,
                    "stats_momentum": 0.0}
 
 
@@ -125,6 +125,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise UserError(f"--bn-match {args.bn_match} needs --class-stats (python -m squeeze.class_stats writes it)")
     if args.class_stats and args.bn_match == "global":
         raise UserError("--class-stats is only used by --bn-match class or mix; add one, or drop --class-stats")
+    if args.class_bn_weight is not None and args.bn_match != "mix":
+        raise UserError(f"--class-bn-weight weighs --bn-match mix; with --bn-match {args.bn_match} it would be ignored")
+    if args.bn_match == "mix" and args.class_bn_weight is None:
+        args.class_bn_weight = 0.5  # EDC's 0.5 global + 0.5 class
     if args.bn_match != "global" and args.r_bn == 0:
         raise UserError(f"--bn-match {args.bn_match} matches BN statistics, but --r-bn is 0")
     if args.stats_momentum and args.r_bn == 0:
@@ -319,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      round_lr_reset=args.round_lr_reset, per_image_augment=args.per_image_augment,
                      amp=precision.enabled, amp_dtype=precision.name if precision.enabled else "bf16",
                      stage_sizes=tuple(args.stage_sizes or ()), residual_alpha=args.residual_alpha,
-                     bn_match=args.bn_match, class_bn_weight=args.class_bn_weight,
+                     bn_match=args.bn_match, class_bn_weight=args.class_bn_weight if args.bn_match == "mix" else 0.5,
                      stats_momentum=args.stats_momentum)
 
     root = output_dir(args)

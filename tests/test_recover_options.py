@@ -380,6 +380,7 @@ def test_bad_inputs_are_one_line_and_leave_nothing(shared, stats_file, tmp_path,
         (["--arch-path", str(t1), str(other)], "class list does not match"),
         (["--arch-path", str(t1), str(t2), "--arch-name", "conv3"], "--arch-name applies to one teacher"),
         (t1s + ["--stats-momentum", "1"], "--stats-momentum"),
+        (t1s + ["--class-bn-weight", "0.3"], "--class-bn-weight weighs --bn-match mix"),
     ]
     before = snapshot(tmp_path)
     for extra, match in cases:
