@@ -6,6 +6,8 @@
 # from each output's manifest. Writes results/recover_ablation.md (+ .csv).
 #   bash bench/recover_ablation.sh
 #   TEACHER_EPOCHS=10 RE_EPOCHS=20 bash bench/recover_ablation.sh   # shorter
+# TIMING_REPEATS=N re-synthesises every row N more times, interleaved (so load from other processes
+# hits all rows alike), and appends the median synthesis seconds per row to the table.
 # conv3's classifier is sized for one input size, so the resolution schedule here is FADRM's
 # Tiny-ImageNet form: two stages at the input size (32,32) with the residual mix (0.5) between them.
 set -euo pipefail
@@ -29,6 +31,7 @@ STAGES=${STAGES:-32,32}
 ALPHA=${ALPHA:-0.5}
 GPU=${GPU:-cpu}
 TABLE=${TABLE:-results/recover_ablation.md}
+TIMING_REPEATS=${TIMING_REPEATS:-0}
 
 source scripts/lib.sh
 setup_device
@@ -62,14 +65,27 @@ opts_teachers2=(--arch-path "$TEACHER" "$TEACHER2")
 opts_all=(--arch-path "$TEACHER" "$TEACHER2" "${residual[@]}" --class-stats "$S1" "$S2" "${classaware[@]}")
 
 rows=()
+E=$D/eval_medium_soft_e$RE_EPOCHS.json  # the initial images without any optimisation
+[ -f "$E" ] || run python -m relabel_eval --syn-data-path "$D/medium" --val-dir "$DATA/val" --teacher-path "$TEACHER" \
+    --stud-name conv3 --dataset custom --input-size 32 --ipc "$IPC" --re-epochs "$RE_EPOCHS" --label-mode soft \
+    --seeds $SEEDS --device "$DEVICE" --output "$E"
+rows+=(--row method="medium init (no recover)" ipc="$IPC" soft="$E")
 for i in "${!exps[@]}"; do
     e=${exps[$i]}
     declare -n opts="opts_$e"
     run python -m recover --exp-name "$e" "${common[@]}" "${opts[@]}"
-    [ -f "$D/eval_${e}_soft.json" ] || run python -m relabel_eval --syn-data-path "$D/$e" --val-dir "$DATA/val" \
+    E=$D/eval_${e}_soft_e$RE_EPOCHS.json
+    [ -f "$E" ] || run python -m relabel_eval --syn-data-path "$D/$e" --val-dir "$DATA/val" \
         --teacher-path "$TEACHER" --stud-name conv3 --dataset custom --input-size 32 --ipc "$IPC" \
-        --re-epochs "$RE_EPOCHS" --label-mode soft --seeds $SEEDS --device "$DEVICE" --output "$D/eval_${e}_soft.json"
-    rows+=(--row method="${names[$i]}" ipc="$IPC" syn="$D/$e" soft="$D/eval_${e}_soft.json")
+        --re-epochs "$RE_EPOCHS" --label-mode soft --seeds $SEEDS --device "$DEVICE" --output "$E"
+    rows+=(--row method="${names[$i]}" ipc="$IPC" syn="$D/$e" soft="$E")
+done
+for k in $(seq 1 "$TIMING_REPEATS"); do
+    for e in "${exps[@]}"; do
+        declare -n opts="opts_$e"
+        [ -f "$D/timing/${e}_$k/manifest.json" ] || run python -m recover --exp-name "timing/${e}_$k" "${common[@]}" \
+            "${opts[@]}"
+    done
 done
 
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
@@ -80,3 +96,21 @@ cosine crop curriculum; residual: --stage-sizes $STAGES --residual-alpha $ALPHA;
 --class-bn-weight 0.5 --stats-momentum 0.8; relabel_eval soft (CutMix + KD at T=20) $RE_EPOCHS epochs, final top-1 \
 mean +- std over seeds $SEEDS. Hardware: $(nproc) CPU cores (${cpu:-unknown CPU}), $DEVICE, shared with other jobs. \
 Produced by bench/recover_ablation.sh."
+if [ "$TIMING_REPEATS" -gt 0 ] && [ "${DRY_RUN:-0}" != 1 ]; then
+    python - "$D" "$TIMING_REPEATS" "${exps[@]}" >> "$TABLE" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+d, reps, exps = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+def secs(p):
+    return sum(r["wall_time_s"] for r in json.loads((p / "manifest.json").read_text())["per_class"].values())
+base = None
+print(f"\nSynthesis seconds, median of {reps + 1} runs interleaved across rows (the table's run and {reps} more):\n")
+print("| row | median s | runs | x DELT |\n|---|---|---|---|")
+for e in exps:
+    ts = [secs(d / e)] + [secs(d / "timing" / f"{e}_{k}") for k in range(1, reps + 1)]
+    m = statistics.median(ts)
+    base = base or m
+    print(f"| {e} | {m:.1f} | {', '.join(f'{t:.0f}' for t in ts)} | {m / base:.2f} |")
+PY
+    cat "$TABLE"
+fi
