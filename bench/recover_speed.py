@@ -11,7 +11,12 @@
 (b) wall-time ratio EarlyLate / uniform at the same ITR for one class of IPC 50
     (ITR/RI scaled down from 4000/500, same 8 rounds: the ideal is 231/400 = 0.5775);
 (c) achieved GFLOP/s (teacher forward + input-gradient backward, counted by
-    ``torch.utils.flop_counter``) against the measured fp32 / bf16 matmul GFLOP/s.
+    ``torch.utils.flop_counter``) against the measured fp32 / bf16 matmul GFLOP/s;
+(d) the cost of each option past DELT on the same batch and iterations, as a wall-time ratio to
+    plain DELT (one teacher, global BN matching): FADRM's resolution stages with the residual mix
+    (``--stage-sizes``: down-up 7/8 size stages when the teacher pools globally, else stages at the
+    input size), class-aware BN matching (``--bn-match class``; ``mix`` with ``--stats-momentum 0.8``
+    as EDC), two teachers in turn, and all together (``--options-only`` runs just this part).
 
 Timings are medians of ``--repeats`` runs, the variants interleaved so that load from
 other processes hits all of them alike. Usage::
@@ -42,6 +47,7 @@ from common.data.transforms import pil_to_normalized, pixel_bounds  # noqa: E402
 from models import build_model, load_model, make_meta, save_checkpoint  # noqa: E402
 from recover.cpu import keep_freed_memory  # noqa: E402
 from recover.loop import LoopConfig, prepare_teacher, recover_batch  # noqa: E402
+from recover.losses import ClassStats, bn_layers  # noqa: E402
 from recover.reference import reference_recover_batch, released_augment  # noqa: E402
 from recover.schedule import early_late_schedule, image_iteration_ratio, uniform_schedule  # noqa: E402
 
@@ -138,6 +144,7 @@ def main(argv=None) -> dict:
     p.add_argument("--iters", type=int, default=10, help="(a) iterations per timed run, batch of 100")
     p.add_argument("--itr", type=int, default=80, help="(b) ITR; RI = ITR / 8 as 4000/500")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--options-only", action="store_true", help="only (d): the options' cost against plain DELT")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,6 +187,13 @@ def main(argv=None) -> dict:
                                     released_augment(size, 4))
             sync(device)
         return run
+
+    if args.options_only:
+        res["d_options_over_delt"] = option_costs(teacher, x0, labels, sched, cl, bounds, device, args.repeats)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+        print(json.dumps(res))
+        return res
 
     variants = {"reference": reference(), "ours_fp32_glibc_default": ours(cfg, False),
                 "reference_kept_memory": reference(True), "ours_fp32": ours(cfg), "ours_fp32_channels_last": ours(cl),
@@ -260,10 +274,57 @@ def main(argv=None) -> dict:
           + ", ".join(f"{k} {v:.1f}" for k, v in achieved.items())
           + f" GFLOP/s; matmul fp32 {mm32:.1f}, bf16 {mm16:.1f} GFLOP/s "
           f"(ours fp32 channels_last at {achieved['ours_fp32_channels_last'] / mm32:.0%} of fp32 matmul)")
+    res["d_options_over_delt"] = option_costs(teacher, x0, labels, sched, cl, bounds, device, args.repeats)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
     print(json.dumps(res))
     return res
+
+
+def option_costs(teacher, x0, labels, sched, cfg: LoopConfig, bounds, device, repeats: int) -> dict:
+    """(d) wall time of each option past DELT over plain DELT's, same batch, iterations and random draws."""
+    import copy
+
+    size = cfg.input_size
+    prepare_teacher(teacher, channels_last=cfg.channels_last)
+    small = size * 7 // 8  # 200/224 in FADRM
+    try:
+        with torch.no_grad():
+            teacher(torch.zeros(1, 3, small, small, device=device))
+        stages = (small, size, small, size)
+    except RuntimeError:  # a conv teacher's classifier takes one size: FADRM's Tiny-ImageNet form
+        stages = (size, size, size, size)
+    num_classes = int(labels.max()) + 1
+    stats = ClassStats([m.running_mean.detach().expand(num_classes, -1).clone() for m in bn_layers(teacher)],
+                       [m.running_var.detach().expand(num_classes, -1).clone() for m in bn_layers(teacher)])
+    second = prepare_teacher(copy.deepcopy(teacher), channels_last=cfg.channels_last)
+    edc = {"bn_match": "mix", "class_bn_weight": 0.5, "stats_momentum": 0.8}
+    fadrm = {"stage_sizes": stages, "residual_alpha": 0.5}
+    setups = {
+        "delt": ({}, [teacher]),
+        f"stages_{'-'.join(map(str, stages))}_residual": (fadrm, [teacher]),
+        "bn_match_class": ({"bn_match": "class"}, [teacher]),
+        "bn_match_mix_momentum_0.8": (edc, [teacher]),
+        "two_teachers": ({}, [teacher, second]),
+        "all_together": ({**fadrm, **edc}, [teacher, second]),
+    }
+
+    def run_with(opts, teachers):
+        c = LoopConfig(**{**cfg.__dict__, **opts})
+        cs = [stats] * len(teachers) if c.bn_match != "global" else None
+
+        def run():
+            recover_batch(teachers, x0, labels, sched, c, random.Random(0), bounds, class_stats=cs)
+            sync(device)
+        return run
+
+    t = interleaved({k: run_with(*v) for k, v in setups.items()}, repeats)
+    ratios = {k: v / t["delt"] for k, v in t.items()}
+    print(f"(d) options past DELT, {len(x0)} images x {sched.total_iterations} iterations, median of {repeats}: "
+          f"plain DELT {t['delt']:.2f} s")
+    for k, v in t.items():
+        print(f"    {k:34s} {v:7.2f} s  {ratios[k]:5.2f}x DELT")
+    return {"seconds": t, "ratio_to_delt": ratios, "stage_sizes": list(stages)}
 
 
 if __name__ == "__main__":

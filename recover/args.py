@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import argparse
 
-from common.cli.argtypes import int_range, nonneg_float, nonneg_int, positive_float, positive_int, seed_int, unit_float
+from common.cli.argtypes import (
+    float_range,
+    int_range,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    unit_float,
+)
 from common.cli.entry import require_paths
 from common.cli.flags import add_curve_args, add_device_args
 from common.run.state import add_run_args
 
 EASY2HARD_MODES = ("step", "linear", "cosine")  # CDA's crop curriculum shapes (recover.augment.min_crop_scale)
+BN_MATCH_MODES = ("global", "class", "mix")  # recover.losses.BNStatLoss
+
+
+def size_list(text: str) -> tuple[int, ...]:
+    """``200,224,200,224`` -> (200, 224, 200, 224): one positive size per stage."""
+    try:
+        sizes = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated pixel sizes such as 200,224,200,224, "
+                                         f"not {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"every stage size must be a positive integer, not {text!r}")
+    return sizes
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -34,7 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="accepted for compatibility: the last iterate is always saved")
     g = p.add_argument_group("teacher")
     g.add_argument("--arch-name", default=None, help="teacher architecture (default: from the checkpoint)")
-    g.add_argument("--arch-path", default=None, help="teacher checkpoint (required)")
+    g.add_argument("--arch-path", nargs="+", default=None, metavar="PATH",
+                   help="teacher checkpoint (required); several: used in turn, iteration it uses teacher it %% n "
+                        "(FADRM+), each with the architecture its checkpoint records")
     g.add_argument("--input-size", type=positive_int, default=None, help="default: the teacher's input size")
     g = p.add_argument_group("EarlyLate")
     g.add_argument("--use-early-late", action="store_true", help="DELT's EarlyLate rounds (needs --round-iterations)")
@@ -58,6 +82,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--per-image-augment", action="store_true",
                    help="a crop/flip/roll per image (default: one per batch, as released)")
     g.add_argument("--seed", type=seed_int, default=0, help="seed; each batch derives its own from it (default: 0)")
+    g = p.add_argument_group("FADRM: resolution stages and residual (docs/methods/fadrm.md)")
+    g.add_argument("--stage-sizes", type=size_list, default=None, metavar="S1,S2,...",
+                   help="optimise at each size in turn over equal shares of the iterations, resizing the images "
+                        "between stages (FADRM: 200,224,200,224); the last must be the input size; Adam is rebuilt "
+                        "each stage, one lr cosine over all iterations (default: one stage at the input size)")
+    g.add_argument("--residual-alpha", type=unit_float, default=0.0, metavar="A",
+                   help="at each stage boundary x <- (1-A) x + A x0, x0 the initial image at the new size "
+                        "(FADRM: 0.5; needs --stage-sizes; default: %(default)s)")
+    g = p.add_argument_group("class-aware BN matching (EDC; docs/methods/edc.md)")
+    g.add_argument("--class-stats", nargs="+", default=None, metavar="FILE",
+                   help="per-class BN statistics from python -m squeeze.class_stats, one file per teacher "
+                        "(matched by the teacher's sha256)")
+    g.add_argument("--bn-match", choices=BN_MATCH_MODES, default="global",
+                   help="global: the running statistics; class: each class's images against its recorded class "
+                        "statistics (summed over the classes in the batch); mix: (1-W) global + W class "
+                        "(default: %(default)s)")
+    g.add_argument("--class-bn-weight", type=unit_float, default=None, metavar="W",
+                   help="W of --bn-match mix (EDC: 0.5; default: 0.5)")
+    g.add_argument("--stats-momentum", type=float_range(0, 1, hi_open=True), default=0.0, metavar="M",
+                   help="match an EMA of the batch statistics across iterations, ema <- M ema + (1-M) current "
+                        "(EDC: 0.8); 0: off (default: %(default)s)")
     g = p.add_argument_group("execution")
     add_device_args(g)
     add_run_args(g)
@@ -75,7 +120,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def check_paths(args: argparse.Namespace) -> None:
     """Every input path given must exist (the teacher, the init and train folders)."""
     require_paths(args, [("arch_path", "--arch-path"), ("init_data_path", "--init-data-path"),
-                         ("train_data_path", "--train-data-path")])
+                         ("train_data_path", "--train-data-path"), ("class_stats", "--class-stats")])
 
 
 # -------------------- python -m recover.trajectory_matching

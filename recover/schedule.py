@@ -149,11 +149,6 @@ def plan_groups(num_classes: int, ipc: int, batch_size: int) -> list[Group]:
     return groups
 
 
-def shard_groups(groups: Sequence[Group], num_shards: int, shard_index: int) -> list[Group]:
-    """Round-robin: shard k takes groups k, k + N, ...; shards hold disjoint classes."""
-    return [g for g in groups if g.index % num_shards == shard_index]
-
-
 # ---------------------------------------------------------------------------------------------
 # learning rate
 # ---------------------------------------------------------------------------------------------
@@ -170,3 +165,15 @@ def lr_at(base_lr: float, iteration: int, total: int, round_length: int | None =
     if reset_per_round and round_length:
         return cosine_lr(base_lr, iteration % round_length, round_length)
     return cosine_lr(base_lr, iteration, total)
+
+
+# ---------------------------------------------------------------------------------------------
+# resolution stages (FADRM)
+# ---------------------------------------------------------------------------------------------
+def stage_bounds(total: int, num_stages: int) -> list[int]:
+    """First iteration of each of ``num_stages`` equal shares of ``total`` iterations, then ``total``:
+    stage k runs iterations ``[k * total // S, (k + 1) * total // S)`` (FADRM's equal budgets,
+    e.g. 2000 in 4 stages: 0, 500, 1000, 1500, 2000)."""
+    if num_stages < 1:
+        raise ValueError("at least one stage")
+    return [k * total // num_stages for k in range(num_stages)] + [total]

@@ -64,7 +64,10 @@ STAGE = "recover"
 # read and written (the inputs enter the fingerprint by content: teacher sha256, init file list,
 # classes, input size) and how the classes are spread over processes.
 NOT_RESULT = {"syn_data_path", "exp_name", "init_data_path", "train_data_path", "arch_path", "dataset",
-              "num_classes", "input_size", "num_shards", "shard_index", "store_best_images"}
+              "num_classes", "input_size", "num_shards", "shard_index", "store_best_images", "class_stats"}
+# Options past DELT: they enter the fingerprint only when set, so a run without them keeps its fingerprint.
+OPTION_DEFAULTS = {"stage_sizes": None, "residual_alpha": 0.0, "bn_match": "global", "class_bn_weight": None,
+                   "stats_momentum": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,9 +103,33 @@ def check_args(args: argparse.Namespace) -> Plan:
         min_itr = max(min_itr, ri)  # as released: at least one round
     # IPC 1 uses no rounds: the single image gets all ITR iterations (docs/methods/delt.md)
     early_late = bool(ri) and args.ipc > 1 and (args.use_early_late or (min_itr is not None and min_itr < itr))
+    check_options(args)
     # the flags, else torchrun (also multi-node) or srun; one shard without either (common.compute.shards)
     num_shards, shard_index = resolve_shard(args.num_shards, args.shard_index)
     return Plan(early_late, min_itr, num_shards, shard_index)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The options past DELT: each needs what it works on (never silently ignored)."""
+    paths = args.arch_path if isinstance(args.arch_path, list) else [args.arch_path] if args.arch_path else []
+    if args.arch_name and len(paths) > 1:
+        raise UserError("--arch-name applies to one teacher; with several --arch-path each checkpoint must record "
+                        "its architecture")
+    if args.residual_alpha and not (args.stage_sizes and len(args.stage_sizes) > 1):
+        raise UserError(f"--residual-alpha {args.residual_alpha:g} mixes at stage boundaries: give --stage-sizes "
+                        f"with at least two stages (e.g. 200,224,200,224)")
+    if args.bn_match != "global" and not args.class_stats:
+        raise UserError(f"--bn-match {args.bn_match} needs --class-stats (python -m squeeze.class_stats writes it)")
+    if args.class_stats and args.bn_match == "global":
+        raise UserError("--class-stats is only used by --bn-match class or mix; add one, or drop --class-stats")
+    if args.class_bn_weight is not None and args.bn_match != "mix":
+        raise UserError(f"--class-bn-weight weighs --bn-match mix; with --bn-match {args.bn_match} it would be ignored")
+    if args.bn_match == "mix" and args.class_bn_weight is None:
+        args.class_bn_weight = 0.5  # EDC's 0.5 global + 0.5 class
+    if args.bn_match != "global" and args.r_bn == 0:
+        raise UserError(f"--bn-match {args.bn_match} matches BN statistics, but --r-bn is 0")
+    if args.stats_momentum and args.r_bn == 0:
+        raise UserError("--stats-momentum averages the matched BN statistics, but --r-bn is 0")
 
 
 def output_dir(args: argparse.Namespace) -> Path:
@@ -132,26 +159,93 @@ def resolve_classes(args: argparse.Namespace) -> tuple[list[str], dict[str, list
         return classes, files
     if args.train_data_path:
         return find_classes(args.train_data_path, "train folder"), None
-    meta = read_checkpoint(args.arch_path)["meta"]
+    meta = read_checkpoint(teacher_paths(args)[0])["meta"]
     if not meta.get("classes"):
         raise UserError("--init noise: pass --train-data-path for the class folder names "
                         "(the teacher checkpoint does not list its classes)")
     return list(meta["classes"]), None
 
 
-def load_teacher(args: argparse.Namespace, classes: Sequence[str], device: torch.device):
+def load_teacher(args: argparse.Namespace, classes: Sequence[str], device: torch.device, path=None,
+                 size: int | None = None):
+    """One teacher (``path``, default the first ``--arch-path``); ``size``: the input size of the first."""
     if not args.arch_path:
         raise UserError("--arch-path (the teacher checkpoint) is required; nothing is downloaded at run time")
-    meta = checkpoint_meta(args.arch_path, args.arch_name)
-    arch = args.arch_name or meta.get("arch")
-    size = resolve_data_config(get_dataset(args.dataset), canonical_arch(arch) if arch else None, args.input_size,
-                               meta, image_root=args.init_data_path or args.train_data_path).input_size
-    model, meta = load_model(args.arch_path, arch=args.arch_name, classes=list(classes), input_size=size,
+    path = path or teacher_paths(args)[0]
+    if size is None:
+        meta = checkpoint_meta(path, args.arch_name)
+        arch = args.arch_name or meta.get("arch")
+        size = resolve_data_config(get_dataset(args.dataset), canonical_arch(arch) if arch else None,
+                                   args.input_size, meta, image_root=args.init_data_path or args.train_data_path
+                                   ).input_size
+    model, meta = load_model(path, arch=args.arch_name, classes=list(classes), input_size=size,
                              device=device)
     if args.r_bn > 0 and not has_batchnorm(model):
-        raise UserError(f"{args.arch_path}: the teacher ({meta['arch']}) has no BatchNorm2d layer, so there are no "
+        raise UserError(f"{path}: the teacher ({meta['arch']}) has no BatchNorm2d layer, so there are no "
                         f"statistics to match; use a BN teacher or --r-bn 0 (cross-entropy only)")
     return model, meta
+
+
+def teacher_paths(args: argparse.Namespace) -> list[str]:
+    """Every ``--arch-path`` (one is kept as a plain string in ``args`` for the manifest)."""
+    return list(args.arch_path) if isinstance(args.arch_path, list) else [args.arch_path]
+
+
+def load_teachers(args: argparse.Namespace, classes: Sequence[str], device: torch.device):
+    """Every teacher, each with its own architecture; they must share the input size and normalisation."""
+    paths = teacher_paths(args)
+    model, meta = load_teacher(args, classes, device, paths[0])
+    models_, metas = [model], [meta]
+    for path in paths[1:]:
+        m, mt = load_teacher(args, classes, device, path, size=int(meta["input_size"]))
+        for key in ("mean", "std"):
+            if [round(float(v), 6) for v in mt[key]] != [round(float(v), 6) for v in meta[key]]:
+                raise UserError(f"{path}: normalisation {key} {list(mt[key])} differs from the first teacher's "
+                                f"{list(meta[key])} ({paths[0]}); teachers used together must share it")
+        models_.append(m)
+        metas.append(mt)
+    return models_, metas
+
+
+def load_class_stats(args: argparse.Namespace, teachers, shas: Sequence[str], classes: Sequence[str], device):
+    """Per teacher, its :class:`recover.losses.ClassStats` from the ``--class-stats`` file recorded with it
+    (files are matched to teachers by the teacher sha256 they record)."""
+    from recover.losses import ClassStats, bn_layers
+    from squeeze.class_stats import read_class_stats, recorded_teacher
+
+    if not args.class_stats:
+        return None
+    if len(args.class_stats) > len(teachers):
+        raise UserError(f"--class-stats: {len(args.class_stats)} files for {len(teachers)} teacher(s); give one per "
+                        f"teacher")
+    by_sha = {recorded_teacher(f): f for f in args.class_stats}
+    out = []
+    for k, (teacher, sha) in enumerate(zip(teachers, shas)):
+        f = by_sha.get(sha) or args.class_stats[min(k, len(args.class_stats) - 1)]  # the latter: names the error
+        names = {id(m): n for n, m in teacher.named_modules()}
+        layers = [(names[id(m)], m.num_features) for m in bn_layers(teacher)]
+        means, variances, _ = read_class_stats(f, sha, classes, layers)
+        out.append(ClassStats(means, variances).to(device))
+    return out
+
+
+def check_stage_sizes(args: argparse.Namespace, size: int, teachers, metas, device) -> None:
+    """The last stage is the input size, and every teacher takes every stage size (a conv teacher's classifier
+    is sized for one input size; ResNets pool globally)."""
+    if not args.stage_sizes:
+        return
+    if args.stage_sizes[-1] != size:
+        raise UserError(f"--stage-sizes {','.join(map(str, args.stage_sizes))}: the last stage must be the input "
+                        f"size {size} (the images are written at it)")
+    for s in sorted(set(args.stage_sizes) - {size}):
+        for path, teacher, meta in zip(teacher_paths(args), teachers, metas):
+            try:
+                with torch.no_grad():
+                    teacher(torch.zeros(1, 3, s, s, device=device))
+            except RuntimeError:
+                raise UserError(f"--stage-sizes: the teacher {path} ({meta['arch']}) cannot take {s}x{s} inputs "
+                                f"(its classifier is sized for {size}); use stage sizes equal to {size} or a teacher "
+                                f"that pools globally (resnet...)") from None
 
 
 # A class whose images have more than this fraction of pixel values at the ends of the valid
@@ -197,6 +291,8 @@ def init_batch(batch: Sequence[Item], classes: Sequence[str], init_root: Path | 
 # ---------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
+    if isinstance(args.arch_path, list) and len(args.arch_path) == 1:
+        args.arch_path = args.arch_path[0]  # one teacher: recorded as before
     if args.init is None:
         args.init = "real" if args.init_data_path else "noise"
     plan = check_args(args)
@@ -210,20 +306,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.num_classes is not None and args.num_classes != len(classes):
         raise UserError(f"--num-classes {args.num_classes} but the data has {len(classes)} class folders")
     check_class_count(get_dataset(args.dataset), len(classes), args.init_data_path or args.train_data_path or "")
-    teacher, meta = load_teacher(args, classes, device)
-    teacher = prepare_teacher(teacher, channels_last=True)
+    teachers, metas = load_teachers(args, classes, device)
+    teachers = [prepare_teacher(t, channels_last=True) for t in teachers]
+    teacher, meta = teachers[0], metas[0]
     precision = resolve_precision(device, args.amp)
     size = int(meta["input_size"])
+    check_stage_sizes(args, size, teachers, metas, device)
+    shas = [sha256_file(p) for p in teacher_paths(args)]
+    class_stats = load_class_stats(args, teachers, shas, classes, device)
     mean, std = meta["mean"], meta["std"]
     cfg = LoopConfig(input_size=size, lr=args.lr, r_bn=args.r_bn, first_bn_multiplier=args.first_bn_multiplier,
                      jitter=args.jitter, easy2hard_mode=args.easy2hard_mode, milestone=args.milestone,
                      round_lr_reset=args.round_lr_reset, per_image_augment=args.per_image_augment,
-                     amp=precision.enabled, amp_dtype=precision.name if precision.enabled else "bf16")
+                     amp=precision.enabled, amp_dtype=precision.name if precision.enabled else "bf16",
+                     stage_sizes=tuple(args.stage_sizes or ()), residual_alpha=args.residual_alpha,
+                     bn_match=args.bn_match, class_bn_weight=args.class_bn_weight if args.bn_match == "mix" else 0.5,
+                     stats_momentum=args.stats_momentum)
 
     root = output_dir(args)
     check_output(root, STAGE, args.force, flag="--syn-data-path/--exp-name")
-    settings = fingerprint(args, NOT_RESULT, min_iterations=plan.min_iterations, input_size=size,
-                           classes=list(classes), teacher_sha256=sha256_file(args.arch_path),
+    unset = {k for k, d in OPTION_DEFAULTS.items() if getattr(args, k) == d}
+    options = {"class_stats_sha256": [sha256_file(f) for f in args.class_stats]} if args.class_stats else {}
+    settings = fingerprint(args, NOT_RESULT | unset, min_iterations=plan.min_iterations, input_size=size,
+                           classes=list(classes), teacher_sha256=shas[0] if len(shas) == 1 else shas, **options,
                            init_files_sha256=init_files and hashlib.sha256(json.dumps(
                                [init_files[c] for c in classes]).encode()).hexdigest(),
                            amp=precision.name if precision.enabled else False)  # what ran: the images depend on it
@@ -246,13 +351,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     planned = sum(schedule_of(b).image_iterations for g in groups for b in g.batches)
     base = build_manifest(
-        "recover", args, inputs={"teacher": args.arch_path}, settings=settings, output=str(out.root),
+        "recover", args, inputs={"teacher": teacher_paths(args)[0]}, settings=settings, output=str(out.root),
         classes=list(classes), method="early_late" if plan.early_late else "uniform",
         teacher_meta={k: meta.get(k) for k in ("arch", "num_classes", "input_size", "mean", "std", "val_top1",
                                                 "teacher_kind", "ssl_method")},
         rounds_per_class=rounds, groups=[g.classes for g in groups],
         planned_image_iterations=planned, uniform_image_iterations=len(classes) * args.ipc * args.iteration,
-        device=str(device), num_shards=plan.num_shards)
+        device=str(device), num_shards=plan.num_shards, **manifest_options(args, metas, shas))
 
     mine = shard_items(groups, plan.num_shards, plan.shard_index, index=lambda g: g.index)
     out.run.begin()  # every input is valid: from here on the run can be resumed
@@ -269,11 +374,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     total_its = sum(schedule_of(b).total_iterations for g in todo for b in g.batches)
     shard_tag = f" shard {plan.shard_index}/{plan.num_shards}" if plan.num_shards > 1 else ""
     job = GroupJob(classes=list(classes), init_root=Path(args.init_data_path) if init_files is not None else None,
-                   init_files=init_files, names=names, teacher=teacher, loop=cfg, size=size, mean=tuple(mean),
+                   init_files=init_files, names=names, loop=cfg,
+                   teacher=teacher if len(teachers) == 1 else teachers, size=size, mean=tuple(mean),
                    std=tuple(std), device=device, schedule_of=schedule_of, seed=args.seed, ipc=args.ipc,
                    save_format=args.save_format, log_dir=Path(args.log_dir) if args.log_dir else None,
                    curves=Curves(None, f"recover{shard_tag.replace(' ', '_').replace('/', 'of')}",
-                                 wandb_project=args.wandb_project, config=settings))
+                                 wandb_project=args.wandb_project, config=settings), class_stats=class_stats)
     bar = tqdm(total=total_its, unit="it", desc=f"recover{shard_tag}", mininterval=2.0, dynamic_ncols=True)
     t_start = time.perf_counter()
     done_its = 0
@@ -299,6 +405,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return manifest
 
 
+def manifest_options(args: argparse.Namespace, metas: Sequence[dict], shas: Sequence[str]) -> dict:
+    """The manifest fields of the options past DELT (none for a plain run)."""
+    out: dict = {}
+    paths = teacher_paths(args)
+    if len(paths) > 1:
+        out["teachers"] = [{"path": str(p), "sha256": h, "arch": m.get("arch"), "val_top1": m.get("val_top1")}
+                           for p, h, m in zip(paths, shas, metas)]
+        out["teacher_rotation"] = "iteration it uses teacher it % n, restarted for every batch (FADRM+)"
+    if args.stage_sizes:
+        out["stage_sizes"] = list(args.stage_sizes)
+        out["residual_alpha"] = args.residual_alpha
+    if args.class_stats:
+        out["class_stats"] = [{"path": str(f), "sha256": sha256_file(f)} for f in args.class_stats]
+    if args.bn_match != "global" or args.stats_momentum:
+        out["bn_match"] = {"mode": args.bn_match, "class_bn_weight": args.class_bn_weight,
+                           "stats_momentum": args.stats_momentum}
+    return out
+
+
 @dataclass(frozen=True)
 class GroupJob:
     """Everything a group's optimisation needs, fixed for the whole run."""
@@ -306,7 +431,7 @@ class GroupJob:
     init_root: Path | None                    # None: noise init
     init_files: dict[str, list[str]] | None   # per class, the first IPC init files (real init)
     names: dict[int, list[str]]               # per class index, the output file names
-    teacher: torch.nn.Module
+    teacher: torch.nn.Module | list  # one teacher, or several used in turn
     loop: LoopConfig
     size: int
     mean: tuple
@@ -318,6 +443,7 @@ class GroupJob:
     save_format: str
     log_dir: Path | None = None  # each batch's loss curve as a TensorBoard run (common.train.curves)
     curves: Curves | None = None  # W&B: first and last loss of every batch
+    class_stats: list | None = None  # per teacher, recover.losses.ClassStats (--bn-match class / mix)
 
 
 def pick_device(args: argparse.Namespace) -> torch.device:
@@ -359,7 +485,8 @@ def run_group(group: Group, job: GroupJob, out: OutputDir, bar) -> int:
             try:
                 result = recover_batch(job.teacher, x0, labels, schedule, job.loop, random.Random(seed), bounds,
                                        on_iteration=lambda it, n: bar.update(1),
-                                       check_every=1 if device.type == "cpu" else 50)
+                                       check_every=1 if device.type == "cpu" else 50,
+                                       **({"class_stats": job.class_stats} if job.class_stats else {}))
             except NonFiniteLoss as exc:
                 names_ = ", ".join(classes[c] for c in sorted({c for c, _ in batch})[:5])
                 hint = (f"lower --r-bn (now {job.loop.r_bn:g}) or --first-bn-multiplier "

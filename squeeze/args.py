@@ -289,3 +289,30 @@ def check_trajectories(args: argparse.Namespace) -> None:
     if not (data / "train").is_dir() or not (data / "val").is_dir():
         raise UserError(f"{data}: --data-path must contain train/ and val/ ImageFolder trees")
     require_paths(args, [("difficulty", "--difficulty")], kind="file")
+
+
+# -------------------- python -m squeeze.class_stats
+
+def class_stats_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m squeeze.class_stats", description=module_doc("squeeze.class_stats"),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch-path", required=True, help="the teacher checkpoint whose BN inputs are recorded")
+    p.add_argument("--data-path", required=True,
+                   help="the real training ImageFolder (or a root holding train/)")
+    p.add_argument("--output", required=True, help="the statistics file to write (e.g. runs/class_stats.pt)")
+    p.add_argument("--arch-name", default=None, help="architecture, when the checkpoint does not record it")
+    p.add_argument("--dataset", default="custom")
+    p.add_argument("--input-size", type=positive_int, default=None, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--workers", type=nonneg_int, default=0, help="DataLoader workers (default: %(default)s)")
+    p.add_argument("--save-every", type=positive_int, default=20,
+                   help="save the running sums every N batches (resume point; default: %(default)s)")
+    add_device_args(p)
+    add_run_args(p)
+    return p
+
+
+def check_class_stats(args: argparse.Namespace) -> None:
+    """The checkpoint and the data folder must exist."""
+    require_paths(args, [("arch_path", "--arch-path")], kind="file")
+    require_paths(args, [("data_path", "--data-path")], kind="dir")

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from common.compute.shards import shard_items
 from recover.augment import min_crop_scale, random_resized_crop_box
 from recover.schedule import (
     chunk_sizes,
@@ -16,7 +17,6 @@ from recover.schedule import (
     join_round,
     lr_at,
     plan_groups,
-    shard_groups,
     uniform_schedule,
 )
 
@@ -94,7 +94,7 @@ def test_groups_and_shards():
     assert all(len(g.batches) == 1 for g in groups)
     # batch size not a multiple of IPC: whole classes, 3 per batch
     assert [g.classes for g in plan_groups(7, 10, 35)] == [[0, 1, 2], [3, 4, 5], [6]]
-    shards = [shard_groups(plan_groups(7, 10, 30), 3, k) for k in range(3)]
+    shards = [shard_items(plan_groups(7, 10, 30), 3, k, index=lambda g: g.index) for k in range(3)]
     classes = [c for shard in shards for g in shard for c in g.classes]
     assert sorted(classes) == list(range(7)) and len(set(classes)) == 7
     assert [g.index for g in shards[1]] == [1]
