@@ -4,7 +4,7 @@
     python scripts/generate.py --check    # exit 1 if a script differs from the table
     python scripts/generate.py --methods  # the methods the table has scripts for (reproduce.sh)
 
-The ``method`` column picks the pipeline (delt, the default, sre2l, cda, rded, scdd, pad);
+The ``method`` column picks the pipeline (delt, the default, sre2l, cda, rded, scdd, pad, fadrm);
 DELT's scripts have no prefix. Paths in a script are derived from IPC/ITR/ROUND_ITR when it
 runs, and evaluations go to EVAL_PATH beside the distilled set (scripts/lib.sh).
 
@@ -165,8 +165,17 @@ EXPERT_TRAIN_EPOCHS={teacher_epochs}
 """,
 )
 
-KINDS = {"delt": DELT, "sre2l": NOISE, "cda": NOISE, "rded": RDED, "scdd": SCDD, "pad": PAD}
-NAMES = {"delt": "DELT", "sre2l": "SRe2L", "cda": "CDA", "rded": "RDED", "scdd": "SC-DD", "pad": "PAD"}
+FADRM = dict(  # DELT's real-image init, then FADRM's resolution stages with the residual mix (RECOVER_FLAGS)
+    title="FADRM on {dataset} with {arch}, IPC {ipc}: select (medium) -> synthesis at alternating resolutions, "
+          "mixed back with the initial image at each stage boundary -> soft-label evaluation (DELT protocol).",
+    paths=DELT["paths"].replace("EXP_NAME=${{EXP_NAME:-ipc", "EXP_NAME=${{EXP_NAME:-{method}_ipc"),
+    stages=DELT["stages"],
+    setting=DELT["setting"] + 'RECOVER_FLAGS="{method_args}"    # recover options of this method\n',
+)
+
+KINDS = {"delt": DELT, "sre2l": NOISE, "cda": NOISE, "rded": RDED, "scdd": SCDD, "pad": PAD, "fadrm": FADRM}
+NAMES = {"delt": "DELT", "sre2l": "SRe2L", "cda": "CDA", "rded": "RDED", "scdd": "SC-DD", "pad": "PAD",
+         "fadrm": "FADRM"}
 
 # SC-DD: the relabel (supervised) teacher's architecture per recovery architecture
 SCDD_RELABEL_ARCH = {"resnet50": "resnet18", "resnet18_modified": "resnet18_modified"}

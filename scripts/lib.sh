@@ -132,7 +132,8 @@ stage_select() {
 
 # recover: DELT (EarlyLate from INIT_PATH), SRe2L and SC-DD (from noise), CDA (from noise, crop curriculum)
 stage_synthesize() {
-    local init=() early_late=()
+    local init=() early_late=() options=()
+    read -r -a options <<< "${RECOVER_FLAGS:-}"  # a method's recover options (FADRM: --stage-sizes ...)
     if [ -n "${INIT_PATH:-}" ]; then
         init=(--init-data-path "${INIT_PATH}")
     else
@@ -146,7 +147,7 @@ stage_synthesize() {
         --arch-name "${ARCH}" --arch-path "${TEACHER}" --dataset "${DATASET}" --input-size "${INPUT_SIZE}" \
         --ipc "${IPC}" --iteration "${ITR}" "${early_late[@]}" --batch-size "${BATCH}" --lr "${LR}" \
         --r-bn "${R_BN}" --jitter "${JITTER}" --easy2hard-mode "${EASY2HARD}" --milestone "${MILESTONE}" \
-        --device "${DEVICE}"
+        --device "${DEVICE}" ${options[@]+"${options[@]}"}
 }
 
 # RDED: real patches scored by the teacher (the observer), stitched factor x factor (no optimisation)
