@@ -55,7 +55,7 @@ def test_dry_run_prints_commands_every_stage_parser_accepts(tmp_path):
     assert {a.iteration for a in recovers.values()} == {200}
     assert recovers["delt"].use_early_late and not recovers["sre2l"].use_early_late
     assert recovers["cda"].milestone == 1 and recovers["sre2l"].milestone == 0
-    assert all(a.arch_path == teacher for k, a in recovers.items() if k != "scdd")
+    assert all(a.arch_path == [teacher] for k, a in recovers.items() if k != "scdd")  # --arch-path A [B ...]
     sel = {a.selection_criteria for c, a in parsed if c[:3] == ["python", "-m", "rank_select"]}
     assert sel == {"top", "medium", "min", "herding", "kcenter"}
     # every set under every protocol; the full training set under soft and hard
