@@ -4,7 +4,8 @@
     python scripts/generate.py --check    # exit 1 if a script differs from the table
     python scripts/generate.py --methods  # the methods the table has scripts for (reproduce.sh)
 
-The ``method`` column picks the pipeline (delt, the default, sre2l, cda, rded, scdd, pad, fadrm);
+The ``method`` column picks the pipeline (delt, the default, sre2l, cda, rded, scdd, pad, fadrm,
+fadrm_classbn);
 DELT's scripts have no prefix. Paths in a script are derived from IPC/ITR/ROUND_ITR when it
 runs, and evaluations go to EVAL_PATH beside the distilled set (scripts/lib.sh).
 
@@ -173,9 +174,20 @@ FADRM = dict(  # DELT's real-image init, then FADRM's resolution stages with the
     setting=DELT["setting"] + 'RECOVER_FLAGS="{method_args}"    # recover options of this method\n',
 )
 
-KINDS = {"delt": DELT, "sre2l": NOISE, "cda": NOISE, "rded": RDED, "scdd": SCDD, "pad": PAD, "fadrm": FADRM}
+FADRM_CLASSBN = dict(  # the same, with EDC's class-aware BN matching: per-class statistics recorded first
+    title="FADRM + class-aware BN matching on {dataset} with {arch}, IPC {ipc}: per-class BN statistics of the "
+          "teacher -> select (medium) -> FADRM's synthesis matching each class against its statistics (mixed with "
+          "the global ones) -> soft-label evaluation (DELT protocol).",
+    paths=FADRM["paths"] + "CLASS_STATS=${{CLASS_STATS:-runs/{dataset}/{arch}/class_stats.pt}}   "
+                           "# squeeze.class_stats output (teacher-specific)\n",
+    stages="squeeze classstats select synthesize validate",
+    setting=FADRM["setting"],
+)
+
+KINDS = {"delt": DELT, "sre2l": NOISE, "cda": NOISE, "rded": RDED, "scdd": SCDD, "pad": PAD, "fadrm": FADRM,
+         "fadrm_classbn": FADRM_CLASSBN}
 NAMES = {"delt": "DELT", "sre2l": "SRe2L", "cda": "CDA", "rded": "RDED", "scdd": "SC-DD", "pad": "PAD",
-         "fadrm": "FADRM"}
+         "fadrm": "FADRM", "fadrm_classbn": "FADRM + class-aware BN"}
 
 # SC-DD: the relabel (supervised) teacher's architecture per recovery architecture
 SCDD_RELABEL_ARCH = {"resnet50": "resnet18", "resnet18_modified": "resnet18_modified"}

@@ -131,9 +131,17 @@ stage_select() {
 }
 
 # recover: DELT (EarlyLate from INIT_PATH), SRe2L and SC-DD (from noise), CDA (from noise, crop curriculum)
+# the teacher's per-class BN statistics on the training set, for class-aware matching (one pass)
+stage_class_stats() {
+    launch squeeze.class_stats --arch-path "${TEACHER}" --arch-name "${ARCH}" --data-path "${DATA_ROOT}/train" \
+        --dataset "${DATASET}" --input-size "${INPUT_SIZE}" --output "${CLASS_STATS}" --device "${DEVICE}"
+    wait_for "${CLASS_STATS}"
+}
+
 stage_synthesize() {
     local init=() early_late=() options=()
     read -r -a options <<< "${RECOVER_FLAGS:-}"  # a method's recover options (FADRM: --stage-sizes ...)
+    if [ -n "${CLASS_STATS:-}" ]; then options+=(--class-stats "${CLASS_STATS}"); fi
     if [ -n "${INIT_PATH:-}" ]; then
         init=(--init-data-path "${INIT_PATH}")
     else
@@ -250,13 +258,14 @@ run_pipeline() {
         case "${s}" in
             squeeze) if [ "${METHOD}" = scdd ]; then stage_scdd_squeeze; else stage_squeeze; fi ;;
             select) stage_select ;;
+            classstats) stage_class_stats ;;
             synthesize) stage_synthesize ;;
             patches) stage_patches ;;
             difficulty) stage_difficulty ;;
             experts) stage_experts ;;
             match) stage_match ;;
             validate) stage_validate ;;
-            *) die "STAGES: unknown stage '${s}' (squeeze select synthesize patches difficulty experts match validate)" ;;
+            *) die "STAGES: unknown stage '${s}' (squeeze classstats select synthesize patches difficulty experts match validate)" ;;
         esac
     done
 }

@@ -170,11 +170,13 @@ LONG = {"squeeze", "squeeze.ssl", "squeeze.linear_probe", "squeeze.trajectories"
 WRITES = {("squeeze", "--output"), ("squeeze.ssl", "--output"), ("squeeze.linear_probe", "--output"),
           ("rank_select", "--output-path"), ("rank_select", "--ranking-file"), ("rank_select.patches", "--output-path"),
           ("rank_select.difficulty", "--output"), ("squeeze.trajectories", "--output-dir"),
-          ("recover.trajectory_matching", "--output-path"), ("relabel_eval", "--output")}
+          ("recover.trajectory_matching", "--output-path"), ("relabel_eval", "--output"),
+          ("squeeze.class_stats", "--output")}
 READS = {("squeeze.evaluate", "--arch-path"), ("rank_select", "--ranker-path"), ("recover", "--init-data-path"),
          ("recover", "--arch-path"), ("rank_select.patches", "--observer-path"), ("squeeze.linear_probe", "--backbone"),
          ("squeeze.trajectories", "--difficulty"), ("recover.trajectory_matching", "--experts"),
-         ("relabel_eval", "--syn-data-path"), ("relabel_eval", "--teacher-path"), ("relabel_eval", "--zca")}
+         ("relabel_eval", "--syn-data-path"), ("relabel_eval", "--teacher-path"), ("relabel_eval", "--zca"),
+         ("recover", "--class-stats"), ("squeeze.class_stats", "--arch-path")}
 STAGE_SCRIPTS = [s for s in SCRIPTS if s.parent.name != "scripts"]
 
 
