@@ -40,6 +40,7 @@ COMMANDS = {
     "squeeze.ssl": ["--data-path", MISSING, "--output", "{tmp}/ssl.pth"],
     "squeeze.linear_probe": ["--backbone", f"{MISSING}.pth", "--data-path", MISSING, "--output", "{tmp}/probe.pth"],
     "squeeze.bn_stats": [f"{MISSING}.pth", "--output", "{tmp}/bn"],
+    "squeeze.class_stats": ["--arch-path", f"{MISSING}.pth", "--data-path", MISSING, "--output", "{tmp}/cs.pt"],
     "rank_select.difficulty": ["--data-path", MISSING, "--output", "{tmp}/difficulty.csv"],
     "relabel_eval.baselines": ["random", "--train-dir", MISSING, "--ipc", "2", "--output-dir", "{tmp}/random"],
     "hub": ["pack", MISSING, "--out", "{tmp}/set.tar.gz"],

@@ -36,6 +36,8 @@ CASES = {
                              f"{MISSING}.pth: --backbone does not exist"),
     "squeeze.ssl": (["--data-path", MISSING, "--output", "{tmp}/s.pth"], f"{MISSING}: --data-path does not exist"),
     "squeeze.bn_stats": ([f"{MISSING}.pth", "--output", "{tmp}/bn"], f"{MISSING}.pth: checkpoint file not found"),
+    "squeeze.class_stats": (["--arch-path", f"{MISSING}.pth", "--data-path", MISSING, "--output", "{tmp}/cs.pt"],
+                            f"{MISSING}.pth: --arch-path does not exist"),
     "rank_select.difficulty": (["--data-path", MISSING, "--output", "{tmp}/d.csv"],
                                f"{MISSING}: --data-path does not exist"),
     "relabel_eval.baselines": (["random", "--train-dir", MISSING, "--ipc", "2", "--output-dir", "{tmp}/r"],
@@ -59,7 +61,7 @@ SUB_PARSERS = [("squeeze.args", "evaluate_parser"), ("rank_select.args", "patche
                ("relabel_eval.args", "baselines_parser"), ("common.args", "prepare_parser"),
                ("common.args", "viz_parser"), ("hub.args", "get_args_parser"),
                ("squeeze.args", "trajectories_parser"), ("recover.args", "trajectory_matching_parser"),
-               ("relabel_eval.args", "export_parser")]
+               ("relabel_eval.args", "export_parser"), ("squeeze.args", "class_stats_parser")]
 HEAVY = ("torch", "torchvision", "timm", "pandas")
 
 
