@@ -195,9 +195,15 @@ class StatBatchNorm(nn.Module):
         return y
 
 
+def named_bn_layers(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    """Every BatchNorm2d with its module name, in module order (the first is the one the multiplier weights;
+    ``squeeze.class_stats`` records its statistics in this order)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+
 def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
-    """Every BatchNorm2d in module order (the first is the one the multiplier weights)."""
-    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    """Every BatchNorm2d in module order."""
+    return [m for _, m in named_bn_layers(model)]
 
 
 class BNStatLoss:
@@ -212,16 +218,14 @@ class BNStatLoss:
         if match != "global" and class_stats is None:
             raise ValueError(f"match {match!r} needs the class statistics")
         self.swapped: list[tuple[nn.Module, str, nn.BatchNorm2d, StatBatchNorm]] = []
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.BatchNorm2d):
-                    wrapper = StatBatchNorm(child)
-                    setattr(parent, name, wrapper)
-                    self.swapped.append((parent, name, child, wrapper))
+        for full_name, child in named_bn_layers(model):  # module order
+            prefix, _, name = full_name.rpartition(".")
+            parent = model.get_submodule(prefix)
+            wrapper = StatBatchNorm(child)
+            setattr(parent, name, wrapper)
+            self.swapped.append((parent, name, child, wrapper))
         if not self.swapped:
             raise ValueError("model has no BatchNorm2d layer")
-        order = {id(m): k for k, m in enumerate(bn_layers_in_order(model))}
-        self.swapped.sort(key=lambda s: order[id(s[3])])
         self.weights = [float(first_bn_multiplier)] + [1.0] * (len(self.swapped) - 1)
         if match != "global" and len(class_stats.mean) != len(self.swapped):
             self.remove()
@@ -261,7 +265,3 @@ class BNStatLoss:
 
     def __exit__(self, *exc) -> None:
         self.remove()
-
-
-def bn_layers_in_order(model: nn.Module) -> list[StatBatchNorm]:
-    return [m for m in model.modules() if isinstance(m, StatBatchNorm)]

@@ -210,7 +210,7 @@ def load_teachers(args: argparse.Namespace, classes: Sequence[str], device: torc
 def load_class_stats(args: argparse.Namespace, teachers, shas: Sequence[str], classes: Sequence[str], device):
     """Per teacher, its :class:`recover.losses.ClassStats` from the ``--class-stats`` file recorded with it
     (files are matched to teachers by the teacher sha256 they record)."""
-    from recover.losses import ClassStats, bn_layers
+    from recover.losses import ClassStats, named_bn_layers
     from squeeze.class_stats import read_class_stats, recorded_teacher
 
     if not args.class_stats:
@@ -222,8 +222,7 @@ def load_class_stats(args: argparse.Namespace, teachers, shas: Sequence[str], cl
     out = []
     for k, (teacher, sha) in enumerate(zip(teachers, shas)):
         f = by_sha.get(sha) or args.class_stats[min(k, len(args.class_stats) - 1)]  # the latter: names the error
-        names = {id(m): n for n, m in teacher.named_modules()}
-        layers = [(names[id(m)], m.num_features) for m in bn_layers(teacher)]
+        layers = [(n, m.num_features) for n, m in named_bn_layers(teacher)]
         means, variances, _ = read_class_stats(f, sha, classes, layers)
         out.append(ClassStats(means, variances).to(device))
     return out

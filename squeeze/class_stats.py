@@ -45,6 +45,7 @@ from common.run.atomic import atomic_path, atomic_write_json
 from common.run.manifest import build_manifest, sha256_file
 from common.run.state import RunState, check_output, fingerprint
 from models import load_model
+from recover.losses import named_bn_layers
 from squeeze.args import class_stats_parser
 
 STAGE = "squeeze.class_stats"
@@ -58,11 +59,6 @@ def train_root(data_path: str | Path) -> Path:
     """``DATA/train`` when it exists, else ``DATA`` itself (a bare training folder)."""
     p = Path(data_path)
     return p / "train" if (p / "train").is_dir() else p
-
-
-def bn_named_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.BatchNorm2d]]:
-    """Every BatchNorm2d with its module name, in module order (recover.losses' order)."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
 class Accumulator:
@@ -115,7 +111,7 @@ def main(argv=None) -> dict:
     model, meta = load_model(args.arch_path, args.arch_name, classes=classes, input_size=args.input_size,
                              device=device)
     model.eval()
-    layers = bn_named_layers(model)
+    layers = named_bn_layers(model)
     if not layers:
         raise UserError(f"{args.arch_path}: the teacher ({meta['arch']}) has no BatchNorm2d layer: no statistics "
                         f"to record")
