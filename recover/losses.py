@@ -169,7 +169,11 @@ class StatBatchNorm(nn.Module):
         return md + (mean - mean.detach()), vd + (var - var.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, mean, var = _BatchNormWithStats.apply(x, self.scale, self.shift)
+        if self.match == "class":  # the batch-wide statistics are not matched: the affine BN output only
+            view = (1, -1, 1, 1)
+            y = torch.addcmul(self.shift.to(x.dtype).view(view), x, self.scale.to(x.dtype).view(view))
+        else:
+            y, mean, var = _BatchNormWithStats.apply(x, self.scale, self.shift)
         if self.match == "global" and not self.momentum:  # the plain, fused path
             self.term = (torch.linalg.vector_norm(mean - self.bn.running_mean)
                          + torch.linalg.vector_norm(var - self.bn.running_var))
