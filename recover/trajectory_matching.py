@@ -150,24 +150,14 @@ def read_experts_manifest(root: Path) -> dict:
 
 def load_experts(root: Path) -> Experts:
     """The experts' manifest and every finished trajectory, each loaded weights-only and checked."""
-    import torch
-
-    from common.run.safe_load import safe_torch_load
+    from squeeze.trajectories import read_trajectory
 
     man = read_experts_manifest(root)
     files = sorted(root.glob("expert_*.pt"))
     if not files:
         raise UserError(f"{root}: no finished expert_XXX.pt files; run squeeze.trajectories first")
-    trajs = []
     fix = "run squeeze.trajectories again for it (remove the file first)"
-    for f in files:
-        t = safe_torch_load(f, what="expert trajectory", advice=fix)
-        if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[1] != man["n_params"] or t.shape[0] < 2:
-            found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise UserError(f"{f}: expected a [epochs+1, {man['n_params']}] tensor, found {found}; {fix}")
-        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
-            raise UserError(f"{f}: expert trajectory holds non-finite values; {fix}")
-        trajs.append(t.float())
+    trajs = [read_trajectory(f, man["n_params"], None, fix).float() for f in files]
     return Experts(root, man, files, trajs)
 
 

@@ -203,20 +203,30 @@ def load_tensors(args, d: Data) -> None:
 
 # ----------------------------------------------------------------------------- the output folder
 
-def check_expert(path: Path, epochs: int, n_params: int) -> None:
-    """A finished expert: a finite float ``[epochs + 1, n_params]`` tensor and its JSON record; else one line."""
+def read_trajectory(path: Path, n_params: int, epochs: int | None, fix: str):
+    """An expert file, loaded weights-only: a finite float ``[epochs + 1, n_params]`` tensor (any number of
+    rows from 2 when ``epochs`` is None); else one line ending with ``fix``. Also read by
+    recover.trajectory_matching."""
     import torch
 
     from common.run.safe_load import safe_torch_load
 
-    fix = "remove it (and its .json) to train this expert again"
     t = safe_torch_load(path, what="expert trajectory", advice=fix)
-    if not isinstance(t, torch.Tensor) or t.ndim != 2 or tuple(t.shape) != (epochs + 1, n_params):
+    rows = "epochs+1" if epochs is None else epochs + 1
+    if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[1] != n_params or \
+            (t.shape[0] < 2 if epochs is None else t.shape[0] != epochs + 1):
         found = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-        raise UserError(f"{path}: not an expert of these settings (expected a [{epochs + 1}, {n_params}] tensor, "
+        raise UserError(f"{path}: not an expert of these settings (expected a [{rows}, {n_params}] tensor, "
                         f"found {found}); {fix}")
     if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
         raise UserError(f"{path}: expert trajectory holds non-finite values; {fix}")
+    return t
+
+
+def check_expert(path: Path, epochs: int, n_params: int) -> None:
+    """A finished expert: a finite float ``[epochs + 1, n_params]`` tensor and its JSON record; else one line."""
+    fix = "remove it (and its .json) to train this expert again"
+    read_trajectory(path, n_params, epochs, fix)
     try:
         json.loads(path.with_suffix(".json").read_text())
     except (OSError, ValueError, UnicodeDecodeError):
