@@ -325,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     root = output_dir(args)
     check_output(root, STAGE, args.force, flag="--syn-data-path/--exp-name")
     unset = {k for k, d in OPTION_DEFAULTS.items() if getattr(args, k) == d}
-    options = {"class_stats_sha256": [sha256_file(f) for f in args.class_stats]} if args.class_stats else {}
+    stats_shas = [sha256_file(f) for f in args.class_stats or ()]
+    options = {"class_stats_sha256": stats_shas} if args.class_stats else {}
     settings = fingerprint(args, NOT_RESULT | unset, min_iterations=plan.min_iterations, input_size=size,
                            classes=list(classes), teacher_sha256=shas[0] if len(shas) == 1 else shas, **options,
                            init_files_sha256=init_files and hashlib.sha256(json.dumps(
@@ -356,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                                 "teacher_kind", "ssl_method")},
         rounds_per_class=rounds, groups=[g.classes for g in groups],
         planned_image_iterations=planned, uniform_image_iterations=len(classes) * args.ipc * args.iteration,
-        device=str(device), num_shards=plan.num_shards, **manifest_options(args, metas, shas))
+        device=str(device), num_shards=plan.num_shards, **manifest_options(args, metas, shas, stats_shas))
 
     mine = shard_items(groups, plan.num_shards, plan.shard_index, index=lambda g: g.index)
     out.run.begin()  # every input is valid: from here on the run can be resumed
@@ -404,7 +405,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return manifest
 
 
-def manifest_options(args: argparse.Namespace, metas: Sequence[dict], shas: Sequence[str]) -> dict:
+def manifest_options(args: argparse.Namespace, metas: Sequence[dict], shas: Sequence[str],
+                     stats_shas: Sequence[str]) -> dict:
     """The manifest fields of the options past DELT (none for a plain run)."""
     out: dict = {}
     paths = teacher_paths(args)
@@ -416,7 +418,7 @@ def manifest_options(args: argparse.Namespace, metas: Sequence[dict], shas: Sequ
         out["stage_sizes"] = list(args.stage_sizes)
         out["residual_alpha"] = args.residual_alpha
     if args.class_stats:
-        out["class_stats"] = [{"path": str(f), "sha256": sha256_file(f)} for f in args.class_stats]
+        out["class_stats"] = [{"path": str(f), "sha256": h} for f, h in zip(args.class_stats, stats_shas)]
     if args.bn_match != "global" or args.stats_momentum:
         out["bn_match"] = {"mode": args.bn_match, "class_bn_weight": args.class_bn_weight,
                            "stats_momentum": args.stats_momentum}
@@ -485,7 +487,7 @@ def run_group(group: Group, job: GroupJob, out: OutputDir, bar) -> int:
                 result = recover_batch(job.teacher, x0, labels, schedule, job.loop, random.Random(seed), bounds,
                                        on_iteration=lambda it, n: bar.update(1),
                                        check_every=1 if device.type == "cpu" else 50,
-                                       **({"class_stats": job.class_stats} if job.class_stats else {}))
+                                       class_stats=job.class_stats)
             except NonFiniteLoss as exc:
                 names_ = ", ".join(classes[c] for c in sorted({c for c, _ in batch})[:5])
                 hint = (f"lower --r-bn (now {job.loop.r_bn:g}) or --first-bn-multiplier "
