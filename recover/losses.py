@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-MATCH_MODES = ("global", "class", "mix")
+from recover.args import BN_MATCH_MODES as MATCH_MODES  # one list, in the torch-free parser
 
 
 @dataclass
