@@ -75,7 +75,7 @@ class Accumulator:
         def pre_hook(module, inputs):
             x = inputs[0].detach().to(torch.float64)
             self.pixels[k] = x.shape[2] * x.shape[3]
-            y = self.labels.to(x.device)
+            y = self.labels.to(x.device)  # already there: no copy
             self.s1[k] = self.s1[k].to(x.device).index_add_(0, y, x.sum(dim=(2, 3)))
             self.s2[k] = self.s2[k].to(x.device).index_add_(0, y, x.square().sum(dim=(2, 3)))
         return pre_hook
@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
         done = start
         with torch.no_grad():
             for x, y in tqdm(loader, total=total - start, desc="class_stats", unit="batch", mininterval=2.0):
-                acc.labels = y
+                acc.labels = y.to(device)  # once per batch, not per BN layer
                 acc.images.index_add_(0, y, torch.ones(len(y), dtype=torch.float64))
                 model(x.to(device))
                 done += 1
