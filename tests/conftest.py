@@ -5,6 +5,7 @@ second; no test needs ../shared or the network.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(2)
+
+
+class Evil:
+    """A planted pickle: unpickling it creates the folder ``marker``, proof that pickle code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
 
 
 def make_tree(root: Path, num_classes: int = 3, per_class: int = 8, size: int = 32, split: int = 0,
