@@ -15,7 +15,7 @@ from common.cli.errors import UserError
 from common.cli.flags import workers_from_args
 from common.compute.accel import loader_kwargs
 from common.compute.distributed import (
-    all_gather_object,
+    all_gather_rows,
     broadcast_buffers,
     shard,
     sum_over_ranks,
@@ -68,8 +68,8 @@ def knn_eval(backbone, train_plain, val_ds, num_classes, device, workers) -> flo
     def feats(ds):
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, shard(len(ds))), batch_size=256,
                                              num_workers=workers)
-        parts = all_gather_object(extract_features(backbone, loader, device))
-        return torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
+        f, y = extract_features(backbone, loader, device)
+        return all_gather_rows(f), all_gather_rows(y)  # rank order: the shards' order
 
     tf, ty = feats(train_plain)
     vf, vy = feats(val_ds)
