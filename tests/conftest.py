@@ -65,6 +65,15 @@ def make_teacher(path: Path, classes: list[str], arch: str = "conv3", input_size
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch's intra-op threads set to one for the test (as a killed or torchrun subprocess runs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     """``tmp/data/{train,val}``: 3 classes, 8 train and 4 val 32x32 images per class."""
     base = tmp_path / "data"
