@@ -26,8 +26,6 @@ if __name__ == "__main__":  # --help, argument errors and missing paths before t
 
     sys.exit(run_stage("common.args:prepare_parser", "common.prepare"))
 
-import os
-import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -39,7 +37,7 @@ from common.cli.errors import UserError
 from common.cli.paths import check_output_dir
 from common.data.datasets import IMAGENET_SUBSETS, get_dataset
 from common.data.imagefolder import is_image_file, list_class_files
-from common.data.imagenet import prepare_imagenet1k
+from common.data.imagenet import place_file, prepare_imagenet1k
 from common.run.atomic import atomic_dir
 from common.run.manifest import build_manifest, write_manifest
 
@@ -161,12 +159,9 @@ def prepare_imagenet_subset(name: str, imagenet_root: Path, out: Path, copy: boo
             for w in tqdm(wnids, desc=f"{name} {split}"):
                 src_dir = (imagenet_root / split / w).resolve()
                 dest = tmp / split / w
-                if copy:
-                    shutil.copytree(src_dir, dest)
-                else:
-                    dest.mkdir(parents=True)
-                    for f in list_class_files(src_dir):
-                        os.symlink(src_dir / f, dest / f)
+                dest.mkdir(parents=True)
+                for f in list_class_files(src_dir):
+                    place_file(src_dir / f, dest / f, copy)
         write_manifest(tmp, build_manifest("prepare", {"dataset": spec.name, "source": str(imagenet_root),
                                                        "copy": copy}, classes=sorted(wnids)))
     return out

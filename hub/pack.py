@@ -33,27 +33,10 @@ def _pack_files(root: Path, skip: Path | None) -> tuple[list[str], list[str]]:
     return sorted(dirs), sorted(files)
 
 
-def check_image(path: Path) -> None:
-    """Decode ``path`` fully; a file that is not a readable image stops the pack with one line."""
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                im.load()
-    except Exception as exc:  # UnidentifiedImageError, truncated data, decompression bombs
-        first = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-        raise UserError(f"{path}: not a readable image ({first}); hub pack packs only images: remove or replace "
-                        f"it") from None
-
-
 def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = True,
          args: argparse.Namespace | dict | None = None, force: bool = False) -> str:
     """Deterministic ``.tar.gz`` of a distilled ImageFolder with its manifest; returns its sha256."""
-    from common.data.imagefolder import find_classes, list_class_files
+    from common.data.imagefolder import find_classes, list_class_files, load_rgb
 
     src, out_file = Path(src), Path(out_file)
     if src.is_dir() and src.resolve() in out_file.resolve().parents:
@@ -68,7 +51,7 @@ def pack(src: str | os.PathLike, out_file: str | os.PathLike, progress: bool = T
         raise UserError(f"{src}: class folder(s) without images: {_few(empty)}")
     for c in classes:  # a file named like an image must be one: the archive is published as a data set
         for name in list_class_files(src / c):
-            check_image(src / c / name)
+            load_rgb(src / c / name)  # decodes as every stage of the toolkit reads it, or one line
     dirs, files = _pack_files(src, out_file.resolve())
     extra = {}  # archive members that are not files of src
     if "manifest.json" not in files:

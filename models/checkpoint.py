@@ -24,6 +24,7 @@ from torch import nn
 from common.cli.errors import UserError
 from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from common.run.atomic import atomic_torch_save
+from common.run.safe_load import is_raw_pickle
 from models.registry import build_model, canonical_arch
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -72,10 +73,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         text = str(exc)
         detail = [ln.strip() for ln in text.splitlines()
                   if "global" in ln.lower() or "unsupported" in ln.lower() or "WeightsUnpickler error" in ln]
-        with open(path, "rb") as f:
-            head = f.read(2)
-        raw_pickle = len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # a pickle, not a torch zip file
-        if "global" in text.lower() or raw_pickle:  # pickled objects, not plain tensors: never executed
+        if "global" in text.lower() or is_raw_pickle(path):  # pickled objects, not plain tensors: never executed
             why = (detail or ["unsupported content"])[-1][:120]
             raise UserError(f"{path}: refused as unsafe: not a weights-only checkpoint, it holds pickled Python "
                             f"objects that could run code when loaded ({why}); nothing from it was run; load only "

@@ -43,7 +43,7 @@ from typing import Sequence
 
 from common.cli.errors import UserError
 from common.cli.paths import check_output_file
-from common.run.state import output_owner, state_dir
+from common.run.state import output_owner, state_stage
 from rank_select.args import check_difficulty, difficulty_parser
 
 STAGE = "rank_select.difficulty"
@@ -100,11 +100,8 @@ def check_outputs(args) -> dict[str, Path]:
         m = json.loads(paths["manifest"].read_text())
         outs = m.get("outputs") if isinstance(m.get("outputs"), dict) else {}
         owned = {paths["manifest"].resolve(), *(Path(v).resolve() for v in outs.values() if isinstance(v, str))}
-    try:  # a killed run of ours keeps its run.json beside the output
-        if json.loads((state_dir(paths["csv"]) / "run.json").read_text()).get("stage") == STAGE:
-            owned |= {p.resolve() for p in paths.values()}
-    except (OSError, ValueError, AttributeError):
-        pass
+    if state_stage(paths["csv"]) == STAGE:  # a killed run of ours keeps its run.json beside the output
+        owned |= {p.resolve() for p in paths.values()}
     for key, p in paths.items():
         if (p.exists() or p.is_symlink()) and p.resolve() not in owned and not args.force:
             raise UserError(f"{flags[key]} {p} exists and was not written by {STAGE} (no manifest of ours); "

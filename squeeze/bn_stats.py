@@ -28,14 +28,13 @@ if __name__ == "__main__":  # --help, argument errors and missing paths before t
 
     sys.exit(run_stage("squeeze.args:bn_stats_parser", "squeeze.bn_stats"))
 
-import json
 import math
 import sys
 from pathlib import Path
 
 from common.cli.errors import UserError
 from common.cli.paths import check_output_file
-from common.run.state import output_owner, state_dir
+from common.run.state import output_owner, state_stage
 from squeeze.args import bn_stats_parser, check_bn_stats
 
 STAGE = "squeeze.bn_stats"
@@ -126,10 +125,7 @@ def check_outputs(base: Path, force: bool) -> dict[str, Path]:
         check_output_file(f, "--output")
     owner = output_owner(files["json"], "file")
     if owner is None:  # no report yet: a killed run of ours keeps its run.json beside the output
-        try:
-            owner = json.loads((state_dir(base) / "run.json").read_text()).get("stage")
-        except (OSError, ValueError, AttributeError):
-            owner = None
+        owner = state_stage(base)
     existing = [f for f in files.values() if f.exists() or f.is_symlink()]
     if existing and owner != STAGE and not force:
         what = f"holds the output of {owner}" if owner else "was not written by squeeze.bn_stats"

@@ -26,7 +26,6 @@ if __name__ == "__main__":  # --help and argument errors before torch is importe
     sys.exit(run_stage("squeeze.args:class_stats_parser", "squeeze.class_stats"))
 
 import json
-import pickle
 import time
 import warnings
 from pathlib import Path
@@ -43,6 +42,7 @@ from common.data.imagefolder import ImageFolder, find_classes
 from common.data.transforms import val_transform
 from common.run.atomic import atomic_path, atomic_write_json
 from common.run.manifest import build_manifest, sha256_file
+from common.run.safe_load import safe_torch_load
 from common.run.state import RunState, check_output, fingerprint
 from models import load_model
 from recover.losses import named_bn_layers
@@ -133,7 +133,8 @@ def main(argv=None) -> dict:
     partial = run.path("partial.pt")
     start = 0
     if run.resumed and partial.is_file():
-        start = acc.load(torch.load(partial, map_location="cpu", weights_only=True))
+        start = acc.load(safe_torch_load(partial, what="the class statistics' resume state",
+                                         advice="pass --restart to discard it"))
     batch = args.batch_size
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(min(start * batch, len(ds)), len(ds))),
                                          batch_size=batch, shuffle=False, num_workers=args.workers)
@@ -193,16 +194,7 @@ def read_class_stats(path: str | Path, teacher_sha256: str, classes: Sequence[st
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{flag} {path}: file not found (python -m squeeze.class_stats writes it)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{flag} {path}: is not a safe torch file (it needs pickle code to load); nothing from it "
-                        f"was run; write it with python -m squeeze.class_stats") from None
-    except Exception as exc:
-        raise UserError(f"{flag} {path}: not a readable torch file ({type(exc).__name__}); write it with "
-                        f"python -m squeeze.class_stats") from None
+    obj = safe_torch_load(path, what=f"{flag} file", advice="write it with python -m squeeze.class_stats")
     bad = f"{flag} {path}: not a class-statistics file of python -m squeeze.class_stats"
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or not isinstance(obj.get("meta"), str):
         raise UserError(bad)

@@ -44,7 +44,7 @@ from common.train.seed import SeededItems, epoch_seed, seed_everything, seed_wor
 from models import build_model, classifier_layer, classifier_name, make_meta, penultimate_features, save_checkpoint
 from models.external_ssl import read_linear_classifier, read_ssl_checkpoint
 from models.registry import canonical_arch
-from squeeze.train import lr_at
+from squeeze.train import decode_once, lr_at
 
 STAGE = "squeeze.linear_probe"
 # Arguments that do not change the classifier (besides common.run.state.NOT_RESULT); the backbone enters by content.
@@ -280,8 +280,7 @@ def train_probe(args, ctx=None) -> dict:
     fc = freeze_backbone(model)
     before = frozen_state(model, head_name)
 
-    n_train = sum(1 for f in (data / "train").rglob("*") if f.is_file())
-    cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
+    cache = decode_once(args.cache, data / "train")
     val_ds = ImageFolder(data / "val", val_transform(int(size), mean, std), classes=classes, cache=cache)
     extract = min(EXTRACT_BATCH, args.batch_size)  # images per frozen forward pass (features, validation)
     val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_ds, batch_shard(len(val_ds), extract,

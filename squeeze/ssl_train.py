@@ -15,7 +15,7 @@ from common.cli.errors import UserError
 from common.cli.flags import workers_from_args
 from common.compute.accel import loader_kwargs
 from common.compute.distributed import (
-    all_gather_object,
+    all_gather_rows,
     broadcast_buffers,
     shard,
     sum_over_ranks,
@@ -34,7 +34,15 @@ from common.train.seed import epoch_seed, sampler_seed, seed_everything, seed_wo
 from models import build_backbone, make_meta, save_checkpoint
 from models.registry import canonical_arch
 from squeeze.moco import MoCo, TwoViews, extract_features, knn_top1, train_step, view_transform
-from squeeze.train import check_then_train, lr_at, report_path, resume_training, run_args_of, run_epochs
+from squeeze.train import (
+    check_then_train,
+    decode_once,
+    lr_at,
+    report_path,
+    resume_training,
+    run_args_of,
+    run_epochs,
+)
 
 
 def last_path(output: str | Path) -> Path:
@@ -68,8 +76,8 @@ def knn_eval(backbone, train_plain, val_ds, num_classes, device, workers) -> flo
     def feats(ds):
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, shard(len(ds))), batch_size=256,
                                              num_workers=workers)
-        parts = all_gather_object(extract_features(backbone, loader, device))
-        return torch.cat([f for f, _ in parts]), torch.cat([y for _, y in parts])
+        f, y = extract_features(backbone, loader, device)
+        return all_gather_rows(f), all_gather_rows(y)  # rank order: the shards' order
 
     tf, ty = feats(train_plain)
     vf, vy = feats(val_ds)
@@ -171,8 +179,7 @@ def load_views(args, ctx, data: Path, classes: list[str], data_cfg):
     images for the kNN check, and the val images: ``(images, views, plain, val)``. Caps ``--queue-size``
     at the number of images."""
     size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
-    n_train = sum(1 for f in (data / "train").rglob("*") if f.is_file())
-    cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
+    cache = decode_once(args.cache, data / "train")
     base = ImageFolder(data / "train", None, classes=classes, cache=cache)
     if len(base) < args.batch_size * ctx.world_size:
         raise UserError(f"{data / 'train'}: {len(base)} images, fewer than --batch-size {args.batch_size}"

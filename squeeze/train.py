@@ -229,12 +229,19 @@ def resolve_data(args: argparse.Namespace, spec) -> tuple[Path, list[str], str, 
     return data, classes, arch, data_cfg
 
 
+def decode_once(cache: str, train_dir: Path) -> bool:
+    """``--cache``: ``yes``, ``no``, or ``auto`` (decode every image into memory when ``train_dir`` holds at
+    most 60,000 files; only then is the tree walked to count them)."""
+    if cache != "auto":
+        return cache == "yes"
+    return sum(1 for f in train_dir.rglob("*") if f.is_file()) <= 60000
+
+
 def load_images(args: argparse.Namespace, ctx, data: Path, classes: list[str], data_cfg, workers: int):
     """The training and validation images (decoded once into memory when ``--cache`` says so) and the
     validation loader of this process's share: ``(train set, val set, val loader)``."""
     size, mean, std = data_cfg.input_size, data_cfg.mean, data_cfg.std
-    n_train = sum(1 for _ in (data / "train").rglob("*") if _.is_file())
-    cache = args.cache == "yes" or (args.cache == "auto" and n_train <= 60000)
+    cache = decode_once(args.cache, data / "train")
     train_ds = ImageFolder(data / "train", train_transform(size, mean, std, args.train_aug), classes=classes,
                            cache=cache, skip_corrupt=args.skip_corrupt)
     val_ds = ImageFolder(data / "val", val_transform(size, mean, std), classes=classes, cache=cache,

@@ -5,6 +5,7 @@ second; no test needs ../shared or the network.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 torch.set_num_threads(2)
+
+
+class Evil:
+    """A planted pickle: unpickling it creates the folder ``marker``, proof that pickle code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
 
 
 def make_tree(root: Path, num_classes: int = 3, per_class: int = 8, size: int = 32, split: int = 0,
@@ -51,6 +62,15 @@ def make_teacher(path: Path, classes: list[str], arch: str = "conv3", input_size
             model(x)
     save_checkpoint(path, model, make_meta(arch, len(classes), input_size, classes=classes, dataset="custom"))
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch's intra-op threads set to one for the test (as a killed or torchrun subprocess runs)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

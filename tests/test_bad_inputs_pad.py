@@ -8,7 +8,7 @@ one thing: an evil pickle, a truncated or wrong-shape file in every place a comm
 (resume state, experts, labels, lr, ZCA fit, teacher), an output that is read-only, under a
 file, of the wrong type or not ours (side files included), zero, NaN and diverging values,
 and flags that disagree with the data (``--ipc`` above a class's size). An evil pickle, if it
-were unpickled, would create the marker file ``PWNED`` outside the workspace.
+were unpickled, would create the marker ``PWNED`` outside the workspace.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Callable
 import pytest
 import torch
 
+from tests.conftest import Evil
 from tests.test_bad_inputs import assert_one_line_error, run_one_line, snapshot
 
 SIZE = 16
@@ -45,16 +46,6 @@ GOOD: dict[str, dict[str, object]] = {
 OUTPUT = {"squeeze.trajectories": ("--output-dir", "dir"), "recover.trajectory_matching": ("--output-path", "dir"),
           "relabel_eval pad": ("--output", "file"), "relabel_eval.export": ("--output-dir", "dir")}
 STATE = {"squeeze.trajectories": "--max-epochs-this-run", "recover.trajectory_matching": "--max-iterations-this-run"}
-
-
-class Evil:
-    """Unpickling this runs ``touch <marker>``."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def main_of(command: str) -> Callable:

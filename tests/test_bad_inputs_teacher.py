@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from common.cli.errors import run_cli
-from tests.conftest import make_teacher, make_tree
+from tests.conftest import Evil, make_teacher, make_tree
 from tests.test_bad_inputs import assert_one_line_error, run_one_line, snapshot
 
 SIZE = 16
@@ -37,16 +37,6 @@ MAIN = {"squeeze.linear_probe": "squeeze.linear_probe", "squeeze.bn_stats": "squ
 
 def main_of(command: str) -> Callable:
     return importlib.import_module(MAIN[command]).main
-
-
-class Evil:
-    """Unpickling it creates the marker folder: proof that pickle code ran."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,8 @@ from common.run.state import state_dir
 from tests.conftest import make_tree
 from tests.test_runstate import kill_midway
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The killed subprocess runs with one thread; the in-process runs must too (float sums differ)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# the killed subprocess runs with one thread; the in-process runs must too (float sums differ)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

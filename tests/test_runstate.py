@@ -145,13 +145,8 @@ def base(tmp_path_factory):
     return root, teacher
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The killed subprocess runs with one thread; the in-process runs must too (float sums differ)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# the killed subprocess runs with one thread; the in-process runs must too (float sums differ)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def kill_midway(module: str, argv: list[str], ready, timeout: float = 120.0) -> None:

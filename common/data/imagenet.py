@@ -80,7 +80,8 @@ def _val_images(val_src: Path) -> list[str]:
     return sorted(f.name for f in val_src.iterdir() if f.is_file() and is_image_file(f.name))
 
 
-def _place(src: Path, dest: Path, copy: bool) -> None:
+def place_file(src: Path, dest: Path, copy: bool) -> None:
+    """``dest`` becomes a copy of ``src`` (``copy``) or a symlink to it (resolved)."""
     if copy:
         shutil.copy2(src, dest)
     else:
@@ -132,9 +133,9 @@ def prepare_imagenet1k(train_src: Path, val_src: Path, devkit: Path, out: Path, 
             for w in tqdm(wnids, desc="imagenet-1k train", unit="class"):
                 for f in sorted((train_src / w).iterdir()):
                     if f.is_file() and is_image_file(f.name):
-                        _place(f, tmp / "train" / w / f.name, copy)
+                        place_file(f, tmp / "train" / w / f.name, copy)
         for name, cid in tqdm(list(zip(val_files, val_ids)), desc="imagenet-1k val", unit="img", mininterval=1.0):
-            _place(val_src / name, tmp / "val" / id_to_wnid[cid] / name, copy)
+            place_file(val_src / name, tmp / "val" / id_to_wnid[cid] / name, copy)
         empty = [w for w in wnids if not any((tmp / "train" / w).iterdir())]
         if empty:
             raise UserError(f"--train-src {train_src}: no training images for {len(empty)} class(es), e.g. {empty[0]}")

@@ -36,7 +36,7 @@ def safe_torch_load(path: str | os.PathLike, *, what: str, advice: str = "", saf
         raise UserError(f"{path}: {what} is a folder, not a file{tail}") from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "global" in text.lower() or _is_raw_pickle(path):
+        if "global" in text.lower() or is_raw_pickle(path):
             raise UserError(f"{path}: {what} {UNSAFE}{tail}") from None  # pickled objects, or a bare pickle
         raise UserError(f"{path}: {what} is not a readable torch file (corrupt or truncated){tail}") from None
     except Exception as exc:  # zip errors, truncated files, random bytes
@@ -45,7 +45,7 @@ def safe_torch_load(path: str | os.PathLike, *, what: str, advice: str = "", saf
                         f"{': ' + first if first else ''}){tail}") from None
 
 
-def _is_raw_pickle(path: Path) -> bool:
+def is_raw_pickle(path: Path) -> bool:
     """A bare pickle stream (protocol 2-5), not torch's zip container."""
     try:
         with open(path, "rb") as f:

@@ -86,6 +86,16 @@ def describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- ownership
 
+def state_stage(output: str | os.PathLike) -> str | None:
+    """The stage of the run of ours whose state is beside ``output`` (its ``run.json``), None when there is
+    none or it cannot be read: an output without a manifest yet is still ours while such a run writes it."""
+    try:
+        m = json.loads((state_dir(output) / "run.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return str(m["stage"]) if isinstance(m, dict) and m.get("stage") else None
+
+
 def output_owner(output: Path, kind: str, manifest_file: Path | None = None) -> str | None:
     """The stage that wrote ``output`` (its manifest; before there is one, the ``run.json`` of the run of
     ours writing it, beside it), ``""`` when unknown, None when absent or empty."""
@@ -101,16 +111,15 @@ def output_owner(output: Path, kind: str, manifest_file: Path | None = None) -> 
         if output.is_dir():
             return ""
         manifest_file = manifest_file or output
-    for f in (Path(manifest_file), state_dir(output) / "run.json"):
-        # no manifest (yet): a run of ours writing this output (another shard, or one that was killed)
-        # keeps its run.json beside it
-        try:
-            m = json.loads(f.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            continue
-        if isinstance(m, dict) and m.get("stage"):
-            return str(m["stage"])
-    return ""
+    try:
+        m = json.loads(Path(manifest_file).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        m = None
+    if isinstance(m, dict) and m.get("stage"):
+        return str(m["stage"])
+    # no manifest (yet): a run of ours writing this output (another shard, or one that was killed)
+    # keeps its run.json beside it
+    return state_stage(output) or ""
 
 
 def check_output(output: str | os.PathLike, stages: str | Sequence[str], force: bool = False, kind: str = "dir",
