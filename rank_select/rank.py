@@ -30,7 +30,7 @@ from common.run.manifest import build_manifest, read_manifest, sha256_file, writ
 from common.run.safe_load import safe_torch_load
 from common.run.state import RunState, check_not_inside, check_output, fingerprint
 from common.train.seed import seed_everything
-from models import classifier_layer
+from models import capture_penultimate
 from rank_select.args import FEATURE_CRITERIA, get_args_parser  # torch-free parser, parsed first
 from rank_select.ranker import Ranker, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import check_class_size, rank_width, select_indices
@@ -76,14 +76,9 @@ def forward_scores(ranker: Ranker, x: torch.Tensor, features: bool = False) -> t
     of the same forward pass (fp16 autocast on CUDA only, as :func:`forward_logits`)."""
     if not features:
         return forward_logits(ranker, x), None
-    captured = {}
-    handle = classifier_layer(ranker.model).register_forward_hook(
-        lambda m, inp, out: captured.__setitem__("f", inp[0]))
-    try:
+    with capture_penultimate(ranker.model) as captured:
         logits = forward_logits(ranker, x)
-    finally:
-        handle.remove()
-    return logits, torch.flatten(captured["f"], 1).float()
+    return logits, captured["f"].float()
 
 
 def score_dataset(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers: int,
