@@ -5,6 +5,7 @@ from models.registry import (
     build_backbone,
     build_model,
     canonical_arch,
+    capture_penultimate,
     check_arch,
     classifier_layer,
     classifier_name,
@@ -14,7 +15,7 @@ from models.registry import (
     strip_classifier,
 )
 
-__all__ = ["ConvNet", "build_backbone", "build_model", "canonical_arch", "check_arch", "checkpoint_meta",
-           "classifier_layer",
+__all__ = ["ConvNet", "build_backbone", "build_model", "canonical_arch", "capture_penultimate", "check_arch",
+           "checkpoint_meta", "classifier_layer",
            "classifier_name", "has_batchnorm", "list_archs", "load_model", "make_meta", "penultimate_features",
            "read_checkpoint", "save_checkpoint", "strip_classifier", "strip_prefixes"]

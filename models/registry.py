@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -108,16 +109,25 @@ def classifier_name(model: nn.Module) -> str:
     return next(n for n, m in model.named_modules() if m is layer)
 
 
+@contextlib.contextmanager
+def capture_penultimate(model: nn.Module):
+    """Within the block, every forward of ``model`` leaves its penultimate features (the input of the final
+    linear layer, flattened to [N, D]) in the yielded dict under ``"f"``: features and logits of one pass."""
+    captured: dict = {}
+    handle = classifier_layer(model).register_forward_hook(
+        lambda m, inp, out: captured.__setitem__("f", torch.flatten(inp[0], 1)))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def penultimate_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Input of the final linear layer (global-average-pooled features for ResNets)."""
-    captured = {}
-    handle = classifier_layer(model).register_forward_hook(lambda m, inp, out: captured.__setitem__("f", inp[0]))
-    try:
+    with capture_penultimate(model) as captured:
         model(x)
-    finally:
-        handle.remove()
-    return torch.flatten(captured["f"], 1)
+    return captured["f"]
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import shutil
@@ -30,7 +31,7 @@ from common.run.manifest import build_manifest, read_manifest, sha256_file, writ
 from common.run.safe_load import safe_torch_load
 from common.run.state import RunState, check_not_inside, check_output, fingerprint
 from common.train.seed import seed_everything
-from models import classifier_layer
+from models import capture_penultimate
 from rank_select.args import FEATURE_CRITERIA, get_args_parser  # torch-free parser, parsed first
 from rank_select.ranker import Ranker, forward_logits, load_ranker, model_path_from_args
 from rank_select.select import check_class_size, rank_width, select_indices
@@ -76,14 +77,9 @@ def forward_scores(ranker: Ranker, x: torch.Tensor, features: bool = False) -> t
     of the same forward pass (fp16 autocast on CUDA only, as :func:`forward_logits`)."""
     if not features:
         return forward_logits(ranker, x), None
-    captured = {}
-    handle = classifier_layer(ranker.model).register_forward_hook(
-        lambda m, inp, out: captured.__setitem__("f", inp[0]))
-    try:
+    with capture_penultimate(ranker.model) as captured:
         logits = forward_logits(ranker, x)
-    finally:
-        handle.remove()
-    return logits, torch.flatten(captured["f"], 1).float()
+    return logits, captured["f"].float()
 
 
 def score_dataset(ranker: Ranker, dataset: ImageFolder, batch_size: int, workers: int,
@@ -226,15 +222,16 @@ def data_fingerprint(data_root: str | os.PathLike, rel_paths: Sequence[str]) -> 
     return h.hexdigest()
 
 
-def check_ranking_content(csv_path: Path, data_root: Path, rel_paths: Sequence[str]) -> None:
-    """A ranking scored here records the data fingerprint beside it; the files must still be those."""
+def check_ranking_content(csv_path: Path, data_root: Path, current_fp: Callable[[], str]) -> None:
+    """A ranking scored here records the data fingerprint beside it; the files must still be those
+    (``current_fp()``: the data's :func:`data_fingerprint` now)."""
     side = read_manifest(sidecar_path(csv_path)) if sidecar_path(csv_path).is_file() else None
     recorded = (side or {}).get("data_fingerprint")
     if recorded is None:
         print(f"warning: {csv_path} has no record of the files it scored (no {sidecar_path(csv_path).name}); "
               f"reusing it on matching file names only (pass --rerank to score {data_root})", file=sys.stderr)
         return
-    if recorded != data_fingerprint(data_root, rel_paths):
+    if recorded != current_fp():
         raise UserError(f"{csv_path}: the images under {data_root} changed since this ranking was scored (same "
                         f"names, other sizes or modification times); pass --rerank to score them again")
 
@@ -259,14 +256,14 @@ def features_path(csv_path: str | os.PathLike) -> Path:
     return Path(f"{csv_path}.features.pt")
 
 
-def read_features(csv_path: Path, data_root: Path, rel_paths: Sequence[str]) -> np.ndarray | None:
-    """The stored features when they belong to these files (names and content), else None."""
+def read_features(csv_path: Path, rel_paths: Sequence[str], current_fp: Callable[[], str]) -> np.ndarray | None:
+    """The stored features when they belong to these files (names, and content: ``current_fp()``), else None."""
     path = features_path(csv_path)
     if not path.is_file():
         return None
     state = safe_torch_load(path, what="the ranking's stored features", advice="pass --rerank to score again")
     ok = (isinstance(state, dict) and state.get("paths") == list(rel_paths)
-          and state.get("data_fingerprint") == data_fingerprint(data_root, rel_paths)
+          and state.get("data_fingerprint") == current_fp()
           and isinstance(state.get("features"), torch.Tensor) and state["features"].shape[0] == len(rel_paths))
     return state["features"].numpy() if ok else None
 
@@ -370,10 +367,12 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
     timing: dict[str, float] = {}
     t_start = time.perf_counter()
     need_features = args.selection_criteria in FEATURE_CRITERIA
+    # one stat of every file per run, however many checks and records need the data fingerprint
+    current_fp = functools.cache(functools.partial(data_fingerprint, data_root, rel_paths))
     feats = None
     reuse = csv_path is not None and csv_path.is_file() and not args.rerank
     if reuse and need_features:
-        feats = read_features(csv_path, data_root, rel_paths)
+        feats = read_features(csv_path, rel_paths, current_fp)
         if feats is None:  # the ranking was scored without features (another criterion): score again
             if not ranker_path:
                 raise UserError(f"{csv_path}: --selection-criteria {args.selection_criteria} selects on the "
@@ -386,7 +385,7 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
     if reuse:
         df = read_ranking(csv_path)
         check_ranking_matches(df, csv_path, data_root, classes, rel_paths)
-        check_ranking_content(csv_path, data_root, rel_paths)
+        check_ranking_content(csv_path, data_root, current_fp)
         if rank != 0:  # nothing to score: rank 0 alone writes the selection
             return {}
         ranker_note(csv_path, ranker_path)
@@ -423,13 +422,13 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
             write_ranking(df, csv_path)
             atomic_write_json(sidecar_path(csv_path), build_manifest(
                 f"{STAGE}.ranking", args, inputs={"ranker": ranker_path}, data_root=str(data_root.resolve()),
-                data_fingerprint=data_fingerprint(data_root, rel_paths),
+                data_fingerprint=current_fp(),
                 ranker={"arch": ranker.arch, "input_size": ranker.input_size, "mean": ranker.mean,
                         "std": ranker.std}, train_top1=acc, **timing))
         if need_features:
             feats = metrics["features"]
             if csv_path is not None:  # weights-only: the file names, the data fingerprint and the matrix
-                atomic_torch_save({"paths": list(rel_paths), "data_fingerprint": data_fingerprint(data_root, rel_paths),
+                atomic_torch_save({"paths": list(rel_paths), "data_fingerprint": current_fp(),
                                    "features": torch.from_numpy(feats)}, features_path(csv_path))
         scored = True
 

@@ -56,16 +56,6 @@ def require_ipc(root: Path, ipc: int | None, what: str = "--syn-data-path") -> d
     return counts
 
 
-def first_per_class(y, ipc: int):
-    """Positions of the first ``ipc`` items of each class in file order (``y`` sorted by class)."""
-    import torch
-
-    keep = torch.zeros(len(y), dtype=torch.bool)
-    for c in torch.unique(y).tolist():
-        keep[torch.nonzero(y == c).flatten()[:ipc]] = True
-    return torch.nonzero(keep).flatten()
-
-
 def read_soft_labels(path: Path, num_classes: int) -> dict:
     """``<set>.labels.pt``: weights-only, ``labels`` a finite [N, classes] tensor and ``paths`` N names."""
     import torch
@@ -224,10 +214,7 @@ def load_pad_data(args: argparse.Namespace, syn: Path, mode: str) -> PadData:
     files = [Path(p).relative_to(syn).as_posix() for p, _ in samples]  # the images trained on, in file order
     soft = soft_targets_for(files, labels, str(label_file), exact=not want) if labels is not None else None
     x, y, rel, _ = load_tensor_dataset(syn, cfg.input_size, cfg.mean, cfg.std, classes, what="--syn-data-path",
-                                       progress=False)
-    if want:
-        keep = first_per_class(y, want)
-        x, y, rel = x[keep], y[keep], [rel[int(i)] for i in keep]
+                                       progress=False, per_class=want)  # the first --ipc of each class only
     assert rel == files, "the set changed while it was read"
     vx, vy, _, _ = load_tensor_dataset(args.val_dir, cfg.input_size, cfg.mean, cfg.std, classes, what="--val-dir")
     if zca is not None:

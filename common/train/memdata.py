@@ -20,15 +20,16 @@ from common.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 
 def load_tensor_dataset(root: str | os.PathLike, size: int, mean: Sequence[float] = IMAGENET_MEAN,
                         std: Sequence[float] = IMAGENET_STD, classes: Sequence[str] | None = None,
-                        what: str = "data path", progress: bool = True):
-    """``(x [N,3,s,s] float32, y [N] int64, rel_paths, classes)`` in file order (class, then name)."""
+                        what: str = "data path", progress: bool = True, per_class: int | None = None):
+    """``(x [N,3,s,s] float32, y [N] int64, rel_paths, classes)`` in file order (class, then name);
+    ``per_class``: only the first that many files of each class are read."""
     from tqdm import tqdm
 
     from common.cli.errors import bar_vanishes_on_error
     from common.data.imagefolder import ImageFolder
     from common.data.transforms import val_transform
 
-    ds = ImageFolder(root, val_transform(size, mean, std), classes=classes, what=what)
+    ds = ImageFolder(root, val_transform(size, mean, std), classes=classes, per_class=per_class, what=what)
     with tqdm(range(len(ds)), desc=f"loading {Path(root).name}", unit="img", disable=not progress,
               dynamic_ncols=True) as bar, bar_vanishes_on_error(bar):  # a bad image: the error line alone
         xs = [ds[i][0] for i in bar]
