@@ -257,12 +257,15 @@ def features_path(csv_path: str | os.PathLike) -> Path:
 
 
 def read_features(csv_path: Path, rel_paths: Sequence[str], current_fp: Callable[[], str]) -> np.ndarray | None:
-    """The stored features when they belong to these files (names, and content: ``current_fp()``), else None."""
+    """The stored features when they belong to these files (names, and content: ``current_fp()``) and to this
+    ranking (the sha256 of the CSV they were scored with: a ranking scored again, by another ranker or without
+    features, leaves an older features file that must not be used), else None."""
     path = features_path(csv_path)
     if not path.is_file():
         return None
     state = safe_torch_load(path, what="the ranking's stored features", advice="pass --rerank to score again")
     ok = (isinstance(state, dict) and state.get("paths") == list(rel_paths)
+          and state.get("ranking_sha256") == sha256_file(csv_path)
           and state.get("data_fingerprint") == current_fp()
           and isinstance(state.get("features"), torch.Tensor) and state["features"].shape[0] == len(rel_paths))
     return state["features"].numpy() if ok else None
@@ -427,9 +430,10 @@ def run(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> dict:
                         "std": ranker.std}, train_top1=acc, **timing))
         if need_features:
             feats = metrics["features"]
-            if csv_path is not None:  # weights-only: the file names, the data fingerprint and the matrix
+            if csv_path is not None:  # weights-only: file names, data fingerprint, the ranking's sha256, matrix
                 atomic_torch_save({"paths": list(rel_paths), "data_fingerprint": current_fp(),
-                                   "features": torch.from_numpy(feats)}, features_path(csv_path))
+                                   "ranking_sha256": sha256_file(csv_path), "features": torch.from_numpy(feats)},
+                                  features_path(csv_path))
         scored = True
 
     chosen = pick_per_class(df, classes, rel_paths, args.ipc, args.selection_criteria, args.seed,

@@ -95,6 +95,22 @@ def test_ranking_without_features_is_scored_again_or_refused(tmp_path, tiny_data
     assert selected(tmp_path / "herding")[0] == expected_selection(paths, feats, select_herding, 3)
 
 
+def test_features_of_an_older_ranking_are_not_reused(tmp_path, tiny_data, tiny_teacher, capsys):
+    """Herding scores and stores features; the ranking is then scored again by another ranker without
+    features (--rerank, medium): the old features file no longer belongs to the CSV, so herding scores again."""
+    from tests.conftest import make_teacher
+
+    train, csv = tiny_data / "train", tmp_path / "ranking.csv"
+    other = make_teacher(tmp_path / "other.pth", find_classes(train), data_root=train, seed=1)
+    run(args_for(train, tmp_path / "h1", "herding", tiny_teacher, csv))
+    run(args_for(train, tmp_path / "m", "medium", other, csv) + ["--rerank"])
+    capsys.readouterr()
+    run(args_for(train, tmp_path / "h2", "herding", other, csv))
+    assert "scoring again" in capsys.readouterr().err
+    paths, feats = direct_features(other, train)
+    assert selected(tmp_path / "h2")[0] == expected_selection(paths, feats, select_herding, 3)
+
+
 def test_features_resume_with_the_scores(tmp_path, tiny_data, tiny_teacher):
     from common.data.datasets import get_dataset
     from rank_select.ranker import load_ranker
