@@ -166,7 +166,7 @@ def label_teacher(teachers: list[nn.Module], weights, mode: str, bn_group: int) 
     return LabelTeacher(teachers, weights, mode, bn_group)
 
 
-def teacher_summary(args: argparse.Namespace, common: Common | None = None) -> dict:
+def teacher_summary(args: argparse.Namespace) -> dict:
     """How the soft labels are made (for manifests and results)."""
     paths = getattr(args, "teacher_paths", None) or ([args.teacher_path] if args.teacher_path else [])
     return {"paths": [str(p) for p in paths], "weights": getattr(args, "teacher_weights", None),

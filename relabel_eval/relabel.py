@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         ipc=common.data.ipc, epochs=args.epochs, batch_size=batch_size, batch_size_source=bs_source,
         seed=args.seed, protocol=args.protocol, aug=common.aug.to_dict(), input_size=common.input_size,
         mean=list(common.mean), std=list(common.std), teacher_arch=common.teacher_meta["arch"], topk=args.topk,
-        logits_dtype="float16", teacher=teacher_summary(args, common),
+        logits_dtype="float16", teacher=teacher_summary(args),
         label_keep=args.label_keep, label_format="records" if args.label_keep < 1 else "epochs")
 
     maker = BatchMaker(common)
