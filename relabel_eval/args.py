@@ -105,6 +105,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="RandomResizedCrop min scale (default 0.08; --protocol rded: 1/--factor)")
     a.add_argument("--max-scale-crops", type=float_range(0, 1, lo_open=True), default=1.0,
                    help="RandomResizedCrop max scale")
+    a.add_argument("--no-image-aug", action="store_true",
+                   help="no per-image augmentation: each image resized whole, never flipped (with --mix-type none: "
+                        "training without any augmentation, DD-Ranking's ARS); refuses crop-scale, RandAugment, "
+                        "erasing and ShufflePatches flags")
     a.add_argument("--seed", type=seed_int, default=42, help="seed (default: %(default)s)")
     r = p.add_argument_group("runtime")
     add_device_args(r)

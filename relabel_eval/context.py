@@ -102,9 +102,18 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
         except ValueError as exc:
             raise UserError(str(exc)) from None
         alpha = args.cutmix if args.mix_type == "cutmix" else args.mixup if args.mix_type == "mixup" else None
+        plain = bool(getattr(args, "no_image_aug", False))
+        if plain:
+            given = [f for f, on in (("--use-rand-augment", args.use_rand_augment),
+                                     ("--random-erasing-p", args.random_erasing_p > 0),
+                                     ("--min-scale-crops", args.min_scale_crops is not None),
+                                     ("--max-scale-crops", args.max_scale_crops != 1.0),
+                                     (f"--protocol {args.protocol}", scale.shuffle_factor > 1)) if on]
+            if given:
+                raise UserError(f"--no-image-aug: drop {', '.join(given)} (each image is used whole, unflipped)")
         aug = AugConfig(int(input_size), scale.min_scale, scale.max_scale,
                         args.rand_augment_config if args.use_rand_augment else None,
-                        args.random_erasing_p, args.mix_type, alpha, scale.shuffle_factor)
+                        args.random_erasing_p, args.mix_type, alpha, scale.shuffle_factor, plain)
     if aug.shuffle_factor > int(data.sizes.min()):
         raise UserError(f"--factor {aug.shuffle_factor}: larger than the smallest image side "
                         f"{int(data.sizes.min())} of {args.syn_data_path}")

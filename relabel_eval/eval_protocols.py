@@ -16,11 +16,18 @@ step, a field here and the code that reads it).
   its own in ``relabel_eval.pad_protocol``: the set's learned soft labels (``<set>.labels.pt``)
   and lr (``<set>.lr.pt``), SGD momentum 0.9, weight decay 5e-4, lr / 10 after half the
   epochs, DSA, hard-label val top-1; no teacher.
-- ``edc``: the EDC evaluation, which FADRM also reports under (shaoshitong/EDC): the student
-  learns the teacher's raw logits with MSE plus 0.025 x CE on the (mixed) class labels, the cosine
-  is computed over twice the epochs run ("smoothing lr", so it ends half-way down), an EMA of the
-  weights (decay 0.99, every step) is validated beside the weights, batch 100; the rest (AdamW and
-  its lr table, CutMix, crops, the BN double update of the RDED loop it builds on) as ``delt``.
+- ``edc``: the EDC evaluation, which FADRM also reports under (shaoshitong/EDC,
+  ``Branch_full_ImageNet_1k/train/train_FKD_parallel.py`` with ``train.sh``'s ResNet-18 flags
+  ``--loss-type mse_gt --ce-weight 0.025 --st 2 --ema-dr 0.99 --batch-size 100``): the student learns
+  the teacher's raw logits with MSE (mean over every element, no temperature) plus 0.025 x CE on each
+  image's own class label (not the CutMix-mixed one); batch 100; RandomResizedCrop scale (0.5, 1);
+  one student forward per step (no BN double update: its loop is the SRe2L/FKD one); an EMA of the
+  parameters (decay 0.99, every optimiser step; BN buffers not averaged, the live ones used) is
+  validated beside the weights. Its "smoothing lr" ``0.5 (1 + cos(pi e / (st E)))`` with ``st = 2``
+  is the half cosine every protocol here already uses, so ``--lr-stretch`` stays 1. AdamW 1e-3 /
+  0.01 and CutMix (alpha 1, every batch) as ``delt``. Its teachers (four torchvision models in eval
+  mode, logits averaged) are ``--teacher-path`` flags, not part of the protocol; it trains in fp32
+  (``--no-amp`` on a GPU to match).
 
 Both released loops run an extra no-grad student forward in train mode on every
 batch (to log train accuracy). Their CutMix mixes in place, so that forward sees the
@@ -62,8 +69,9 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     "rded": EvalProtocol("rded", "LINs-lab/RDED validation/main.py", shuffle_patches=True, scale_from_factor=True),
     # its own loop (relabel_eval.pad_protocol): learned soft labels and lr, DSA, no teacher
     "pad": EvalProtocol("pad", "NUS-HPC-AI-Lab/PAD utils/utils_baseline.py evaluate_synset", bn_double_update=False),
-    "edc": EvalProtocol("edc", "shaoshitong/EDC (Branch_full_ImageNet_1k) evaluation, as FADRM reports it",
-                        kd_loss="mse+ce", ce_weight=0.025, lr_stretch=2.0, ema_decay=0.99, batch_size=100),
+    "edc": EvalProtocol("edc", "shaoshitong/EDC Branch_full_ImageNet_1k/train/train_FKD_parallel.py, as FADRM "
+                               "reports it", bn_double_update=False, default_min_scale=0.5, kd_loss="mse+ce",
+                        ce_weight=0.025, ema_decay=0.99, batch_size=100),
 }
 DEFAULT_PROTOCOL = "delt"
 

@@ -116,12 +116,14 @@ def mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torc
 def soft_label_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
                     labels: torch.Tensor | None = None, mix: MixParams | None = None, lam: float = 1.0,
                     ce_weight: float = 0.0) -> torch.Tensor:
-    """``kl``: :func:`kd_loss`; ``mse``: :func:`mse_loss`; ``mse+ce``: MSE + ``ce_weight`` x :func:`mixed_ce`."""
+    """``kl``: :func:`kd_loss`; ``mse``: :func:`mse_loss`; ``mse+ce``: MSE + ``ce_weight`` x CE on each image's own
+    class label, the mixing ignored (EDC's ``loss_type mse_gt``: ``partial_target``, not the CutMix-mixed label;
+    ``mix`` and ``lam`` are accepted for the other kinds' signature)."""
     if kind == "kl":
         return kd_loss(student_logits, teacher_logits, temperature)
     loss = mse_loss(student_logits, teacher_logits)
     if kind == "mse+ce":
-        loss = loss + ce_weight * mixed_ce(student_logits, labels, mix, lam)
+        loss = loss + ce_weight * F.cross_entropy(student_logits.float(), labels)
     return loss
 
 

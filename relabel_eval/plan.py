@@ -27,6 +27,7 @@ class AugConfig:
     mix_type: str = "cutmix"
     mix_alpha: float | None = None  # None: 1.0 for CutMix, 0.8 for Mixup
     shuffle_factor: int = 1  # RDED's ShufflePatches factor (--protocol rded); 1: none
+    plain: bool = False  # --no-image-aug: every image resized whole, never flipped
 
     def alpha(self) -> float | None:
         if self.mix_type == "none":
@@ -34,7 +35,10 @@ class AugConfig:
         return self.mix_alpha if self.mix_alpha is not None else MIX_ALPHA[self.mix_type]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.plain:  # absent unless set: configurations (and fingerprints) from before the flag stay equal
+            del d["plain"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> AugConfig:
@@ -122,6 +126,9 @@ def make_epoch_plan(seed: int, epoch: int, sizes: np.ndarray, batch_size: int, c
     # crop boxes are drawn on the image as RandomResizedCrop sees it: after ShufflePatches
     crops = sample_crops(rng, shuffled_sizes(sizes, cfg.shuffle_factor)[order], (cfg.min_scale, cfg.max_scale))
     flips = rng.random(n) < 0.5
+    if cfg.plain:  # drawn all the same, so the rest of the epoch (seeds, mixing) is the augmented run's
+        crops = np.concatenate([np.zeros((n, 2), np.int64), sizes[order]], axis=1)
+        flips = np.zeros(n, dtype=bool)
     seeds = rng.integers(0, 2 ** 31 - 1, size=n, dtype=np.int64)
     nb = (n + batch_size - 1) // batch_size
     perms = np.arange(n, dtype=np.int64)

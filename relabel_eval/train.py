@@ -258,8 +258,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         if epoch in evals:
             rec.update(validate(student, fast_student, val, common, rank, world))
             if ema is not None:
-                rec.update({f"ema_{k}": v for k, v in validate(ema.module, ema.module, val, common, rank,
-                                                                  world).items()})
+                live = ema_for_validation(ema, student)
+                rec.update({f"ema_{k}": v for k, v in validate(live, live, val, common, rank, world).items()})
             bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{rec['val_top1']:.2f}")
         history.append(rec)
         curves.log(epoch + 1, epoch_scalars(rec))
@@ -291,12 +291,22 @@ def new_student(common: Common, stud_name: str, seed: int, cfg: TrainConfig) -> 
 
 
 def new_ema(student, decay: float):
-    """An EMA of the student's weights and buffers (``torch.optim.swa_utils``), or None for decay 0."""
+    """An EMA of the student's parameters (``torch.optim.swa_utils``), or None for decay 0. Its BN buffers are
+    not averaged: :func:`ema_for_validation` gives it the student's live ones, as EDC swaps its EMA parameters
+    into the live model to validate."""
     if not decay:
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    return AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+@torch.no_grad()
+def ema_for_validation(ema, student) -> torch.nn.Module:
+    """The EMA's module with the student's current buffers (BN running statistics) copied in."""
+    for mine, live in zip(ema.module.buffers(), student.buffers()):
+        mine.copy_(live)
+    return ema.module
 
 
 def save_progress(state_path: Path, student, optimizer, scheduler, scaler, epoch: int, history: list[dict],

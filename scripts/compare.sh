@@ -21,6 +21,7 @@ INPUT_SIZE=${INPUT_SIZE:-32}
 IPC=${IPC:-10}
 METHODS=${METHODS:-"full random top medium min herding kcenter sre2l cda delt rded scdd datm pad"}
 SEEDS=${SEEDS:-"3407 4663 2897"}                             # evaluation seeds (random: draw i with seed i)
+FULL_SEEDS=${FULL_SEEDS:-${SEEDS}}                           # the full-set row's seeds (it costs |train|/(C x IPC) rows)
 BUDGET=${BUDGET:-}                                           # teacher image-iterations per BN-matching set
 GPU=${GPU:-auto}                                             # "0", "0,1,2,3" (torchrun), "cpu" or "auto"
 OUT=${OUT:-runs/compare}
@@ -79,6 +80,7 @@ EXPERTS_PAD=${OUT}/experts_pad
 EXPERTS_DATM=${OUT}/experts_datm
 DIFFICULTY=${OUT}/difficulty.csv
 read -r -a SEED_LIST <<< "${SEEDS}"
+read -r -a FULL_SEED_LIST <<< "${FULL_SEEDS}"
 for m in ${METHODS}; do
     case " full random top medium min herding kcenter sre2l cda delt rded scdd datm pad " in
         *" ${m} "*) ;; *) die "METHODS: unknown method '${m}' (full random top medium min herding kcenter sre2l cda delt rded scdd datm pad)" ;;
@@ -128,7 +130,7 @@ eval_set() {
     case "${proto}" in
         soft) flags+=(--protocol delt "${kd[@]}" "${aug[@]}") ;;
         hard) flags+=(--protocol delt --label-mode hard "${kd[@]}" "${aug[@]}") ;;
-        noaug) flags+=(--protocol delt "${kd[@]}" --mix-type none --min-scale-crops 1.0 --max-scale-crops 1.0) ;;
+        noaug) flags+=(--protocol delt "${kd[@]}" --mix-type none --no-image-aug) ;;
         rded) flags+=(--protocol rded --factor "${FACTOR}" --max-scale-crops 1.0 "${kd[@]}") ;;
         pad) flags+=(--protocol pad --zca "${EXPERTS_PAD}/zca.pt" --stud-name "${PAD_ARCH}")
              # sets without a learned lr (all but PAD's and DATM's) train at PAD_LR
@@ -145,10 +147,11 @@ row_protocols() {
 }
 
 evaluate_row() {  # evaluate_row METHOD SET
-    local m=$1 set=$2 p
+    local m=$1 set=$2 p seeds=("${SEED_LIST[@]}")
+    if [ "${m}" = full ]; then seeds=("${FULL_SEED_LIST[@]}"); fi
     for p in $(row_protocols "${m}"); do
         if [ "${p}" = pad ] && [ "${EXPERTS_READY:-0}" != 1 ]; then continue; fi  # the experts failed: no ZCA
-        eval_set "${m}" "${set}" "${p}" "${EVALS}/${m}/${p}.json" "${SEED_LIST[@]}"
+        eval_set "${m}" "${set}" "${p}" "${EVALS}/${m}/${p}.json" "${seeds[@]}"
     done
 }
 

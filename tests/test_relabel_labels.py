@@ -201,8 +201,9 @@ def test_mse_and_mse_ce_equal_hand_computations():
     ce_p = [ce(i, labels[1 - i]) for i in range(2)]  # the partner's label (perm [1, 0])
     hand_ce = 0.6 * sum(ce_y) / 2 + 0.4 * sum(ce_p) / 2
     assert mixed_ce(s, y, mix, 0.6).item() == pytest.approx(hand_ce, rel=1e-6)
+    # EDC's mse_gt: the CE term is on each image's own label, the mixing ignored
     got = soft_label_loss("mse+ce", s, t, 20.0, y, mix, 0.6, 0.025).item()
-    assert got == pytest.approx(7 / 6 + 0.025 * hand_ce, rel=1e-6)
+    assert got == pytest.approx(7 / 6 + 0.025 * sum(ce_y) / 2, rel=1e-6)
 
 
 def _history(tiny_data, tiny_teacher, tmp, *extra):
@@ -238,6 +239,22 @@ def test_ema_weights_follow_the_decay(tiny_data, tiny_teacher):
     assert train_mod.new_ema(model, 0.0) is None
 
 
+def test_ema_averages_parameters_and_validates_with_the_live_bn_statistics():
+    # EDC averages parameters only and validates them with the live model's BN running statistics
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = train_mod.new_ema(model, 0.5)
+    ema.update_parameters(model)
+    model.train()
+    model(torch.randn(8, 3) * 5 + 2)  # the student's BN statistics move; the EMA's copy does not average them
+    with torch.no_grad():
+        model[0].weight.add_(2.0)
+    ema.update_parameters(model)
+    live = train_mod.ema_for_validation(ema, model)
+    assert torch.equal(live[1].running_mean, model[1].running_mean)
+    assert torch.equal(live[1].num_batches_tracked, model[1].num_batches_tracked)
+    assert torch.allclose(live[0].weight, model[0].weight - 1.0)  # 0.5 x old + 0.5 x new, new = old + 2
+
+
 # ----------------------------------------------------------------------------- 5. --protocol edc
 
 def test_protocol_edc(tiny_data, tiny_teacher, tmp_path):
@@ -245,8 +262,10 @@ def test_protocol_edc(tiny_data, tiny_teacher, tmp_path):
     r = train_mod.main(_eval_args(tiny_data, tiny_teacher, tmp_path / "e", "--workers", "0", "--re-epochs", "2",
                                   "--protocol", "edc"))
     p = r["protocol"]
+    # EDC's "smoothing lr" (st = 2) is the half cosine every protocol here uses: no extra stretch
     assert (p["name"], p["kd_loss"], p["ce_weight"], p["lr_stretch"], p["ema_decay"]) == \
-        ("edc", "mse+ce", 0.025, 2.0, 0.99)
+        ("edc", "mse+ce", 0.025, 1.0, 0.99)
+    assert (p["bn_double_update"], p["aug"]["min_scale"]) == (False, 0.5)
     assert r["students"]["conv3"]["batch_size"] == 24  # EDC's 100, at most the 24 images
     assert "final_ema_top1" in r["students"]["conv3"]["runs"][0]
 
@@ -257,6 +276,8 @@ def test_protocol_edc(tiny_data, tiny_teacher, tmp_path):
     (["--teacher-weights", "1", "2"], "--teacher-weights"),
     (["--teacher-bn-group", "4"], "--teacher-bn-group"),
     (["--ce-weight", "0.1"], "--ce-weight"),
+    (["--no-image-aug", "--use-rand-augment"], "--use-rand-augment"),
+    (["--no-image-aug", "--min-scale-crops", "0.5"], "--min-scale-crops"),
 ])
 def test_bad_recipe_flags_are_one_line(tiny_data, tiny_teacher, tmp_path, capsys, extra, needle):
     from tests.test_relabel_train import _one_line_error
@@ -329,3 +350,21 @@ def test_resumed_training_with_every_option_equals_uninterrupted(tiny_data, tiny
         assert torch.equal(a, b), k
     keys = ("loss", "lr", "val_top1", "ema_val_top1", "ema_val_top5")
     assert [[h[k] for k in keys] for h in full["history"]] == [[h[k] for k in keys] for h in resumed["history"]]
+
+
+# ------------------------------------------------------------------ --no-image-aug (ARS without augmentation)
+
+def test_no_image_aug_uses_every_image_whole_and_unflipped_with_the_same_rest_of_the_epoch():
+    from relabel_eval.plan import AugConfig, make_epoch_plan
+
+    sizes = np.array([[32, 32], [40, 30], [28, 36]] * 4)
+    aug = AugConfig(32, mix_type="cutmix")
+    plain = AugConfig(32, mix_type="cutmix", plain=True)
+    a, b = make_epoch_plan(7, 3, sizes, 4, aug), make_epoch_plan(7, 3, sizes, 4, plain)
+    assert (b.crops == np.concatenate([np.zeros((12, 2), int), sizes[b.order]], axis=1)).all()
+    assert not b.flips.any() and a.flips.any()
+    for k in ("order", "seeds", "perms", "lams", "boxes"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
+    # the flag is absent from the configuration unless set (older fingerprints stay valid)
+    assert "plain" not in aug.to_dict() and plain.to_dict()["plain"] is True
+    assert AugConfig.from_dict(plain.to_dict()) == plain and AugConfig.from_dict(aug.to_dict()) == aug
