@@ -70,7 +70,7 @@ def test_dry_run_prints_commands_every_stage_parser_accepts(tmp_path):
     assert not [n for n in by_out if n.startswith("full/") and not n.endswith(("soft.json", "hard.json"))]
     assert by_out["delt/hard.json"].label_mode == "hard" and by_out["delt/soft.json"].label_mode in (None, "soft")
     assert by_out["delt/rded.json"].protocol == "rded" and by_out["delt/pad.json"].zca.endswith("experts_pad/zca.pt")
-    assert by_out["delt/noaug.json"].mix_type == "none" and by_out["delt/noaug.json"].min_scale_crops == 1.0
+    assert by_out["delt/noaug.json"].mix_type == "none" and by_out["delt/noaug.json"].no_image_aug
     assert [by_out[f"random/soft_d{i}.json"].seeds for i in range(3)] == [[1], [2], [3]]
     assert by_out["pad/pad.json"].learning_rate != 0.01 and by_out["top/pad.json"].learning_rate == 0.01
     assert all(a.teacher_path == teacher for a in by_out.values() if a.protocol != "pad")
@@ -88,6 +88,15 @@ def test_dry_run_multi_gpu_uses_torchrun_and_scdd_needs_an_ssl_teacher(tmp_path)
     assert all(c[0] == "python" for c in cmds if "--zca" in c and "relabel_eval" in c)
     assert not [c for c in cmds[:-1] if "squeeze.ssl" in c or "scdd" in " ".join(c)]
     assert "scdd" in cmds[-1][cmds[-1].index("--methods") + 1]  # its row is in the table (status: skipped)
+
+
+def test_full_seeds_sets_only_the_full_rows_seeds(tmp_path):
+    cmds = dry_run(SCRIPT, GPU="cpu", OUT=str(tmp_path / "out"), METHODS="full top", PROTOCOLS="soft hard",
+                   SEEDS="1 2 3", FULL_SEEDS="1")
+    seeds = {Path(a.output).relative_to(tmp_path / "out" / "eval").as_posix(): a.seeds
+             for c, a in parse_all(cmds) if c[:3] == ["python", "-m", "relabel_eval"]}
+    assert seeds == {"full/soft.json": [1], "full/hard.json": [1], "top/soft.json": [1, 2, 3],
+                     "top/hard.json": [1, 2, 3]}
 
 
 @pytest.mark.parametrize("env,flag", [({"METHODS": "delt bogus"}, "METHODS"), ({"PROTOCOLS": "soft x"}, "PROTOCOLS"),
