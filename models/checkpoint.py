@@ -8,12 +8,13 @@ and val_top1. Training checkpoints add ``optimizer``, ``lr_scheduler``, ``epoch`
 Loading always uses ``weights_only=True`` and accepts, from a local path:
 ours, RDED-style ``{"model": sd}``, SRe2L-style ``{"state_dict": sd}`` and bare
 torchvision weight files; ``module.`` (DataParallel) and ``_orig_mod.``
-(torch.compile) prefixes are stripped.
+(torch.compile) prefixes are stripped, and torchvision's legacy DenseNet key names renamed.
 """
 from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,9 +29,15 @@ from common.run.safe_load import is_raw_pickle
 from models.registry import build_model, canonical_arch
 
 _PREFIXES = ("module.", "_orig_mod.")
+# torchvision's DenseNet weight files (densenet121-a639ec97.pth, ...) keep the old layer names
+# ``denselayerN.norm.1``; torchvision renames them to ``norm1`` when it loads them (densenet._load_state_dict)
+_LEGACY_DENSENET = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with ``module.``/``_orig_mod.`` prefixes stripped and torchvision's legacy DenseNet
+    key names (``denselayer1.norm.1.weight``) renamed as torchvision renames them (``denselayer1.norm1.weight``)."""
     out = {}
     for k, v in state_dict.items():
         changed = True
@@ -39,6 +46,9 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             for p in _PREFIXES:
                 if k.startswith(p):
                     k, changed = k[len(p):], True
+        m = _LEGACY_DENSENET.match(k)
+        if m:
+            k = m.group(1) + m.group(2)
         out[k] = v
     return out
 

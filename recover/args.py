@@ -15,6 +15,7 @@ from common.cli.argtypes import (
     unit_float,
 )
 from common.cli.entry import require_paths
+from common.cli.errors import UserError
 from common.cli.flags import add_curve_args, add_device_args
 from common.run.state import add_run_args
 
@@ -55,10 +56,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--store-best-images", action="store_true",
                    help="accepted for compatibility: the last iterate is always saved")
     g = p.add_argument_group("teacher")
-    g.add_argument("--arch-name", default=None, help="teacher architecture (default: from the checkpoint)")
+    g.add_argument("--arch-name", nargs="+", default=None, metavar="NAME",
+                   help="teacher architecture (default: the one the checkpoint records); with several --arch-path, "
+                        "one name per path in the same order (e.g. torchvision's bare weight files, which record "
+                        "none); a name that contradicts a checkpoint's recorded architecture is an error")
     g.add_argument("--arch-path", nargs="+", default=None, metavar="PATH",
                    help="teacher checkpoint (required); several: used in turn, iteration it uses teacher it %% n "
-                        "(FADRM+), each with the architecture its checkpoint records")
+                        "(FADRM+), each with its --arch-name or the architecture its checkpoint records")
     g.add_argument("--input-size", type=positive_int, default=None, help="default: the teacher's input size")
     g = p.add_argument_group("EarlyLate")
     g.add_argument("--use-early-late", action="store_true", help="DELT's EarlyLate rounds (needs --round-iterations)")
@@ -117,8 +121,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def as_list(value) -> list:
+    """A flag's value as a list: None -> [], one string (a single value kept plain) -> [it]."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_arch_names(args: argparse.Namespace) -> None:
+    """``--arch-name``: none (each checkpoint records its architecture) or one name per ``--arch-path``, in the
+    same order; another count is a one-line error naming both flags."""
+    names, paths = as_list(args.arch_name), as_list(args.arch_path)
+    if names and paths and len(names) != len(paths):
+        raise UserError(f"--arch-name: {len(names)} name(s) for {len(paths)} --arch-path checkpoint(s); give one "
+                        f"--arch-name per --arch-path, in the same order, or none (each checkpoint records its "
+                        f"architecture)")
+
+
 def check_paths(args: argparse.Namespace) -> None:
-    """Every input path given must exist (the teacher, the init and train folders)."""
+    """The teacher names match the teachers; every input path given must exist (the teacher, the init and
+    train folders)."""
+    check_arch_names(args)
     require_paths(args, [("arch_path", "--arch-path"), ("init_data_path", "--init-data-path"),
                          ("train_data_path", "--train-data-path"), ("class_stats", "--class-stats")])
 
@@ -173,8 +196,6 @@ def trajectory_matching_parser() -> argparse.ArgumentParser:
 
 def check_trajectory_matching(args: argparse.Namespace) -> None:
     """--experts and --data-path must be folders; the ratios and the start-epoch window must make sense."""
-    from common.cli.errors import UserError
-
     require_paths(args, [("experts", "--experts"), ("data_path", "--data-path")], kind="dir")
     for flag in ("depth_ratio", "loss_ratio"):
         if not getattr(args, flag) < 1:

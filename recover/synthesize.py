@@ -45,7 +45,7 @@ from common.run.manifest import build_manifest, sha256_file
 from common.run.state import RunState, check_output, fingerprint
 from common.train.curves import Curves, write_series
 from models import canonical_arch, checkpoint_meta, has_batchnorm, load_model, read_checkpoint
-from recover.args import get_args_parser  # the parser lives in the torch-free recover.args
+from recover.args import as_list, check_arch_names, get_args_parser  # the parser: torch-free recover.args
 from recover.cpu import keep_freed_memory
 from recover.loop import LoopConfig, NonFiniteLoss, prepare_teacher, recover_batch
 from recover.output import OutputDir
@@ -111,10 +111,7 @@ def check_args(args: argparse.Namespace) -> Plan:
 
 def check_options(args: argparse.Namespace) -> None:
     """The options past DELT: each needs what it works on (never silently ignored)."""
-    paths = args.arch_path if isinstance(args.arch_path, list) else [args.arch_path] if args.arch_path else []
-    if args.arch_name and len(paths) > 1:
-        raise UserError("--arch-name applies to one teacher; with several --arch-path each checkpoint must record "
-                        "its architecture")
+    check_arch_names(args)  # none, or one per --arch-path
     if args.residual_alpha and not (args.stage_sizes and len(args.stage_sizes) > 1):
         raise UserError(f"--residual-alpha {args.residual_alpha:g} mixes at stage boundaries: give --stage-sizes "
                         f"with at least two stages (e.g. 200,224,200,224)")
@@ -167,19 +164,20 @@ def resolve_classes(args: argparse.Namespace) -> tuple[list[str], dict[str, list
 
 
 def load_teacher(args: argparse.Namespace, classes: Sequence[str], device: torch.device, path=None,
-                 size: int | None = None):
-    """One teacher (``path``, default the first ``--arch-path``); ``size``: the input size of the first."""
+                 size: int | None = None, arch: str | None = None):
+    """One teacher (``path`` with its ``--arch-name`` ``arch``, default the first of each); ``size``: the input
+    size of the first."""
     if not args.arch_path:
         raise UserError("--arch-path (the teacher checkpoint) is required; nothing is downloaded at run time")
-    path = path or teacher_paths(args)[0]
+    if path is None:
+        path, arch = teacher_paths(args)[0], teacher_archs(args)[0]
     if size is None:
-        meta = checkpoint_meta(path, args.arch_name)
-        arch = args.arch_name or meta.get("arch")
-        size = resolve_data_config(get_dataset(args.dataset), canonical_arch(arch) if arch else None,
+        meta = checkpoint_meta(path, arch)
+        name = arch or meta.get("arch")
+        size = resolve_data_config(get_dataset(args.dataset), canonical_arch(name) if name else None,
                                    args.input_size, meta, image_root=args.init_data_path or args.train_data_path
                                    ).input_size
-    model, meta = load_model(path, arch=args.arch_name, classes=list(classes), input_size=size,
-                             device=device)
+    model, meta = load_model(path, arch=arch, classes=list(classes), input_size=size, device=device)
     if args.r_bn > 0 and not has_batchnorm(model):
         raise UserError(f"{path}: the teacher ({meta['arch']}) has no BatchNorm2d layer, so there are no "
                         f"statistics to match; use a BN teacher or --r-bn 0 (cross-entropy only)")
@@ -191,13 +189,20 @@ def teacher_paths(args: argparse.Namespace) -> list[str]:
     return list(args.arch_path) if isinstance(args.arch_path, list) else [args.arch_path]
 
 
+def teacher_archs(args: argparse.Namespace) -> list[str | None]:
+    """Each teacher's ``--arch-name``, aligned with :func:`teacher_paths` (None: the checkpoint's own)."""
+    names = as_list(args.arch_name)
+    return names if names else [None] * len(teacher_paths(args))
+
+
 def load_teachers(args: argparse.Namespace, classes: Sequence[str], device: torch.device):
-    """Every teacher, each with its own architecture; they must share the input size and normalisation."""
-    paths = teacher_paths(args)
-    model, meta = load_teacher(args, classes, device, paths[0])
+    """Every teacher, each with its own architecture (its ``--arch-name`` or the one its checkpoint records);
+    they must share the input size and normalisation."""
+    paths, archs = teacher_paths(args), teacher_archs(args)
+    model, meta = load_teacher(args, classes, device, paths[0], arch=archs[0])
     models_, metas = [model], [meta]
-    for path in paths[1:]:
-        m, mt = load_teacher(args, classes, device, path, size=int(meta["input_size"]))
+    for path, arch in zip(paths[1:], archs[1:]):
+        m, mt = load_teacher(args, classes, device, path, size=int(meta["input_size"]), arch=arch)
         for key in ("mean", "std"):
             if [round(float(v), 6) for v in mt[key]] != [round(float(v), 6) for v in meta[key]]:
                 raise UserError(f"{path}: normalisation {key} {list(mt[key])} differs from the first teacher's "
@@ -292,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     if isinstance(args.arch_path, list) and len(args.arch_path) == 1:
         args.arch_path = args.arch_path[0]  # one teacher: recorded as before
+    if isinstance(args.arch_name, list) and len(args.arch_name) == 1:
+        args.arch_name = args.arch_name[0]  # one name: recorded (manifest, fingerprint) as before
     if args.init is None:
         args.init = "real" if args.init_data_path else "noise"
     plan = check_args(args)

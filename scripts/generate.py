@@ -5,7 +5,8 @@
     python scripts/generate.py --methods  # the methods the table has scripts for (reproduce.sh)
 
 The ``method`` column picks the pipeline (delt, the default, sre2l, cda, rded, scdd, pad, fadrm,
-fadrm_classbn);
+fadrm_classbn, fadrm_plus); ``extra_teachers`` (fadrm_plus) lists the architectures of the teachers
+used in turn after TEACHER (the scripts' EXTRA_TEACHERS / EXTRA_TEACHER_ARCHS);
 DELT's scripts have no prefix. Paths in a script are derived from IPC/ITR/ROUND_ITR when it
 runs, and evaluations go to EVAL_PATH beside the distilled set (scripts/lib.sh).
 
@@ -184,10 +185,25 @@ FADRM_CLASSBN = dict(  # the same, with EDC's class-aware BN matching: per-class
     setting=FADRM["setting"],
 )
 
+EXTRA_TEACHER_VARS = """# FADRM+'s other teachers, in turn after TEACHER (iteration it: teacher it % n), one
+# architecture each; they must exist (e.g. torchvision's IMAGENET1K_V1 files): nothing trains them here
+EXTRA_TEACHERS=${{EXTRA_TEACHERS:-"{extra_teacher_paths}"}}
+EXTRA_TEACHER_ARCHS=${{EXTRA_TEACHER_ARCHS:-"{extra_teachers}"}}
+"""
+
+FADRM_PLUS = dict(  # FADRM with several teachers taking turns every iteration: TEACHER, then EXTRA_TEACHERS
+    title="FADRM+ on {dataset} with {arch}, IPC {ipc}: select (medium) -> FADRM's synthesis with TEACHER and "
+          "EXTRA_TEACHERS taking turns every iteration ({arch} {extra_teachers}) -> soft-label evaluation (DELT "
+          "protocol, TEACHER's labels).",
+    paths=FADRM["paths"] + EXTRA_TEACHER_VARS,
+    stages=DELT["stages"],
+    setting=FADRM["setting"],
+)
+
 KINDS = {"delt": DELT, "sre2l": NOISE, "cda": NOISE, "rded": RDED, "scdd": SCDD, "pad": PAD, "fadrm": FADRM,
-         "fadrm_classbn": FADRM_CLASSBN}
+         "fadrm_classbn": FADRM_CLASSBN, "fadrm_plus": FADRM_PLUS}
 NAMES = {"delt": "DELT", "sre2l": "SRe2L", "cda": "CDA", "rded": "RDED", "scdd": "SC-DD", "pad": "PAD",
-         "fadrm": "FADRM", "fadrm_classbn": "FADRM + class-aware BN"}
+         "fadrm": "FADRM", "fadrm_classbn": "FADRM + class-aware BN", "fadrm_plus": "FADRM+"}
 
 # SC-DD: the relabel (supervised) teacher's architecture per recovery architecture
 SCDD_RELABEL_ARCH = {"resnet50": "resnet18", "resnet18_modified": "resnet18_modified"}
@@ -214,6 +230,12 @@ def render(row: dict[str, str]) -> str:
         raise SystemExit(f"error: scripts/settings.csv: unknown method {kind!r} ({', '.join(KINDS)})")
     t = KINDS[kind]
     v = {k: (val or "") for k, val in row.items() if k is not None}
+    extra = v.get("extra_teachers", "").split()  # FADRM+: the other teachers' architectures, in turn order
+    if kind == "fadrm_plus" and not extra:
+        raise SystemExit(f"error: scripts/settings.csv: the fadrm_plus row {row['dataset']} {row['arch']} IPC "
+                         f"{row['ipc']} names no extra_teachers")
+    v.update(extra_teachers=" ".join(extra),
+             extra_teacher_paths=" ".join(f"runs/teachers/{row['dataset']}_{a}.pth" for a in extra))
     v.update(method=kind, name=NAMES[kind], teacher_flags=TEACHER_FLAGS.get(row["dataset"], DEFAULT_TEACHER_FLAGS),
              relabel_arch=SCDD_RELABEL_ARCH.get(row["arch"], row["arch"]),
              curriculum=" with CDA's easy-to-hard crop curriculum" if kind == "cda" else "")

@@ -138,9 +138,37 @@ stage_class_stats() {
     wait_for "${CLASS_STATS}"
 }
 
+# FADRM+: EXTRA_TEACHERS (paths, used in turn after TEACHER) and EXTRA_TEACHER_ARCHS (one architecture per
+# path) must name existing files; checked before any stage runs (nothing trains them here)
+check_extra_teachers() {
+    local paths=() archs=() missing=() i
+    read -r -a paths <<< "${EXTRA_TEACHERS:-}"
+    read -r -a archs <<< "${EXTRA_TEACHER_ARCHS:-}"
+    [ "${#paths[@]}" = "${#archs[@]}" ] || die "EXTRA_TEACHERS has ${#paths[@]} path(s) but EXTRA_TEACHER_ARCHS" \
+        "${#archs[@]} architecture(s): give one architecture per path, in the same order"
+    for ((i = 0; i < ${#paths[@]}; i++)); do
+        if [ ! -f "${paths[$i]}" ]; then
+            missing+=("${paths[$i]}")
+            if [ "${DRY_RUN:-0}" = 1 ]; then
+                echo "note: ${paths[$i]} must hold pretrained ${archs[$i]} weights (EXTRA_TEACHERS; torchvision's ImageNet file, local path)" >&2
+            fi
+        fi
+    done
+    if [ "${#missing[@]}" -gt 0 ] && [ "${DRY_RUN:-0}" != 1 ]; then
+        die "EXTRA_TEACHERS: ${missing[*]}: not found; each must hold the pretrained weights of its" \
+            "EXTRA_TEACHER_ARCHS architecture (${EXTRA_TEACHER_ARCHS}), e.g. torchvision's ImageNet file"
+    fi
+}
+
 stage_synthesize() {
-    local init=() early_late=() options=()
+    local init=() early_late=() options=() teachers=("${TEACHER}") archs=("${ARCH}") extra=()
     read -r -a options <<< "${RECOVER_FLAGS:-}"  # a method's recover options (FADRM: --stage-sizes ...)
+    read -r -a extra <<< "${EXTRA_TEACHERS:-}"   # FADRM+: the other teachers, in turn after TEACHER
+    if [ "${#extra[@]}" -gt 0 ]; then
+        teachers+=("${extra[@]}")
+        read -r -a extra <<< "${EXTRA_TEACHER_ARCHS:-}"
+        archs+=("${extra[@]}")
+    fi
     if [ -n "${CLASS_STATS:-}" ]; then options+=(--class-stats "${CLASS_STATS}"); fi
     if [ -n "${INIT_PATH:-}" ]; then
         init=(--init-data-path "${INIT_PATH}")
@@ -152,7 +180,7 @@ stage_synthesize() {
         early_late=(--use-early-late --round-iterations "${ROUND_ITR}")
     fi
     launch recover "${init[@]}" --syn-data-path "${SYN_PATH}" --exp-name "${EXP_NAME}" \
-        --arch-name "${ARCH}" --arch-path "${TEACHER}" --dataset "${DATASET}" --input-size "${INPUT_SIZE}" \
+        --arch-name "${archs[@]}" --arch-path "${teachers[@]}" --dataset "${DATASET}" --input-size "${INPUT_SIZE}" \
         --ipc "${IPC}" --iteration "${ITR}" "${early_late[@]}" --batch-size "${BATCH}" --lr "${LR}" \
         --r-bn "${R_BN}" --jitter "${JITTER}" --easy2hard-mode "${EASY2HARD}" --milestone "${MILESTONE}" \
         --device "${DEVICE}" ${options[@]+"${options[@]}"}
@@ -252,6 +280,7 @@ stage_validate() {
 run_pipeline() {
     setup_device
     METHOD=${METHOD:-delt}
+    if [[ " ${STAGES} " == *" synthesize "* ]]; then check_extra_teachers; fi
     echo "== ${METHOD} ${DATASET} ${ARCH} IPC ${IPC}: stages ${STAGES}" >&2
     local s
     for s in ${STAGES}; do

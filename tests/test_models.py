@@ -65,6 +65,21 @@ def test_foreign_formats(tmp_path):
         load_model(tmp_path / "bare.pth")
 
 
+def test_torchvision_densenet_file_with_legacy_key_names(tmp_path):
+    """torchvision's densenet121-a639ec97.pth names its layers ``denselayerN.norm.1``; they load as torchvision
+    loads them (renamed to ``norm1``), as a bare state dict given --arch-name."""
+    import re
+
+    m = build_model("densenet121", 3, 32).eval()
+    legacy = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v
+              for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}  # as in the file
+    assert any(".norm.1." in k for k in legacy) and not any(".norm1." in k for k in legacy)
+    torch.save(legacy, tmp_path / "densenet121-legacy.pth")
+    loaded, meta = load_model(tmp_path / "densenet121-legacy.pth", arch="densenet121", num_classes=3, input_size=32)
+    x = torch.randn(2, 3, 32, 32)
+    assert meta["arch"] == "densenet121" and torch.allclose(loaded(x), m(x))
+
+
 def test_conv_input_size_inferred_from_classifier(tmp_path):
     m = build_model("conv4", 10, 64)
     torch.save({"model": m.state_dict()}, tmp_path / "c.pth")

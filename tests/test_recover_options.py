@@ -20,6 +20,7 @@ from torch.nn import functional as F
 import recover.loop as loop_mod
 import recover.synthesize as synth
 import squeeze.class_stats as cstats
+from common.cli.errors import UserError
 from common.data.imagefolder import ImageFolder
 from common.data.transforms import val_transform
 from common.run.state import state_dir
@@ -136,6 +137,72 @@ def test_teacher_rotation_order_restarts_every_batch(shared):
     assert order == [0, 1, 2, 0, 1, 2, 0] * 2
     for t in teachers:  # every BN layer put back
         assert all(type(m) is nn.BatchNorm2d for m in t.modules() if "BatchNorm" in type(m).__name__)
+
+
+def bare(path: Path, out: Path) -> Path:
+    """``path``'s weights saved as a plain state dict (as torchvision's files: no meta, no architecture)."""
+    from models import read_checkpoint
+
+    torch.save(read_checkpoint(path)["model"], out)
+    return out
+
+
+def test_arch_name_per_teacher_loads_bare_state_dicts_and_rotates_both(shared, tmp_path, monkeypatch):
+    """--arch-name A B names each --arch-path's architecture (bare weight files record none); both
+    teachers take turns, and the manifest records each teacher's arch beside its sha256."""
+    base = shared[0]
+    conv = bare(shared[1], tmp_path / "conv3_bare.pth")
+    r18 = bare(base / "r18.pth", tmp_path / "resnet18_bare.pth")
+    calls: list[str] = []
+    prepare = synth.prepare_teacher
+
+    def spy(model, **kw):
+        model = prepare(model, **kw)
+        model.register_forward_pre_hook(lambda m, inp, name=type(model).__name__: calls.append(name))
+        return model
+
+    monkeypatch.setattr(synth, "prepare_teacher", spy)
+    common = ["--init-data-path", str(base / "data" / "train"), "--syn-data-path", str(tmp_path / "syn"),
+              "--ipc", "2", "--iteration", "4", "--batch-size", "6", "--lr", "0.25", "--r-bn", "0.01",
+              "--jitter", "4", "--seed", "3", "--device", "cpu"]
+    with pytest.raises(UserError, match="does not record its architecture; pass --arch-name"):
+        synth.main([*common, "--exp-name", "unnamed", "--arch-path", str(conv), str(r18)])
+    calls.clear()
+    man = synth.main([*common, "--exp-name", "two", "--arch-path", str(conv), str(r18),
+                      "--arch-name", "conv3", "resnet18"])
+    assert calls == ["ConvNet", "ResNet"] * 2  # one batch of 3 classes x 2 images, 4 iterations: 0 1 0 1
+    assert [(t["arch"], t["sha256"]) for t in man["teachers"]] == [
+        ("conv3", synth.sha256_file(conv)), ("resnet18", synth.sha256_file(r18))]
+    assert man["args"]["arch_name"] == ["conv3", "resnet18"]
+    assert sorted(images(tmp_path / "syn" / "two")) == [f"{c}/img_{i:03d}.png" for c in CLASSES for i in (0, 1)]
+
+
+def test_one_arch_name_with_one_teacher_as_before(shared, tmp_path):
+    base, t1, _ = shared
+    common = ["--init-data-path", str(base / "data" / "train"), "--syn-data-path", str(tmp_path / "syn"),
+              "--ipc", "2", "--iteration", "2", "--batch-size", "6", "--seed", "3", "--device", "cpu"]
+    named = synth.main([*common, "--exp-name", "named", "--arch-path", str(t1), "--arch-name", "conv3"])
+    plain = synth.main([*common, "--exp-name", "plain", "--arch-path", str(t1)])
+    assert named["args"]["arch_name"] == "conv3" and named["args"]["arch_path"] == str(t1)  # plain strings
+    assert "teachers" not in named and named["settings"]["arch_name"] == "conv3"
+    assert plain["args"]["arch_name"] is None
+    assert images(tmp_path / "syn" / "named") == images(tmp_path / "syn" / "plain")
+
+
+def test_arch_name_count_mismatch_is_one_line_before_torch(shared, tmp_path):
+    """python -m recover: another number of --arch-name than --arch-path stops with exit 2 and one error line
+    naming both flags, before torch is imported."""
+    from tests.test_cli_fast import HEAVY, run
+
+    base, t1, t2 = shared
+    res, imported, errors = run(["-m", "recover", "--init-data-path", str(base / "data" / "train"),
+                                 "--syn-data-path", str(tmp_path / "syn"), "--arch-path", str(t1), str(t2),
+                                 "--arch-name", "conv3", "conv3", "conv3"], tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("import time:") and ln.strip()]
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert lines == errors and len(errors) == 1
+    assert errors[0].startswith("error: --arch-name: 3 name(s) for 2 --arch-path"), errors
+    assert not imported & set(HEAVY) and not (tmp_path / "syn").exists()
 
 
 # --------------------------------------------------------------------------- class statistics
@@ -378,7 +445,9 @@ def test_bad_inputs_are_one_line_and_leave_nothing(shared, stats_file, tmp_path,
         (t1s + ["--bn-match", "mix", "--class-stats", str(raw)], "not a safe torch file"),
         (t1s + ["--bn-match", "mix", "--class-stats", str(tmp_path / "missing.pt")], "missing.pt: file not found"),
         (["--arch-path", str(t1), str(other)], "class list does not match"),
-        (["--arch-path", str(t1), str(t2), "--arch-name", "conv3"], "--arch-name applies to one teacher"),
+        (["--arch-path", str(t1), str(t2), "--arch-name", "conv3"], "--arch-name: 1 name(s) for 2 --arch-path"),
+        (["--arch-path", str(t1), str(t2), "--arch-name", "resnet18", "conv3"],
+         "checkpoint is a conv3 but --arch-name says resnet18"),
         (t1s + ["--stats-momentum", "1"], "--stats-momentum"),
         (t1s + ["--class-bn-weight", "0.3"], "--class-bn-weight weighs --bn-match mix"),
     ]

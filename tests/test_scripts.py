@@ -344,3 +344,48 @@ def test_log_dir_and_wandb_reach_every_training_stage(script):
     assert seen & {"recover", "recover.trajectory_matching"} and "relabel_eval" in seen
     plain, _ = run_dry(ROOT / "scripts" / script, GPU="0,1,2,3")
     assert not any("--log-dir" in c for c in plain)
+
+
+@pytest.mark.parametrize("ipc", [10, 50])
+def test_fadrm_plus_scripts_rotate_the_released_teachers(ipc, tmp_path):
+    """FADRM+ (the released recover_fadrm+_ipc{10,50}.sh): FADRM's recover flags with ResNet-18, DenseNet-121,
+    ShuffleNet-V2 (x1.0) and MobileNet-V2 in turn, one --arch-name per --arch-path; the extra teachers must exist."""
+    from recover.args import check_arch_names
+
+    plus = ROOT / "scripts" / "imagenet-1k" / f"fadrm_plus_resnet18_ipc{ipc}.sh"
+    cmds, err = run_dry(plus, GPU="cpu")
+    rec = next(c for c in cmds if module_of(c) == "recover")
+    parser, args = parser_for(rec)
+    ns = parser.parse_args(args)
+    check_arch_names(ns)
+    assert ns.arch_name == ["resnet18", "densenet121", "shufflenet_v2_x1_0", "mobilenet_v2"]
+    assert ns.arch_path == ["runs/teachers/imagenet-1k_resnet18.pth"] + [
+        f"runs/teachers/imagenet-1k_{a}.pth" for a in ns.arch_name[1:]]
+    assert all(f"note: {p} must hold pretrained" in err for p in ns.arch_path)  # DRY_RUN: noted, not refused
+    # the same recover flags as the FADRM row, teachers and output name aside
+    fadrm, _ = run_dry(ROOT / "scripts" / "imagenet-1k" / f"fadrm_resnet18_ipc{ipc}.sh", GPU="cpu")
+    ref = parser.parse_args(parser_for(next(c for c in fadrm if module_of(c) == "recover"))[1])
+    differ = {k for k in vars(ns) if getattr(ns, k) != getattr(ref, k)}
+    assert differ == {"arch_name", "arch_path", "exp_name"}
+    assert ns.stage_sizes == (200, 224, 200, 224) and ns.residual_alpha == 0.5 and ns.iteration == 2000
+    assert "FADRM+ 50.0 / 60.1" in plus.read_text()
+    # the extra teachers: a missing one stops the script with one error line naming the variable, before any stage
+    teacher = tmp_path / "resnet18.pth"
+    teacher.write_bytes(b"x")
+    there = tmp_path / "densenet121.pth"
+    there.write_bytes(b"x")
+    env = {**os.environ, "GPU": "cpu", "TEACHER": str(teacher),
+           "EXTRA_TEACHERS": f"{there} {tmp_path / 'missing.pth'}", "EXTRA_TEACHER_ARCHS": "densenet121 mobilenet_v2"}
+    env.pop("DRY_RUN", None)
+    res = subprocess.run(["bash", str(plus)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == "", res.stdout
+    assert res.stderr.splitlines() == [res.stderr.strip()] and res.stderr.startswith("error: EXTRA_TEACHERS: ")
+    assert str(tmp_path / "missing.pth") in res.stderr and f"{there} " not in res.stderr
+    res = subprocess.run(["bash", str(plus)], cwd=ROOT, env={**env, "EXTRA_TEACHER_ARCHS": "densenet121"},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == "" and len(res.stderr.splitlines()) == 1
+    assert "EXTRA_TEACHERS has 2 path(s) but EXTRA_TEACHER_ARCHS 1" in res.stderr
+    # reproduce.sh addresses the rows as method fadrm_plus
+    res = subprocess.run(["bash", "scripts/reproduce.sh", "imagenet-1k", "resnet18", str(ipc), "fadrm_plus"],
+                         cwd=ROOT, env={**os.environ, "DRY_RUN": "1", "GPU": "cpu"}, capture_output=True, text=True)
+    assert res.returncode == 0 and "-m recover " in res.stdout and "imagenet-1k_mobilenet_v2.pth" in res.stdout
