@@ -160,8 +160,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="also validate an EMA of the student's weights and buffers, updated every step with "
                         "this decay (EDC: 0.99); 0 = none (default: the protocol's, 0)")
     t.add_argument("--label-temperature-schedule", choices=("none", "lpqld"), default="none",
-                   help="lpqld: KD temperature 20 x 0.7^(epoch // 30), at least 2 (LPQLD; overrides -T); "
-                        "none: the fixed temperature (default)")
+                   help="lpqld: the teacher's KD temperature 20 x 0.7^(epoch // 30), at least 2 (overrides -T), "
+                        "and the student's calibrated: 1 at first, then after every epoch the value in 0.01..1 "
+                        "that fits the epoch's last batch best (LPQLD's released scripts); none: one fixed "
+                        "temperature on both sides (default)")
     t.add_argument("--bn-double-update", action=argparse.BooleanOptionalAction, default=None,
                    help="student BN momentum 1-(1-m)^2 (0.19), the effect of the released loop's extra train-mode "
                         "forward per batch (default: on, as the protocol's release; --no-bn-double-update: "

@@ -84,11 +84,30 @@ def target_lambda(mix: MixParams, H: int, W: int) -> float:
     return 1.0
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``KL(softmax(t/T) || softmax(s/T))`` with reduction batchmean and no T^2 factor (as released)."""
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+            student_temperature: float | None = None) -> torch.Tensor:
+    """``KL(softmax(t/T) || softmax(s/T_s))`` with reduction batchmean and no T^2 factor (as released);
+    ``T_s`` = ``T`` unless ``student_temperature`` is given (LPQLD's calibrated student temperature)."""
     T = float(temperature)
-    return F.kl_div(F.log_softmax(student_logits.float() / T, dim=1),
+    Ts = T if student_temperature is None else float(student_temperature)
+    return F.kl_div(F.log_softmax(student_logits.float() / Ts, dim=1),
                     F.softmax(teacher_logits.float() / T, dim=1), reduction="batchmean")
+
+
+# LPQLD's calibrated alignment: candidate student temperatures (np.linspace(0.01, 1, 100))
+LPQLD_STUDENT_TEMPERATURES = tuple(round(0.01 * (i + 1), 2) for i in range(100))
+
+
+@torch.no_grad()
+def student_temperature_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                               temperature: float) -> torch.Tensor:
+    """Per candidate student temperature (:data:`LPQLD_STUDENT_TEMPERATURES`) the summed (not yet
+    batch-averaged) KL of ``softmax(t/T)`` against ``softmax(s/t_s)``: LPQLD refits its student temperature
+    to the argmin of these on each epoch's last batch (summed over processes under DDP)."""
+    target = F.softmax(teacher_logits.float() / float(temperature), dim=1)
+    s = student_logits.detach().float()
+    return torch.stack([F.kl_div(F.log_softmax(s / ts, dim=1), target, reduction="sum")
+                        for ts in LPQLD_STUDENT_TEMPERATURES])
 
 
 def mixed_ce(logits: torch.Tensor, labels: torch.Tensor, mix: MixParams, lam: float) -> torch.Tensor:

@@ -51,7 +51,15 @@ from relabel_eval.context import (
 )
 from relabel_eval.data import ValSet
 from relabel_eval.eval_protocols import EvalProtocol, get_protocol
-from relabel_eval.mix import kd_loss, lpqld_temperature, mixed_ce, soft_label_loss, target_lambda
+from relabel_eval.mix import (
+    LPQLD_STUDENT_TEMPERATURES,
+    kd_loss,
+    lpqld_temperature,
+    mixed_ce,
+    soft_label_loss,
+    student_temperature_losses,
+    target_lambda,
+)
 from relabel_eval.plan import make_epoch_plan
 from relabel_eval.protocol import (
     adamw_lr_for,
@@ -100,6 +108,12 @@ class TrainConfig:
             return lpqld_temperature(epoch)
         return self.temperature
 
+    @property
+    def calibrates_student_temperature(self) -> bool:
+        """LPQLD's calibrated alignment: the student's KD temperature starts at 1 and is refitted after every
+        epoch (its released scripts' ``--temp_stu_dynamic 1.0``); KL losses only."""
+        return self.temperature_schedule == "lpqld" and self.kd_loss == "kl" and self.label_mode != "hard"
+
 
 class OnlineTeacher:
     def __init__(self, common: Common):
@@ -124,7 +138,8 @@ class StoredLogits:
 
 def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, optimizer, scaler,
                     temperature: float, accum_steps: int = 1, loss_kind: str = "kl", ce_weight: float = 0.0,
-                    after_step: Callable[[], None] | None = None) -> dict:
+                    after_step: Callable[[], None] | None = None, student_temperature: float | None = None,
+                    calibrate: bool = False) -> dict:
     """One epoch; ``targets(b, mixed_x)`` gives teacher logits (soft / fkd) or is None (hard labels).
 
     Train accuracy comes from the training forward on the mixed batch (no extra forward).
@@ -132,6 +147,9 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     gradient is the whole batch's; loss and accuracy are summed over processes.
     A non-finite loss is recorded (first batch, and whether the teacher's logits were to blame)
     without a per-batch device sync; the caller stops the run on it.
+    ``student_temperature``: the student's side of the KL (default: ``temperature``); ``calibrate``: also
+    return ``student_temperature_next``, LPQLD's refit of it on the epoch's last batch (the candidate of
+    ``LPQLD_STUDENT_TEMPERATURES`` with the lowest KL, summed over processes).
     ``loss_kind``: the soft-label loss (``relabel_eval.mix.soft_label_loss``); ``after_step()`` runs after
     every optimiser step (the EMA update).
     """
@@ -142,6 +160,7 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     n, last = 0, plan.num_batches - 1
+    calib = None  # (per-candidate summed KL, images) of the last batch, for calibrate
     first_bad = torch.full((), -1, device=dev, dtype=torch.long)
     teacher_bad = torch.zeros((), device=dev, dtype=torch.bool)
     optimizer.zero_grad(set_to_none=True)
@@ -154,7 +173,9 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
             t = targets(b, xm)
             teacher_bad |= ~torch.isfinite(t).all()
             if loss_kind == "kl":
-                loss = kd_loss(out, t, temperature)
+                loss = kd_loss(out, t, temperature, student_temperature)
+                if calibrate and b == last:
+                    calib = student_temperature_losses(out, t, temperature), len(y)
             else:
                 loss = soft_label_loss(loss_kind, out, t, temperature, y, mix, target_lambda(mix, S, S), ce_weight)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
@@ -178,8 +199,16 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
                                                                     float(teacher_nonfinite))
         bad = bad if bad >= 0 else (0 if any_bad else -1)
         teacher_nonfinite = any_teacher > 0
-    return {"loss": loss_sum / max(n, 1), "train_top1_mixed": 100.0 * correct / max(n, 1), "images": int(n),
-            "nonfinite_batch": None if bad < 0 else bad, "teacher_nonfinite": teacher_nonfinite}
+    res = {"loss": loss_sum / max(n, 1), "train_top1_mixed": 100.0 * correct / max(n, 1), "images": int(n),
+           "nonfinite_batch": None if bad < 0 else bad, "teacher_nonfinite": teacher_nonfinite}
+    if calibrate:
+        k = len(LPQLD_STUDENT_TEMPERATURES)
+        kl = calib[0].double().cpu().tolist() if calib is not None else [0.0] * k
+        if distributed:  # the whole last batch's KL: every process refits to the same value
+            kl = sum_over_ranks(*kl)
+        best = min(range(k), key=lambda i: (kl[i], i))
+        res["student_temperature_next"] = LPQLD_STUDENT_TEMPERATURES[best]
+    return res
 
 
 def diverged_error(stud_name: str, seed: int, epoch: int, stats: dict, label_mode: str, sgd: bool,
@@ -243,9 +272,13 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
             targets = online
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
+        student_t = None
+        if cfg.calibrates_student_temperature:  # 1 at first, then the refit after the previous epoch
+            student_t = history[-1]["student_temperature_next"] if history else 1.0
         stats = train_one_epoch(fast_net, maker, plan, targets, optimizer, scaler, cfg.temperature_at(epoch),
                                 cfg.accum_steps, cfg.kd_loss, cfg.ce_weight,
-                                None if ema is None else functools.partial(ema.update_parameters, student))
+                                None if ema is None else functools.partial(ema.update_parameters, student),
+                                student_temperature=student_t, calibrate=cfg.calibrates_student_temperature)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         if stats["nonfinite_batch"] is not None:
@@ -255,6 +288,8 @@ def train_student(common: Common, maker: BatchMaker, val: ValSet, stud_name: str
         scheduler.step()
         rec = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"], "train_top1_mixed": stats["train_top1_mixed"],
                "epoch_time_s": dt, "images_per_s": stats["images"] / dt if dt > 0 else None}
+        if student_t is not None:  # LPQLD: the student temperature this epoch used, and its refit
+            rec.update(student_temperature=student_t, student_temperature_next=stats["student_temperature_next"])
         if epoch in evals:
             rec.update(validate(student, fast_student, val, common, rank, world))
             if ema is not None:

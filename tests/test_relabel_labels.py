@@ -133,6 +133,66 @@ def test_lpqld_temperature_schedule():
     assert train_mod.TrainConfig(300, 10, 1e-3, 4.0, temperature_schedule="lpqld").temperature_at(100) == 20 * 0.7 ** 3
 
 
+def test_lpqld_student_temperature_is_the_argmin_of_the_last_batch_kl():
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 5) * 3, torch.randn(6, 5) * 4
+    t[:, 3:] = float("-inf")  # top-3 labels: zero target elsewhere
+    T = 20.0
+    target = F.softmax(t / T, dim=1)
+
+    def hand_kl(ts):  # sum over the batch of sum_c p_c (log p_c - log q_c), p_c = 0 terms dropped
+        q = F.log_softmax(s / ts, dim=1)
+        return sum(float(p * (torch.log(p) - qc)) for row_p, row_q in zip(target, q)
+                   for p, qc in zip(row_p, row_q) if p > 0)
+
+    from relabel_eval.mix import LPQLD_STUDENT_TEMPERATURES, student_temperature_losses
+
+    assert LPQLD_STUDENT_TEMPERATURES[0] == 0.01 and LPQLD_STUDENT_TEMPERATURES[-1] == 1.0
+    assert len(LPQLD_STUDENT_TEMPERATURES) == 100
+    losses = student_temperature_losses(s, t, T)
+    for i in (0, 49, 99):
+        assert losses[i].item() == pytest.approx(hand_kl(LPQLD_STUDENT_TEMPERATURES[i]), rel=1e-4)
+    # the loss at a student temperature is that KL averaged over the batch
+    from relabel_eval.mix import kd_loss
+
+    assert kd_loss(s, t, T, 0.5).item() == pytest.approx(hand_kl(0.5) / 6, rel=1e-4)
+    assert kd_loss(s, t, T).item() == pytest.approx(kd_loss(s, t, T, T).item())
+
+
+def test_lpqld_training_starts_the_student_at_1_and_refits_after_every_epoch(tiny_data, tiny_teacher, tmp_path):
+    out = tmp_path / "soft"
+    _relabel(tiny_data, [tiny_teacher], out, "--epochs", "3", "--topk", "2")
+    args = train_mod.get_args_parser().parse_args(_eval_args(tiny_data, tiny_teacher, tmp_path, *FLAGS))
+    common = resolve_common(args, need_teacher=True)
+    val = train_mod.ValSet(tiny_data / "val", common.data.classes, 32, common.mean, common.std)
+    cfg = train_mod.TrainConfig(epochs=3, batch_size=10, lr=1e-3, temperature=20.0, label_mode="fkd", eval_every=1,
+                                temperature_schedule="lpqld")
+    store = SoftLabelStore(out)
+    full, full_model = train_mod.train_student(common, BatchMaker(common), val, "conv3", 3, cfg, store=store)
+    h = full["history"]
+    assert h[0]["student_temperature"] == 1.0
+    assert [r["student_temperature"] for r in h[1:]] == [r["student_temperature_next"] for r in h[:-1]]
+    assert all(0.01 <= r["student_temperature_next"] <= 1.0 for r in h)
+    # killed after epoch 2 and resumed: the refitted temperature comes back from the checkpoint
+    state = tmp_path / "state.pt"
+
+    def crash(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train_student(common, BatchMaker(common), val, "conv3", 3, cfg, state_path=state, store=store,
+                                on_epoch_end=crash)
+    resumed, resumed_model = train_mod.train_student(common, BatchMaker(common), val, "conv3", 3, cfg,
+                                                     state_path=state, store=store)
+    assert [r["student_temperature"] for r in resumed["history"]] == [r["student_temperature"] for r in h]
+    for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), k
+    # other schedules keep one temperature on both sides
+    plain = train_mod.TrainConfig(epochs=1, batch_size=10, lr=1e-3, temperature=20.0, label_mode="fkd")
+    assert not plain.calibrates_student_temperature
+
+
 # ----------------------------------------------------------------------------- 3. train-mode and ensemble teachers
 
 def _common(tiny_data, teachers, tmp_path, *extra):
