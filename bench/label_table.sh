@@ -4,6 +4,7 @@
 # T=20, AdamW, cosine) with the labels made or stored in different ways:
 #   online KD (the teacher on every batch; nothing stored)   | stored labels, every record (FKD)
 #   stored, kept fraction 1/10 and 1/40 (LPLD)               | stored top-k logits, k = 3 and 1 (LPQLD)
+#   stored top-3 (and 1/40 + top-3) trained with LPQLD's temperatures (teacher T schedule, calibrated student T)
 #   online KD from the teacher in train mode (BN on groups of 8, FADRM/CV-DD)
 #   online KD from two teachers averaged (EDC/CV-DD)          | --protocol edc (MSE + 0.025 CE, lr over 2x, EMA)
 # Final top-1 mean +- std over 3 student seeds, label MB as stored here, and the ImageNet-1K projection of
@@ -40,13 +41,18 @@ done
 ev=(--val-dir "$DATA/val" --stud-name conv3 --dataset custom --input-size 32 --re-epochs "$RE_EPOCHS" --seeds $SEEDS
     --device "$DEVICE")
 names=("online KD" "stored, all records" "stored, keep 1/10" "stored, keep 1/40" "stored, top-3" "stored, top-1"
+       "stored, top-3, LPQLD temperatures" "stored, keep 1/40 + top-3, LPQLD temperatures"
        "online KD, teacher in train mode" "online KD, two teachers" "--protocol edc (online)")
-exps=(online full keep10 keep40 top3 top1 trainmode ensemble edc)
+exps=(online full keep10 keep40 top3 top1 top3lpqld keep40top3lpqld trainmode ensemble edc)
 labels_full=()
 labels_keep10=(--label-keep 0.1)
 labels_keep40=(--label-keep 0.025)
 labels_top3=(--topk 3)
 labels_top1=(--topk 1)
+labels_top3lpqld=(--topk 3)
+labels_keep40top3lpqld=(--label-keep 0.025 --topk 3)
+train_top3lpqld=(--label-temperature-schedule lpqld)   # LPQLD: teacher T schedule + calibrated student T
+train_keep40top3lpqld=(--label-temperature-schedule lpqld)
 online_online=(--teacher-path "$TEACHER")
 online_trainmode=(--teacher-path "$TEACHER" --teacher-mode train --teacher-bn-group "$BN_GROUP")
 online_ensemble=(--teacher-path "$TEACHER" "$TEACHER2")
@@ -71,8 +77,10 @@ for IPC in $IPCS; do
             [ -f "$L/manifest.json" ] || run python -m relabel_eval.relabel --syn-data-path "$D/delt" \
                 --teacher-path "$TEACHER" --dataset custom --input-size 32 --epochs "$RE_EPOCHS" --seed 0 \
                 --device "$DEVICE" --output-dir "$L" "${lab[@]}"
+            train=()
+            if declare -p "train_$e" > /dev/null 2>&1; then declare -n tr="train_$e"; train=("${tr[@]}"); fi
             [ -f "$E" ] || run python -m relabel_eval --syn-data-path "$D/delt" --label-mode fkd --soft-label-dir "$L" \
-                "${ev[@]}" --output "$E"
+                "${train[@]}" "${ev[@]}" --output "$E"
             rows+=("${names[$i]}|$IPC|$E|$L")
         else
             declare -n onl="online_$e"
