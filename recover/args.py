@@ -16,7 +16,7 @@ from common.cli.argtypes import (
 )
 from common.cli.entry import require_paths
 from common.cli.errors import UserError
-from common.cli.flags import add_curve_args, add_device_args
+from common.cli.flags import add_curve_args, add_device_args, check_arch_names  # the last shared with relabel_eval
 from common.run.state import add_run_args
 
 EASY2HARD_MODES = ("step", "linear", "cosine")  # CDA's crop curriculum shapes (recover.augment.min_crop_scale)
@@ -119,23 +119,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("-j", "--workers", type=nonneg_int, default=0, help="accepted for compatibility (unused)")
     add_curve_args(g)
     return p
-
-
-def as_list(value) -> list:
-    """A flag's value as a list: None -> [], one string (a single value kept plain) -> [it]."""
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def check_arch_names(args: argparse.Namespace) -> None:
-    """``--arch-name``: none (each checkpoint records its architecture) or one name per ``--arch-path``, in the
-    same order; another count is a one-line error naming both flags."""
-    names, paths = as_list(args.arch_name), as_list(args.arch_path)
-    if names and paths and len(names) != len(paths):
-        raise UserError(f"--arch-name: {len(names)} name(s) for {len(paths)} --arch-path checkpoint(s); give one "
-                        f"--arch-name per --arch-path, in the same order, or none (each checkpoint records its "
-                        f"architecture)")
 
 
 def check_paths(args: argparse.Namespace) -> None:

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from common.cli.errors import UserError, bar_vanishes_on_error
-from common.cli.flags import device_spec
+from common.cli.flags import arch_per_path, check_arch_names, device_spec
 from common.cli.paths import check_output_dir, first_missing
 from common.compute.accel import resolve_precision
 from common.compute.distributed import init_distributed
@@ -45,7 +45,7 @@ from common.run.manifest import build_manifest, sha256_file
 from common.run.state import RunState, check_output, fingerprint
 from common.train.curves import Curves, write_series
 from models import canonical_arch, checkpoint_meta, has_batchnorm, load_model, read_checkpoint
-from recover.args import as_list, check_arch_names, get_args_parser  # the parser: torch-free recover.args
+from recover.args import get_args_parser  # the parser lives in the torch-free recover.args
 from recover.cpu import keep_freed_memory
 from recover.loop import LoopConfig, NonFiniteLoss, prepare_teacher, recover_batch
 from recover.output import OutputDir
@@ -191,8 +191,7 @@ def teacher_paths(args: argparse.Namespace) -> list[str]:
 
 def teacher_archs(args: argparse.Namespace) -> list[str | None]:
     """Each teacher's ``--arch-name``, aligned with :func:`teacher_paths` (None: the checkpoint's own)."""
-    names = as_list(args.arch_name)
-    return names if names else [None] * len(teacher_paths(args))
+    return arch_per_path(args.arch_name, len(teacher_paths(args)))
 
 
 def load_teachers(args: argparse.Namespace, classes: Sequence[str], device: torch.device):

@@ -35,7 +35,7 @@ from common.cli.argtypes import (
 )
 from common.cli.entry import module_doc, require_paths
 from common.cli.errors import UserError
-from common.cli.flags import add_device_args
+from common.cli.flags import add_device_args, arch_per_path, check_arch_names
 from common.run.state import add_run_args
 from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_name
 
@@ -62,6 +62,27 @@ class TeacherPaths(argparse.Action):
         namespace.teacher_paths = values if len(values) > 1 else None
 
 
+class ArchNames(argparse.Action):
+    """``--arch-name A [B ...]``: one name is kept a plain string (recorded, and fingerprinted, as before
+    several were accepted), several a list, one per ``--teacher-path`` (checked by :func:`check_teacher_flags`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        values = list(values)
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else values)
+
+
+def teacher_path_list(args: argparse.Namespace) -> list[str]:
+    """Every ``--teacher-path``, in order (none: [])."""
+    return list(getattr(args, "teacher_paths", None) or ([args.teacher_path] if getattr(args, "teacher_path", None)
+                                                          else []))
+
+
+def teacher_arch_names(args: argparse.Namespace) -> list[str | None]:
+    """Each teacher's ``--arch-name``, aligned with :func:`teacher_path_list` (None: the checkpoint's own; with no
+    teacher, the one name given, if any)."""
+    return arch_per_path(getattr(args, "arch_name", None), max(1, len(teacher_path_list(args))))
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     """Data, teacher, augmentation and device flags, named as the released RDED/DELT scripts name them."""
     g = p.add_argument_group("data and teacher")
@@ -80,7 +101,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-bn-group", type=nonneg_int, default=0,
                    help="--teacher-mode train: BN statistics over groups of this many images of the batch "
                         "(FADRM: 8, half its batch of 16); 0 = the whole batch (default)")
-    g.add_argument("--arch-name", default=None, help="teacher architecture (checked against the checkpoint)")
+    g.add_argument("--arch-name", nargs="+", action=ArchNames, default=None, metavar="NAME",
+                   help="teacher architecture (default: the one the checkpoint records; a name that contradicts "
+                        "it is an error); with several --teacher-path, one name per path in the same order "
+                        "(e.g. torchvision's bare weight files, which record none)")
     g.add_argument("--dataset", "--subset", dest="dataset", default="custom",
                    help="dataset name for the batch-size table and defaults (default: %(default)s)")
     g.add_argument("--input-size", type=positive_int, default=None,
@@ -204,8 +228,11 @@ def check_paths(args: argparse.Namespace) -> None:
 
 
 def check_teacher_flags(args: argparse.Namespace) -> None:
-    """--teacher-weights must match --teacher-path; --teacher-bn-group needs --teacher-mode train."""
-    n = len(args.teacher_paths or ([args.teacher_path] if getattr(args, "teacher_path", None) else []))
+    """--arch-name and --teacher-weights must match --teacher-path; --teacher-bn-group needs --teacher-mode
+    train."""
+    paths = teacher_path_list(args)
+    check_arch_names(args, paths, "--teacher-path")
+    n = len(paths)
     weights = getattr(args, "teacher_weights", None)
     if weights is not None:
         if len(weights) != n:

@@ -23,6 +23,7 @@ from common.data.dataconfig import resolve_data_config
 from common.data.datasets import DatasetSpec, check_class_count, get_dataset
 from common.train.optim import freeze
 from models import check_arch, load_model
+from relabel_eval.args import check_teacher_flags, teacher_arch_names, teacher_path_list
 from relabel_eval.augment import SampleTransform
 from relabel_eval.data import DistilledSet, load_distilled, make_train_loader
 from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, get_protocol, resolve_aug
@@ -72,15 +73,14 @@ def resolve_common(args: argparse.Namespace, need_teacher: bool, stored: dict | 
         raise UserError(f"--nclass {args.nclass} but {args.syn_data_path} has {len(data.classes)} class folders")
     teacher, meta = None, {}
     if args.teacher_path is not None and (need_teacher or stored is None):
-        from relabel_eval.args import check_teacher_flags
-
         check_teacher_flags(args)
-        teacher, meta = load_model(args.teacher_path, arch=args.arch_name, classes=data.classes,
+        paths, archs = teacher_path_list(args), teacher_arch_names(args)  # one --arch-name per teacher, or none
+        teacher, meta = load_model(paths[0], arch=archs[0], classes=data.classes,
                                    device=device if need_teacher else "cpu")
         if need_teacher:
             teacher = freeze(teacher).to(memory_format=torch.channels_last)
-            others = [freeze(load_model(p, classes=data.classes, device=device)[0]).to(
-                memory_format=torch.channels_last) for p in (getattr(args, "teacher_paths", None) or [])[1:]]
+            others = [freeze(load_model(p, arch=a, classes=data.classes, device=device)[0]).to(
+                memory_format=torch.channels_last) for p, a in zip(paths[1:], archs[1:])]
             teacher = label_teacher([teacher, *others], getattr(args, "teacher_weights", None),
                                     getattr(args, "teacher_mode", "eval"), getattr(args, "teacher_bn_group", 0))
         else:
@@ -175,6 +175,11 @@ def label_teacher(teachers: list[nn.Module], weights, mode: str, bn_group: int) 
     return LabelTeacher(teachers, weights, mode, bn_group)
 
 
+def first_arch_name(args: argparse.Namespace) -> str | None:
+    """The first teacher's ``--arch-name`` (None: not given)."""
+    return teacher_arch_names(args)[0]
+
+
 def teacher_summary(args: argparse.Namespace) -> dict:
     """How the soft labels are made (for manifests and results)."""
     paths = getattr(args, "teacher_paths", None) or ([args.teacher_path] if args.teacher_path else [])
@@ -195,7 +200,8 @@ def batch_size_for(args: argparse.Namespace, common: Common, stud_name: str) -> 
     proto = get_protocol(getattr(args, "protocol", None))
     if proto.batch_size:
         return int(min(proto.batch_size, len(common.data))), f"--protocol {proto.name}"
-    special = released_special_case(common.spec.name, args.arch_name or common.teacher_meta.get("arch"), stud_name)
+    special = released_special_case(common.spec.name, first_arch_name(args) or common.teacher_meta.get("arch"),
+                                    stud_name)
     if "batch_size" in special:
         return int(special["batch_size"]), "released special case"
     return auto_batch_size(common.data.ipc, common.num_classes, common.spec.family), "table"

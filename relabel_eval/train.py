@@ -42,6 +42,7 @@ from relabel_eval.context import (
     Common,
     batch_size_for,
     default_output,
+    first_arch_name,
     resolve_common,
     student_archs,
     teacher_inputs,
@@ -508,13 +509,13 @@ def resolve_setup(args: argparse.Namespace, ctx) -> EvalSetup:
     if args.re_accum_steps < 1:
         raise UserError("--re-accum-steps must be at least 1")
     store = _soft_label_store(args)
-    hint = args.stud_name[0].split(",")[0] if args.stud_name else args.arch_name
+    hint = args.stud_name[0].split(",")[0] if args.stud_name else first_arch_name(args)
     common = resolve_common(args, need_teacher=args.label_mode == "soft",
                             stored=store.manifest if store else None, student_hint=hint)
     if store is not None:
         store.check(common.data)
     students = student_archs(args.stud_name, common.teacher_meta.get("arch")
-                             or (store.manifest["teacher_arch"] if store else None) or args.arch_name)
+                             or (store.manifest["teacher_arch"] if store else None) or first_arch_name(args))
     seeds = args.seeds or [args.seed]
     if any(s < 0 for s in seeds):
         raise UserError("--seeds must be non-negative")
@@ -568,7 +569,7 @@ def student_config(args: argparse.Namespace, setup: EvalSetup, stud: str) -> tup
     common, store, temperature, bn_double = setup.common, setup.store, setup.temperature, setup.bn_double
     lr, lr_source = (args.learning_rate, "flag (sgd)") if args.sgd else \
         ((args.adamw_lr, "flag") if args.adamw_lr > 0 else adamw_lr_for(stud))
-    special = released_special_case(common.spec.name, args.arch_name or common.teacher_meta.get("arch"), stud)
+    special = released_special_case(common.spec.name, first_arch_name(args) or common.teacher_meta.get("arch"), stud)
     if not args.sgd and args.adamw_lr <= 0 and "adamw_lr" in special:
         lr, lr_source = special["adamw_lr"], "released special case"
     if store is not None:

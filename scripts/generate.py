@@ -6,7 +6,10 @@
 
 The ``method`` column picks the pipeline (delt, the default, sre2l, cda, rded, scdd, pad, fadrm,
 fadrm_classbn, fadrm_plus); ``extra_teachers`` (fadrm_plus) lists the architectures of the teachers
-used in turn after TEACHER (the scripts' EXTRA_TEACHERS / EXTRA_TEACHER_ARCHS);
+used in turn after TEACHER (the scripts' EXTRA_TEACHERS / EXTRA_TEACHER_ARCHS); ``eval_args`` holds
+``python -m relabel_eval`` flags of the method's own evaluation recipe, appended after the protocol's
+(EVAL_FLAGS; FADRM's relabel: train-mode teachers, BN over 8 images), and ``eval_teachers`` = ``all``
+makes the soft labels the mean of TEACHER and EXTRA_TEACHERS (EVAL_TEACHERS; FADRM+'s relabel);
 DELT's scripts have no prefix. Paths in a script are derived from IPC/ITR/ROUND_ITR when it
 runs, and evaluations go to EVAL_PATH beside the distilled set (scripts/lib.sh).
 
@@ -57,7 +60,7 @@ DATASET={dataset}
 ARCH={arch}
 INPUT_SIZE={input_size}
 {setting}RE_EPOCHS=${{RE_EPOCHS:-{re_epochs}}}
-PUBLISHED="{published}"
+{evaluation}PUBLISHED="{published}"
 
 source scripts/lib.sh
 run_pipeline
@@ -78,6 +81,11 @@ TEACHER_VARS = """# the teacher's recipe when it is trained here (0 epochs: TEAC
 TEACHER_EPOCHS={teacher_epochs}
 TEACHER_FLAGS="{teacher_flags}"
 """
+
+# a row's own evaluation recipe (scripts/lib.sh stage_validate), written only when the row has one
+EVAL_FLAGS_VAR = 'EVAL_FLAGS="{eval_args}"    # relabel_eval flags of the method\'s recipe, after the protocol\'s\n'
+EVAL_TEACHERS_VAR = ("EVAL_TEACHERS={eval_teachers}    # all: soft labels from TEACHER and EXTRA_TEACHERS, "
+                     "logits averaged (else TEACHER alone)\n")
 
 # per method: the one-line title, the variables between IPC and GPU, the stages, the setting block
 DELT = dict(
@@ -169,7 +177,8 @@ EXPERT_TRAIN_EPOCHS={teacher_epochs}
 
 FADRM = dict(  # DELT's real-image init, then FADRM's resolution stages with the residual mix (RECOVER_FLAGS)
     title="FADRM on {dataset} with {arch}, IPC {ipc}: select (medium) -> synthesis at alternating resolutions, "
-          "mixed back with the initial image at each stage boundary -> soft-label evaluation (DELT protocol).",
+          "mixed back with the initial image at each stage boundary -> soft-label evaluation with FADRM's relabel "
+          "recipe (EVAL_FLAGS: the teacher in train mode, BN over 8 images).",
     paths=DELT["paths"].replace("EXP_NAME=${{EXP_NAME:-ipc", "EXP_NAME=${{EXP_NAME:-{method}_ipc"),
     stages=DELT["stages"],
     setting=DELT["setting"] + 'RECOVER_FLAGS="{method_args}"    # recover options of this method\n',
@@ -178,7 +187,7 @@ FADRM = dict(  # DELT's real-image init, then FADRM's resolution stages with the
 FADRM_CLASSBN = dict(  # the same, with EDC's class-aware BN matching: per-class statistics recorded first
     title="FADRM + class-aware BN matching on {dataset} with {arch}, IPC {ipc}: per-class BN statistics of the "
           "teacher -> select (medium) -> FADRM's synthesis matching each class against its statistics (mixed with "
-          "the global ones) -> soft-label evaluation (DELT protocol).",
+          "the global ones) -> soft-label evaluation with FADRM's relabel recipe (EVAL_FLAGS).",
     paths=FADRM["paths"] + "CLASS_STATS=${{CLASS_STATS:-runs/{dataset}/{arch}/class_stats.pt}}   "
                            "# squeeze.class_stats output (teacher-specific)\n",
     stages="squeeze classstats select synthesize validate",
@@ -193,8 +202,8 @@ EXTRA_TEACHER_ARCHS=${{EXTRA_TEACHER_ARCHS:-"{extra_teachers}"}}
 
 FADRM_PLUS = dict(  # FADRM with several teachers taking turns every iteration: TEACHER, then EXTRA_TEACHERS
     title="FADRM+ on {dataset} with {arch}, IPC {ipc}: select (medium) -> FADRM's synthesis with TEACHER and "
-          "EXTRA_TEACHERS taking turns every iteration ({arch} {extra_teachers}) -> soft-label evaluation (DELT "
-          "protocol, TEACHER's labels).",
+          "EXTRA_TEACHERS taking turns every iteration ({arch} {extra_teachers}) -> soft-label evaluation with "
+          "FADRM+'s relabel recipe (EVAL_FLAGS; EVAL_TEACHERS=all: the mean of all four teachers' logits).",
     paths=FADRM["paths"] + EXTRA_TEACHER_VARS,
     stages=DELT["stages"],
     setting=FADRM["setting"],
@@ -234,6 +243,12 @@ def render(row: dict[str, str]) -> str:
     if kind == "fadrm_plus" and not extra:
         raise SystemExit(f"error: scripts/settings.csv: the fadrm_plus row {row['dataset']} {row['arch']} IPC "
                          f"{row['ipc']} names no extra_teachers")
+    teachers = v.get("eval_teachers", "").strip()
+    if teachers not in ("", "all") or (teachers == "all" and not extra):
+        raise SystemExit(f"error: scripts/settings.csv: eval_teachers {teachers!r} in the {kind} row {row['dataset']} "
+                         f"{row['arch']} IPC {row['ipc']}: give all (with extra_teachers) or leave it empty")
+    v["eval_args"] = " ".join(v.get("eval_args", "").split())
+    evaluation = (EVAL_FLAGS_VAR if v["eval_args"] else "") + (EVAL_TEACHERS_VAR if teachers else "")
     v.update(extra_teachers=" ".join(extra),
              extra_teacher_paths=" ".join(f"runs/teachers/{row['dataset']}_{a}.pth" for a in extra))
     v.update(method=kind, name=NAMES[kind], teacher_flags=TEACHER_FLAGS.get(row["dataset"], DEFAULT_TEACHER_FLAGS),
@@ -244,7 +259,7 @@ def render(row: dict[str, str]) -> str:
         return text.format(**v)
 
     return (HEAD.format(title=fmt(t["title"]), **v) + fmt(t["paths"])
-            + TAIL.format(stages=t["stages"], setting=fmt(t["setting"]), **v))
+            + TAIL.format(stages=t["stages"], setting=fmt(t["setting"]), evaluation=fmt(evaluation), **v))
 
 
 def methods() -> list[str]:

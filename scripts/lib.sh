@@ -138,8 +138,9 @@ stage_class_stats() {
     wait_for "${CLASS_STATS}"
 }
 
-# FADRM+: EXTRA_TEACHERS (paths, used in turn after TEACHER) and EXTRA_TEACHER_ARCHS (one architecture per
-# path) must name existing files; checked before any stage runs (nothing trains them here)
+# FADRM+: EXTRA_TEACHERS (paths, used in turn after TEACHER, and for the labels with EVAL_TEACHERS=all) and
+# EXTRA_TEACHER_ARCHS (one architecture per path) must name existing files; checked before any stage runs
+# (nothing trains them here)
 check_extra_teachers() {
     local paths=() archs=() missing=() i
     read -r -a paths <<< "${EXTRA_TEACHERS:-}"
@@ -246,7 +247,7 @@ stage_scdd_squeeze() {
 # ---- evaluation: fresh students on the set with the teacher's soft labels, results in EVAL_PATH ----
 
 stage_validate() {
-    local seed outputs=() aug=() teacher=() set="${SET%/}"
+    local seed outputs=() aug=() teacher=() recipe=() extra=() set="${SET%/}" parallel=${SEED_PARALLEL}
     case "${METHOD}" in
         rded) aug=(--protocol rded --factor "${FACTOR}" --max-scale-crops 1.0) ;;
         pad) aug=(--protocol pad --zca "${EXPERTS}/zca.pt") ;;
@@ -254,16 +255,38 @@ stage_validate() {
            if [ -n "${RAND_AUG:-}" ]; then aug+=(--use-rand-augment --rand-augment-config "${RAND_AUG}"); fi
            aug+=(--min-scale-crops "${MIN_SCALE}" --max-scale-crops 1.0) ;;
     esac
-    # the soft-label teacher: SC-DD relabels with a supervised teacher; PAD has none (learned labels)
-    local tpath=${RELABEL_TEACHER:-${TEACHER:-}} tarch=${RELABEL_ARCH:-${ARCH}}
-    if [ -n "${tpath}" ]; then teacher=(--teacher-path "${tpath}"); fi
-    local common=(--syn-data-path "${set}" --val-dir "${DATA_ROOT}/val" "${teacher[@]}" --arch-name "${tarch}"
+    # the soft-label teacher: SC-DD relabels with a supervised teacher; PAD has none (learned labels);
+    # EVAL_TEACHERS=all (FADRM+): TEACHER and EXTRA_TEACHERS, their logits averaged, one --arch-name each
+    local tpaths=() tarchs=("${RELABEL_ARCH:-${ARCH}}") tpath=${RELABEL_TEACHER:-${TEACHER:-}}
+    if [ -n "${tpath}" ]; then tpaths=("${tpath}"); fi
+    case "${EVAL_TEACHERS:-}" in
+        "") ;;
+        all) read -r -a extra <<< "${EXTRA_TEACHERS:-}"
+             [ "${#extra[@]}" -gt 0 ] && [ -n "${tpath}" ] \
+                 || die "EVAL_TEACHERS=all: needs TEACHER and EXTRA_TEACHERS (the teachers averaged for the labels)"
+             tpaths+=("${extra[@]}")
+             read -r -a extra <<< "${EXTRA_TEACHER_ARCHS:-}"
+             tarchs+=(${extra[@]+"${extra[@]}"}) ;;
+        *) die "EVAL_TEACHERS=${EVAL_TEACHERS}: give all (TEACHER and EXTRA_TEACHERS) or leave it empty (TEACHER)" ;;
+    esac
+    if [ "${#tpaths[@]}" -gt 0 ]; then teacher=(--teacher-path "${tpaths[@]}"); fi
+    # the method's own recipe (EVAL_FLAGS, e.g. FADRM's relabel), after the protocol's flags
+    read -r -a recipe <<< "${EVAL_FLAGS:-}"
+    # train-mode teachers normalise over the images of each batch: under DDP every process would see only
+    # its share of a batch, so each process trains whole seeds instead (the recipe's batches unchanged)
+    if [[ " ${EVAL_FLAGS:-} " == *" --teacher-mode train "* ]] && [ "${WORLD}" -gt 1 ] && [ "${parallel}" = ddp ]; then
+        echo "note: EVAL_FLAGS has --teacher-mode train (BN statistics of each batch): every process needs whole" \
+            "batches, so the seeds run as SEED_PARALLEL=ranks" >&2
+        parallel=ranks
+    fi
+    local common=(--syn-data-path "${set}" --val-dir "${DATA_ROOT}/val" "${teacher[@]}" --arch-name "${tarchs[@]}"
                   --stud-name "${STUDENT}" --dataset "${DATASET}" --input-size "${INPUT_SIZE}" --ipc "${IPC}"
-                  --re-epochs "${RE_EPOCHS}" --eval-every "${EVAL_EVERY:-10}" "${aug[@]}" --device "${DEVICE}")
+                  --re-epochs "${RE_EPOCHS}" --eval-every "${EVAL_EVERY:-10}" "${aug[@]}" --device "${DEVICE}"
+                  ${recipe[@]+"${recipe[@]}"})
     # PAD's loop (relabel_eval.pad_protocol) trains in one process: no torchrun, no idle GPUs
     local one=0
     if [ "${METHOD}" = pad ]; then one=1; fi
-    if [ "${SEED_PARALLEL}" = ranks ]; then  # one command: each process trains whole seeds
+    if [ "${parallel}" = ranks ]; then  # one command: each process trains whole seeds
         # shellcheck disable=SC2086
         ONE_PROCESS=${one} launch relabel_eval "${common[@]}" --seeds ${SEEDS} --seed-parallel ranks \
             --output "${EVAL_PATH}/eval_${STUDENT}_seeds.json"
@@ -280,7 +303,11 @@ stage_validate() {
 run_pipeline() {
     setup_device
     METHOD=${METHOD:-delt}
-    if [[ " ${STAGES} " == *" synthesize "* ]]; then check_extra_teachers; fi
+    # the extra teachers must exist before the stages that use them: recover's, and the labels' with EVAL_TEACHERS=all
+    if [[ " ${STAGES} " == *" synthesize "* ]] \
+        || { [[ " ${STAGES} " == *" validate "* ]] && [ "${EVAL_TEACHERS:-}" = all ]; }; then
+        check_extra_teachers
+    fi
     echo "== ${METHOD} ${DATASET} ${ARCH} IPC ${IPC}: stages ${STAGES}" >&2
     local s
     for s in ${STAGES}; do

@@ -244,6 +244,82 @@ def test_ensemble_is_the_mean_of_the_teachers(tiny_data, tiny_teacher, second_te
     assert m["teacher"]["paths"] == [str(tiny_teacher), str(second_teacher)] and "teacher_2" in m["inputs"]
 
 
+def _bare(tmp_path: Path, data: Path, arch: str, seed: int) -> Path:
+    """A ``arch`` teacher saved as a plain state dict, as torchvision's weight files are (no architecture)."""
+    from common.data.imagefolder import find_classes
+    from models import read_checkpoint
+
+    full = make_teacher(tmp_path / f"{arch}_full.pth", find_classes(data / "train"), arch=arch,
+                        data_root=data / "train", seed=seed)
+    torch.save(read_checkpoint(full)["model"], tmp_path / f"{arch}_bare.pth")
+    return tmp_path / f"{arch}_bare.pth"
+
+
+def test_arch_name_per_teacher_loads_bare_state_dicts(tiny_data, tmp_path):
+    """--teacher-path A B --arch-name a b: each bare weight file is built as its own architecture (conv3 and
+    conv4 here), in train mode in groups as FADRM+ relabels, and the labels are the mean of the two; relabel
+    stores those labels and records both names."""
+    from common.cli.errors import UserError
+
+    conv3, conv4 = _bare(tmp_path, tiny_data, "conv3", 0), _bare(tmp_path, tiny_data, "conv4", 1)
+    with pytest.raises(UserError, match="does not record its architecture; pass --arch-name"):
+        _common(tiny_data, [conv3, conv4], tmp_path)
+    with pytest.raises(UserError, match="conv3_bare.pth: weights do not fit a conv4"):  # names follow the paths
+        _common(tiny_data, [conv3, conv4], tmp_path, "--arch-name", "conv4", "conv3")
+    mode = ("--teacher-mode", "train", "--teacher-bn-group", "4")
+    both = _common(tiny_data, [conv3, conv4], tmp_path, "--arch-name", "conv3", "conv4", *mode)
+    assert [len(t.features) for t in both.teacher.teachers] == [12, 16] and both.teacher_meta["arch"] == "conv3"
+    one3 = _common(tiny_data, [conv3], tmp_path, "--arch-name", "conv3", *mode)
+    one4 = _common(tiny_data, [conv4], tmp_path, "--arch-name", "conv4", *mode)
+    out = tmp_path / "soft"
+    m = _relabel(tiny_data, [conv3, conv4], out, "--epochs", "1", "--arch-name", "conv3", "conv4", *mode)
+    assert m["args"]["arch_name"] == ["conv3", "conv4"] and m["teacher"]["paths"] == [str(conv3), str(conv4)]
+    plan, stored = SoftLabelStore(out).load(0)
+    for b, x, _, _ in BatchMaker(both).batches(plan):
+        a, c = (teacher_logits(t.teacher, x, both.device, False) for t in (one3, one4))
+        mean = teacher_logits(both.teacher, x, both.device, False)
+        assert torch.equal(mean, torch.stack([a, c]).mean(0))
+        assert torch.equal(stored[plan.batch_slice(b)], mean.half().float())
+
+
+def test_one_arch_name_with_one_teacher_is_recorded_as_before(tiny_data, tiny_teacher, tmp_path):
+    """One --arch-name with one --teacher-path stays a plain string: the fingerprint and manifest of a run
+    made before several names were accepted are unchanged (so it resumes, and is not relabelled)."""
+    from common.run.state import fingerprint
+
+    argv = _eval_args(tiny_data, tiny_teacher, tmp_path, "--arch-name", "conv3")
+    args = train_mod.get_args_parser().parse_args(argv)
+    assert args.arch_name == "conv3" and args.teacher_path == str(tiny_teacher) and args.teacher_paths is None
+    assert fingerprint(args, train_mod.NOT_RESULT)["arch_name"] == "conv3"
+    assert train_mod.get_args_parser().parse_args(argv[:-2]).arch_name is None
+    m = _relabel(tiny_data, [tiny_teacher], tmp_path / "soft", "--epochs", "1", "--arch-name", "conv3")
+    assert m["args"]["arch_name"] == "conv3" and m["fingerprint"]["arch_name"] == "conv3"
+    assert m["teacher"] == {"paths": [str(tiny_teacher)], "weights": None, "mode": "eval", "bn_group": 0}
+
+
+@pytest.mark.parametrize("module", ["relabel_eval", "relabel_eval.relabel"])
+def test_arch_name_count_mismatch_is_one_line_before_torch(tiny_data, tiny_teacher, second_teacher, tmp_path,
+                                                          module):
+    """Another number of --arch-name than --teacher-path: exit 2, one error line naming both flags, no
+    traceback, before torch is imported; main() called directly raises the same error."""
+    from common.cli.errors import UserError
+    from tests.test_cli_fast import HEAVY, run
+
+    out = ["--val-dir", str(tiny_data / "val"), "--output", str(tmp_path / "res.json")] \
+        if module == "relabel_eval" else ["--epochs", "1", "--output-dir", str(tmp_path / "soft")]
+    argv = ["--syn-data-path", str(tiny_data / "train"), "--teacher-path", str(tiny_teacher), str(second_teacher),
+            "--arch-name", "conv3", "conv3", "conv3", *out]
+    res, imported, errors = run(["-m", module, *argv], tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if not ln.startswith("import time:") and ln.strip()]
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert lines == errors and len(errors) == 1
+    assert errors[0].startswith("error: --arch-name: 3 name(s) for 2 --teacher-path"), errors
+    assert not imported & set(HEAVY) and not (tmp_path / "res.json").exists() and not (tmp_path / "soft").exists()
+    main = train_mod.main if module == "relabel_eval" else relabel_mod.main
+    with pytest.raises(UserError, match="--arch-name: 1 name"):
+        main([*argv[:argv.index("--arch-name") + 2], *argv[argv.index("--arch-name") + 4:]])
+
+
 # ----------------------------------------------------------------------------- 4. loss, lr stretch, EMA
 
 def test_mse_and_mse_ce_equal_hand_computations():

@@ -389,3 +389,76 @@ def test_fadrm_plus_scripts_rotate_the_released_teachers(ipc, tmp_path):
     res = subprocess.run(["bash", "scripts/reproduce.sh", "imagenet-1k", "resnet18", str(ipc), "fadrm_plus"],
                          cwd=ROOT, env={**os.environ, "DRY_RUN": "1", "GPU": "cpu"}, capture_output=True, text=True)
     assert res.returncode == 0 and "-m recover " in res.stdout and "imagenet-1k_mobilenet_v2.pth" in res.stdout
+
+
+# FADRM's released relabel + training (relabel/scripts/imagenet1k/*.sh, relabel/relabel.py, validate/train_fkd.py):
+# train-mode teachers with BN on each half (8) of a batch of 16, which the student forwards as two micro-batches
+# of 8 (--gradient-accumulation-steps 2) with one AdamW step (lr 1e-3) per 16 images, KL at T 20, no RandAugment
+FADRM_RECIPE = dict(teacher_mode="train", teacher_bn_group=8, re_batch_size=8, re_accum_steps=2, bn_double_update=False,
+                    temperature=20.0, adamw_lr=0.001, adamw_weight_decay=0.01, use_rand_augment=False,
+                    min_scale_crops=0.08, max_scale_crops=1.0, mix_type="cutmix", cutmix=1.0, re_epochs=300,
+                    protocol="delt", teacher_weights=None, sgd=False, cos=True)
+
+
+@pytest.mark.parametrize("ipc", [10, 50])
+@pytest.mark.parametrize("method", ["fadrm", "fadrm_classbn", "fadrm_plus"])
+def test_fadrm_scripts_evaluate_with_the_released_relabel_recipe(method, ipc):
+    """The FADRM rows' relabel_eval commands (EVAL_FLAGS from the table's eval_args) parse with the stage's own
+    parser and check, and carry FADRM's recipe; fadrm_plus (EVAL_TEACHERS=all) labels with the four teachers
+    recover rotates, one --arch-name each; the other rows keep TEACHER alone, its name a plain string."""
+    from relabel_eval.args import check_teacher_flags, teacher_path_list
+
+    script = ROOT / "scripts" / "imagenet-1k" / f"{method}_resnet18_ipc{ipc}.sh"
+    cmds, _ = run_dry(script, GPU="cpu")
+    rec = next(c for c in cmds if module_of(c) == "recover")
+    evals = [c for c in cmds if module_of(c) == "relabel_eval"]
+    assert len(evals) == 3
+    for cmd in evals:
+        parser, args = parser_for(cmd)
+        ns = parser.parse_args(args)
+        check_teacher_flags(ns)  # --arch-name count, weights, group
+        assert {k: getattr(ns, k) for k in FADRM_RECIPE} == FADRM_RECIPE, cmd
+        if method == "fadrm_plus":
+            assert ns.arch_name == ["resnet18", "densenet121", "shufflenet_v2_x1_0", "mobilenet_v2"]
+            rotated = rec[rec.index("--arch-path") + 1:rec.index("--arch-path") + 5]  # recover's teachers
+            assert teacher_path_list(ns) == rotated == [f"runs/teachers/imagenet-1k_{a}.pth" for a in ns.arch_name]
+        else:
+            assert ns.arch_name == "resnet18" and ns.teacher_paths is None
+            assert ns.teacher_path == "runs/teachers/imagenet-1k_resnet18.pth"
+    text = script.read_text()
+    assert re.search(r'^EVAL_FLAGS="--teacher-mode train ', text, re.M) and re.search(r"^RAND_AUG=$", text, re.M)
+    assert bool(re.search(r"^EVAL_TEACHERS=all ", text, re.M)) == (method == "fadrm_plus")
+    # on several GPUs the seeds run whole in each process (train-mode BN needs the recipe's whole batches)
+    cmds, err = run_dry(script, GPU="0,1,2,3")
+    ev = [c for c in cmds if module_of(c) == "relabel_eval"]
+    assert len(ev) == 1 and flag(ev[0], "--seed-parallel") == "ranks" and "SEED_PARALLEL=ranks" in err
+    assert parser_for(ev[0])[0].parse_args(parser_for(ev[0])[1]).seeds == [3407, 4663, 2897]
+
+
+def test_rows_without_an_eval_recipe_are_unchanged():
+    """DELT's rows have no EVAL_FLAGS / EVAL_TEACHERS: eval-mode TEACHER alone, RandAugment, DDP on 4 GPUs."""
+    script = ROOT / "scripts" / "imagenet-1k" / "resnet18_ipc10.sh"
+    assert "EVAL_FLAGS" not in script.read_text() and "EVAL_TEACHERS" not in script.read_text()
+    cmds, err = run_dry(script, GPU="0,1,2,3")
+    ev = [c for c in cmds if module_of(c) == "relabel_eval"]
+    assert len(ev) == 3 and "ranks" not in " ".join(ev[0]) and "SEED_PARALLEL=ranks" not in err
+    ns = parser_for(ev[0])[0].parse_args(parser_for(ev[0])[1])
+    assert ns.teacher_mode == "eval" and ns.teacher_paths is None and ns.arch_name == "resnet18" and ns.use_rand_augment
+
+
+def test_fadrm_plus_labels_need_the_extra_teachers(tmp_path):
+    """STAGES=validate with EVAL_TEACHERS=all checks EXTRA_TEACHERS before any stage; a bad EVAL_TEACHERS is one
+    error line."""
+    plus = ROOT / "scripts" / "imagenet-1k" / "fadrm_plus_resnet18_ipc10.sh"
+    teacher = tmp_path / "resnet18.pth"
+    teacher.write_bytes(b"x")
+    env = {**os.environ, "GPU": "cpu", "STAGES": "validate", "TEACHER": str(teacher),
+           "EXTRA_TEACHERS": str(tmp_path / "missing.pth"), "EXTRA_TEACHER_ARCHS": "densenet121"}
+    env.pop("DRY_RUN", None)
+    res = subprocess.run(["bash", str(plus)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == "" and len(res.stderr.splitlines()) == 1
+    assert res.stderr.startswith("error: EXTRA_TEACHERS: ") and "missing.pth" in res.stderr
+    edited = plus.read_text().replace("\nEVAL_TEACHERS=all ", "\nEVAL_TEACHERS=some ")  # the script's $0 kept
+    res = subprocess.run(["bash", "-c", edited, str(plus)], cwd=ROOT, env={**env, "DRY_RUN": "1"},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: EVAL_TEACHERS=some")

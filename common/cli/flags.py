@@ -5,7 +5,9 @@
 - ``--workers``: the DataLoader worker flag; ``workers_from_args`` picks every stage's count (its default is
   ``common.compute.accel.default_workers``);
 - ``--dataset``, ``--data-path``, the architecture and ``--input-size`` of the commands that train on
-  an ImageFolder (resolved by ``common.data.dataconfig.resolve_data_config``).
+  an ImageFolder (resolved by ``common.data.dataconfig.resolve_data_config``);
+- ``--arch-name`` beside several teacher checkpoints (``recover --arch-path``, ``relabel_eval
+  --teacher-path``): none, or one name per checkpoint (:func:`check_arch_names`, :func:`arch_per_path`).
 
 ``common.compute.device.device_from_args`` turns the device flags into a ``torch.device``.
 """
@@ -79,3 +81,29 @@ def add_curve_args(parser) -> None:
     parser.add_argument("--wandb-project", default=None,
                         help="also log the curves to this Weights & Biases project (needs `pip install wandb`; "
                              "offline under --log-dir unless WANDB_API_KEY or WANDB_MODE is set)")
+
+
+def as_list(value) -> list:
+    """A flag's value as a list: None -> [], one string (a single value kept plain) -> [it]."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_arch_names(args: argparse.Namespace, paths=None, paths_flag: str = "--arch-path") -> None:
+    """``--arch-name``: none (each checkpoint records its architecture) or one name per checkpoint of
+    ``paths_flag`` (``paths``, default ``args.arch_path``), in the same order; another count is a one-line
+    error naming both flags."""
+    names = as_list(args.arch_name)
+    paths = as_list(args.arch_path if paths is None else paths)
+    if names and paths and len(names) != len(paths):
+        raise UserError(f"--arch-name: {len(names)} name(s) for {len(paths)} {paths_flag} checkpoint(s); give one "
+                        f"--arch-name per {paths_flag}, in the same order, or none (each checkpoint records its "
+                        f"architecture)")
+
+
+def arch_per_path(names, n: int) -> list:
+    """Each of ``n`` checkpoints' ``--arch-name`` (``names``: None, one plain string or a list, checked by
+    :func:`check_arch_names`), in order; None: the architecture the checkpoint records."""
+    names = as_list(names)
+    return names if names else [None] * n
