@@ -12,6 +12,7 @@
 # (+ .csv). Every step is skipped when its output exists, so the same command resumes.
 #   bash bench/label_table.sh
 #   RE_EPOCHS=20 IPCS=10 bash bench/label_table.sh     # shorter
+# RE_EPOCHS_<IPC> (e.g. RE_EPOCHS_50=20) sets one IPC's student epochs (default RE_EPOCHS).
 # TEACHER / TEACHER2: existing conv3 checkpoints to reuse (else trained here, seeds 0 and 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,8 +39,6 @@ for T in "$TEACHER:0" "$TEACHER2:1"; do
         --epochs "$TEACHER_EPOCHS" --lr 0.05 --batch-size 64 --seed "$seed" --device "$DEVICE" --output "$path"
 done
 
-ev=(--val-dir "$DATA/val" --stud-name conv3 --dataset custom --input-size 32 --re-epochs "$RE_EPOCHS" --seeds $SEEDS
-    --device "$DEVICE")
 names=("online KD" "stored, all records" "stored, keep 1/10" "stored, keep 1/40" "stored, top-3" "stored, top-1"
        "stored, top-3, LPQLD temperatures" "stored, keep 1/40 + top-3, LPQLD temperatures"
        "online KD, teacher in train mode" "online KD, two teachers" "--protocol edc (online)")
@@ -58,8 +57,14 @@ online_trainmode=(--teacher-path "$TEACHER" --teacher-mode train --teacher-bn-gr
 online_ensemble=(--teacher-path "$TEACHER" "$TEACHER2")
 online_edc=(--teacher-path "$TEACHER" --protocol edc)
 rows=()
+epochs_note=""
 for IPC in $IPCS; do
     D=$OUT/ipc$IPC
+    v=RE_EPOCHS_$IPC
+    EP=${!v:-$RE_EPOCHS}
+    epochs_note+="${epochs_note:+, }IPC $IPC: $EP epochs"
+    ev=(--val-dir "$DATA/val" --stud-name conv3 --dataset custom --input-size 32 --re-epochs "$EP" --seeds $SEEDS
+        --device "$DEVICE")
     [ -f "$D/medium/manifest.json" ] || run python -m rank_select --dataset custom --data-path "$DATA/train" \
         --ranker-path "$TEACHER" --ranking-file "$OUT/ranking.csv" --output-path "$D/medium" --ipc "$IPC" \
         --selection-criteria medium --device "$DEVICE"
@@ -70,12 +75,12 @@ for IPC in $IPCS; do
             --r-bn 0.01 --jitter 4 --seed 0 --device "$DEVICE"
     for i in "${!exps[@]}"; do
         e=${exps[$i]}
-        E=$D/eval_${e}_e$RE_EPOCHS.json
+        E=$D/eval_${e}_e$EP.json
         if declare -p "labels_$e" > /dev/null 2>&1; then
             declare -n lab="labels_$e"
-            L=$D/labels_${e}_e$RE_EPOCHS
+            L=$D/labels_${e}_e$EP
             [ -f "$L/manifest.json" ] || run python -m relabel_eval.relabel --syn-data-path "$D/delt" \
-                --teacher-path "$TEACHER" --dataset custom --input-size 32 --epochs "$RE_EPOCHS" --seed 0 \
+                --teacher-path "$TEACHER" --dataset custom --input-size 32 --epochs "$EP" --seed 0 \
                 --device "$DEVICE" --output-dir "$L" "${lab[@]}"
             train=()
             if declare -p "train_$e" > /dev/null 2>&1; then declare -n tr="train_$e"; train=("${tr[@]}"); fi
@@ -95,7 +100,7 @@ done
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 TITLE="Soft-label storage and recipe on tinyimagenet-10 at 32x32 (10 classes), conv3 teacher ($TEACHER_EPOCHS epochs, \
 seed 0; the second teacher: seed 1) and conv3 student; one DELT set per IPC (medium init, ITR $ITR, round $ROUND_ITR); \
-student: DELT's protocol (CutMix, KD at T=20, AdamW, cosine) for $RE_EPOCHS epochs, final top-1 mean +- std over seeds \
+student: DELT's protocol (CutMix, KD at T=20, AdamW, cosine) for $epochs_note (labels stored for as many), final top-1 mean +- std over seeds \
 $SEEDS (the EMA weights' top-1 where the recipe has them). Label MB: the stored labels' bytes by the storage formula \
 (records x 20 + images x (19 + C x 2, or K x 4 for top-k)); ImageNet-1K GB: the same choice for 1000 classes, DELT's \
 batch table and 300 epochs. Hardware: $(nproc) CPU cores (${cpu:-unknown CPU}), shared with other jobs. Produced by \
