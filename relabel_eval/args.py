@@ -43,6 +43,13 @@ from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_na
 # ``add_common_args`` is shared with ``python -m relabel_eval.relabel``.
 
 
+def cos_choice(v):
+    """``--cos``: true (DELT's half cosine), false (linear) or ``full`` (a whole cosine to 0)."""
+    if str(v).strip().lower() == "full":
+        return "full"
+    return str2bool(v)
+
+
 def mix_type(v) -> str:
     s = str(v).strip().lower()
     if s in ("none", "null", ""):
@@ -204,8 +211,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     o.add_argument("--learning-rate", "-lr", type=positive_float, default=0.1, help="SGD lr")
     o.add_argument("--momentum", type=momentum_float, default=0.9, help="SGD momentum")
     o.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="SGD weight decay")
-    o.add_argument("--cos", type=str2bool, nargs="?", const=True, default=True,
-                   help="half-cosine lr schedule (default); --cos false: linear decay")
+    o.add_argument("--cos", type=cos_choice, nargs="?", const=True, default=True,
+                   help="half-cosine lr schedule (default: ends at half the lr); --cos full: a whole cosine to 0 "
+                        "(FADRM at IPC 50); --cos false: linear decay")
     r = p.add_argument_group("outputs")
     r.add_argument("--output", default=None, help="results JSON (default: runs/relabel_eval/<set>_<mode>.json)")
     r.add_argument("--results-csv", default=None, help="results table to append to (default: results.csv beside "

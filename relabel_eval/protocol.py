@@ -91,10 +91,13 @@ def lr_factor(epoch: int, total_epochs: int, cos: bool = True) -> float:
     """Multiplier of the base lr for ``epoch`` (0-based), stepped once per epoch.
 
     Cosine (the protocol): ``0.5 * (1 + cos(pi * e / (2 E)))``, a half cosine from 1 to
-    0.5 at ``e = E``; linear: ``1 - e / E``; 0 beyond ``E`` (as released).
+    0.5 at ``e = E``; ``cos="full"``: ``0.5 * (1 + cos(pi * e / E))``, from 1 to 0 (FADRM's IPC 50 runs);
+    linear: ``1 - e / E``; 0 beyond ``E`` (as released).
     """
     if epoch > total_epochs:
         return 0.0
+    if cos == "full":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / total_epochs))
     if cos:
         return 0.5 * (1.0 + math.cos(math.pi * epoch / total_epochs / 2))
     return 1.0 - epoch / total_epochs

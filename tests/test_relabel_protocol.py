@@ -42,6 +42,19 @@ def test_lr_factor_half_cosine_values():
     assert lr_factor(300, 300) == pytest.approx(0.5)  # a half cosine ends at 0.5x
     assert lr_factor(301, 300) == 0.0
     assert lr_factor(75, 300, cos=False) == pytest.approx(0.75)
+    # --cos full (FADRM at IPC 50): a whole cosine, 0.5 at half-way, 0 at the end
+    assert lr_factor(150, 300, cos="full") == pytest.approx(0.5)
+    assert lr_factor(75, 300, cos="full") == pytest.approx(0.8535533906)
+    assert lr_factor(300, 300, cos="full") == pytest.approx(0.0)
+
+
+def test_cos_flag_accepts_full_true_and_false():
+    from relabel_eval.args import get_args_parser
+
+    parse = get_args_parser().parse_args
+    base = ["--syn-data-path", "S", "--val-dir", "V"]
+    assert [parse(base + extra).cos for extra in ([], ["--cos"], ["--cos", "full"], ["--cos", "false"])] == \
+        [True, True, "full", False]
 
 
 def test_scheduler_steps_per_epoch():

@@ -45,7 +45,7 @@ TEACHER_EPOCHS=0
 TEACHER_FLAGS="--lr 0.1 --batch-size 128 --weight-decay 1e-4 --warmup-epochs 5 --workers 8"
 RECOVER_FLAGS="--stage-sizes 200,224,200,224 --residual-alpha 0.5 --amp"    # recover options of this method
 RE_EPOCHS=${RE_EPOCHS:-300}
-EVAL_FLAGS="--teacher-mode train --teacher-bn-group 8 --re-batch-size 8 --re-accum-steps 2 --no-bn-double-update --temperature 20 --adamw-lr 0.001"    # relabel_eval flags of the method's recipe, after the protocol's
+EVAL_FLAGS="--teacher-mode train --teacher-bn-group 8 --re-batch-size 8 --re-accum-steps 2 --no-bn-double-update --temperature 20 --adamw-lr 0.001 --cos full"    # relabel_eval flags of the method's recipe, after the protocol's
 PUBLISHED="FADRM 59.8 / DELT 59.2 (FADRM, ResNet-18)"
 
 source scripts/lib.sh
