@@ -417,7 +417,8 @@ def test_fadrm_scripts_evaluate_with_the_released_relabel_recipe(method, ipc):
         parser, args = parser_for(cmd)
         ns = parser.parse_args(args)
         check_teacher_flags(ns)  # --arch-name count, weights, group
-        assert {k: getattr(ns, k) for k in FADRM_RECIPE} == FADRM_RECIPE, cmd
+        # the release's cosine: 0.5 (1 + cos(pi e / (eta E))), eta 2 at IPC 10 (our default), 1 at IPC 50
+        assert {k: getattr(ns, k) for k in FADRM_RECIPE} == {**FADRM_RECIPE, "cos": True if ipc == 10 else "full"}, cmd
         if method == "fadrm_plus":
             assert ns.arch_name == ["resnet18", "densenet121", "shufflenet_v2_x1_0", "mobilenet_v2"]
             rotated = rec[rec.index("--arch-path") + 1:rec.index("--arch-path") + 5]  # recover's teachers
