@@ -1,6 +1,6 @@
 """Kill-and-rerun check: SIGKILL recover, relabel_eval and squeeze mid-run, rerun, compare with an uninterrupted run.
 
-    python bench/kill_rerun.py [--work runs/kill_rerun] [--stages recover relabel_eval squeeze]
+    python bench/kill_rerun.py [--work runs/kill_rerun] [--stages recover relabel_eval squeeze compare]
 
 Each stage runs as ``python -m`` in a subprocess on tiny generated data (``shapes``): once
 uninterrupted, once killed with SIGKILL as soon as its first unit of work is on disk (a
@@ -8,6 +8,11 @@ recover class, a relabel_eval seed, a squeeze epoch), then rerun with the comman
 README gives for resuming. It prints, per stage, whether the final outputs are identical
 (recover: every image byte for byte; relabel_eval: every seed's final/best top-1 and
 per-epoch losses; squeeze: every weight of the teacher) and exits 1 on any difference.
+``compare``: ``bash scripts/compare.sh`` (a few rows and protocols, tiny budgets) once uninterrupted,
+once killed (SIGKILL to the script and every stage under it) twice, in an evaluation and in a
+synthesis, then rerun with the same command, and once more: the table's accuracy, score, budget and
+storage columns must equal the uninterrupted run's, and the extra rerun must leave the table
+byte-identical (the same command twice does no work).
 """
 from __future__ import annotations
 
@@ -43,6 +48,24 @@ def run_and_kill(args: list[str], log: Path, ready) -> float:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
     return time.monotonic() - t0
+
+
+def run_script_and_kill(script: str, env: dict, log: Path, ready) -> float:
+    """``bash script`` in its own process group, SIGKILLed (the group) as soon as ``ready()`` is true."""
+    t0 = time.monotonic()
+    with open(log, "ab") as f:
+        p = subprocess.Popen(["bash", script], cwd=ROOT, env=env, stdout=f, stderr=f, start_new_session=True)
+        while p.poll() is None and not ready():
+            time.sleep(0.05)
+        if p.poll() is not None:
+            raise SystemExit(f"{script} finished before it could be killed; make the run longer")
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    return time.monotonic() - t0
+
+
+# compare.csv columns that depend on the clock or the machine, not on the results
+CLOCK_COLUMNS = {"synthesis_seconds", "peak_memory_mb"}
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -117,6 +140,39 @@ def main() -> int:
         ok &= same
         print(f"squeeze: killed after {s:.1f} s (after epoch 1 was saved), rerun with --resume: teacher weights "
               f"identical to the uninterrupted run: {same}")
+    if "compare" in a.stages:
+        import pandas as pd
+
+        env = {**ENV, "DATA_ROOT": str(data), "TEACHER": str(teacher), "ARCH": "conv3", "INPUT_SIZE": "32",
+               "IPC": "3", "METHODS": "random top herding delt", "PROTOCOLS": "soft hard noaug", "SEEDS": "1 2",
+               "RE_EPOCHS": "4", "EVAL_EVERY": "2", "BUDGET": "1200", "ROUND_ITR": "20", "GPU": "cpu"}
+
+        def compare(out: Path) -> None:
+            with open(log, "ab") as f:
+                subprocess.run(["bash", "scripts/compare.sh"], cwd=ROOT, env={**env, "OUT": str(out)}, stdout=f,
+                               stderr=f, check=True)
+
+        def table(out: Path):
+            df = pd.read_csv(out / "compare.csv")
+            return df.drop(columns=[c for c in df.columns if c in CLOCK_COLUMNS]).astype(object).fillna("").to_dict(
+                "records")
+
+        full, killed = work / "cmp_full", work / "cmp_killed"
+        compare(full)
+        kenv = {**env, "OUT": str(killed)}
+        s1 = run_script_and_kill("scripts/compare.sh", kenv, log,  # in an evaluation, a seed's checkpoint on disk
+                                 lambda: any(p.is_file() for p in (killed / "eval").rglob("*.state/*.pt")))
+        s2 = run_script_and_kill("scripts/compare.sh", kenv, log,  # in DELT's synthesis (a class on disk)
+                                 lambda: any(p.is_dir() for p in (killed / "sets" / "delt").glob("*")))
+        compare(killed)
+        first = (killed / "compare.md").read_bytes(), (killed / "compare.csv").read_bytes()
+        compare(killed)
+        twice = first == ((killed / "compare.md").read_bytes(), (killed / "compare.csv").read_bytes())
+        same = table(full) == table(killed)
+        ok &= same and twice
+        print(f"compare.sh: killed after {s1:.1f} s (in an evaluation) and {s2:.1f} s (in DELT's synthesis), rerun "
+              f"with the same command: table identical to the uninterrupted run (clock columns aside): {same}; "
+              f"the same command once more: table byte-identical, no work: {twice}")
     return 0 if ok else 1
 
 
