@@ -85,5 +85,5 @@ run python scripts/results_table.py --out "$TABLE" "${rows[@]}" \
     --title "tinyimagenet-10 (10 classes, 500 train / 50 val per class) at 32x32; conv3 teacher and student; \
 recovery ITR $ITR, DELT round $ROUND_ITR, lr $LR, r_bn $R_BN, jitter $JITTER; relabel_eval epochs $RE_EPOCHS \
 (soft = CutMix + KD from the teacher at T=20; hard = CutMix + CE), final top-1 mean +- std over seeds $SEEDS. \
-Hardware: $(nproc) CPU cores (${cpu:-unknown CPU}), $DEVICE. Produced by bench/cpu_table.sh \
+Hardware: $(nproc --all) CPU cores (${cpu:-unknown CPU}), $DEVICE. Produced by bench/cpu_table.sh \
 (recover resumes and skips finished classes; finished evaluations are kept)."

@@ -103,7 +103,7 @@ seed 0; the second teacher: seed 1) and conv3 student; one DELT set per IPC (med
 student: DELT's protocol (CutMix, KD at T=20, AdamW, cosine) for $epochs_note (labels stored for as many), final top-1 mean +- std over seeds \
 $SEEDS (the EMA weights' top-1 where the recipe has them). Label MB: the stored labels' bytes by the storage formula \
 (records x 20 + images x (19 + C x 2, or K x 4 for top-k)); ImageNet-1K GB: the same choice for 1000 classes, DELT's \
-batch table and 300 epochs. Hardware: $(nproc) CPU cores (${cpu:-unknown CPU}), shared with other jobs. Produced by \
+batch table and 300 epochs. Hardware: $(nproc --all) CPU cores (${cpu:-unknown CPU}), one thread per process (OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}), shared with other jobs. Produced by \
 bench/label_table.sh." python - "$TABLE" "${rows[@]}" <<'PY'
 import json, os, statistics, sys
 from pathlib import Path

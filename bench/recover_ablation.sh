@@ -94,7 +94,7 @@ run python scripts/results_table.py --out "$TABLE" "${rows[@]}" \
 seed 1: $TEACHER2_EPOCHS epochs; the first relabels); DELT: medium init, ITR $ITR, round $ROUND_ITR, lr $LR, r_bn $R_BN, jitter $JITTER, \
 cosine crop curriculum; residual: --stage-sizes $STAGES --residual-alpha $ALPHA; class-aware: --bn-match mix \
 --class-bn-weight 0.5 --stats-momentum 0.8; relabel_eval soft (CutMix + KD at T=20) $RE_EPOCHS epochs, final top-1 \
-mean +- std over seeds $SEEDS. Hardware: $(nproc) CPU cores (${cpu:-unknown CPU}), $DEVICE, shared with other jobs. \
+mean +- std over seeds $SEEDS. Hardware: $(nproc --all) CPU cores (${cpu:-unknown CPU}), $DEVICE, shared with other jobs. \
 Produced by bench/recover_ablation.sh."
 if [ "$TIMING_REPEATS" -gt 0 ] && [ "${DRY_RUN:-0}" != 1 ]; then
     python - "$D" "$TIMING_REPEATS" "${exps[@]}" >> "$TABLE" <<'PY'
