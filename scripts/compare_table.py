@@ -296,7 +296,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "- soft: soft-label KD from the one teacher (the DELT/RDED protocol, the headline); hard: the same "
         "student trained with cross-entropy on the class labels; rded: RDED's protocol (ShufflePatches, "
         "crop scale 1/factor); pad: PAD's protocol (ZCA, DSA, learned labels and lr where the set has them, "
-        "else hard labels); noaug: soft-label KD without CutMix and with full-image crops (for ARS).",
+        "else hard labels); noaug: soft-label KD without CutMix, every image whole and unflipped (for ARS).",
         "- LRS = DD-Ranking's label-robust score (IOR = soft - random soft, HLR = full hard - hard); ARS = its "
         "augmentation-robust score (soft and noaug against random's); accuracies as fractions; ddranking 0.2.0 "
         "formulas, our runs (docs/compare.md).",
