@@ -334,17 +334,27 @@ for m in ${METHODS}; do
     if [ "${m}" = scdd ] && [ -z "${SSL_BACKBONE}" ] && [ "${SSL_EPOCHS}" = 0 ]; then continue; fi
     if [ "${DRY_RUN:-0}" = 1 ] || [ -f "${s}/manifest.json" ]; then grid+=("${s}"); names+=("${m}"); fi
 done
-if [ "${#grid[@]}" -gt 0 ] && { [ "${DRY_RUN:-0}" = 1 ] || [ ! -f "${OUT}/compare_samples.png" ] \
-        || [ -n "$(find "${grid[@]}" -maxdepth 1 -name manifest.json -newer "${OUT}/compare_samples.png")" ]; }; then
-    run python -m common.viz "${grid[@]}" --names "${names[@]}" --per-class "$((IPC < 5 ? IPC : 5))" --max-classes 4 \
-        --out "${OUT}/compare_samples.png" --force || echo "# sample grid failed; the table goes on" >&2
+# a grid output is redone when missing, older than a set, or made for other sets (FILE.sets lists them)
+stale_grid() {
+    [ "${DRY_RUN:-0}" = 1 ] || [ ! -f "$1" ] || [ "$(cat "$1.sets" 2>/dev/null)" != "${names[*]}" ] \
+        || [ -n "$(find "${grid[@]}" -maxdepth 1 -name manifest.json -newer "$1")" ]
+}
+if [ "${#grid[@]}" -gt 0 ] && stale_grid "${OUT}/compare_samples.png"; then
+    if run python -m common.viz "${grid[@]}" --names "${names[@]}" --per-class "$((IPC < 5 ? IPC : 5))" \
+            --max-classes 4 --out "${OUT}/compare_samples.png" --force; then
+        [ "${DRY_RUN:-0}" = 1 ] || echo "${names[*]}" > "${OUT}/compare_samples.png.sets"
+    else
+        echo "# sample grid failed; the table goes on" >&2
+    fi
 fi
-# intra- and inter-class diversity of every set on the teacher's features (redone when a set is newer)
-if [ "${#grid[@]}" -gt 0 ] && { [ "${DRY_RUN:-0}" = 1 ] || [ ! -f "${OUT}/diversity.json" ] \
-        || [ -n "$(find "${grid[@]}" -maxdepth 1 -name manifest.json -newer "${OUT}/diversity.json")" ]; }; then
-    run python -m relabel_eval.diversity --syn-data-path "${grid[@]}" --names "${names[@]}" --teacher-path "${TEACHER}" \
-        --arch-name "${ARCH}" --ipc "${IPC}" --output "${OUT}/diversity.json" --force \
-        || echo "# diversity failed; the table goes on without it" >&2
+# intra- and inter-class diversity of every set on the teacher's features
+if [ "${#grid[@]}" -gt 0 ] && stale_grid "${OUT}/diversity.json"; then
+    if run python -m relabel_eval.diversity --syn-data-path "${grid[@]}" --names "${names[@]}" \
+            --teacher-path "${TEACHER}" --arch-name "${ARCH}" --ipc "${IPC}" --output "${OUT}/diversity.json" --force; then
+        [ "${DRY_RUN:-0}" = 1 ] || echo "${names[*]}" > "${OUT}/diversity.json.sets"
+    else
+        echo "# diversity failed; the table goes on without it" >&2
+    fi
 fi
 run python scripts/compare_table.py table --out "${OUT}" --methods "${METHODS}" --protocols "${PROTOCOLS}" \
     --ipc "${IPC}" --itr "${ITR}" --budget "${BUDGET:-0}" --num-classes "${NUM_CLASSES}" --seeds "${SEEDS}" \
