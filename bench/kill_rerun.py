@@ -36,32 +36,24 @@ def run(args: list[str], log: Path) -> None:
         subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, stdout=f, stderr=f, check=True)
 
 
-def run_and_kill(args: list[str], log: Path, ready) -> float:
-    """Start, SIGKILL as soon as ``ready()`` is true; returns the seconds it ran."""
+def kill_when(argv: list[str], log: Path, ready, env: dict | None = None) -> float:
+    """Start ``argv`` in its own process group and SIGKILL the group (a script and every stage under it) as
+    soon as ``ready()`` is true; returns the seconds it ran."""
     t0 = time.monotonic()
     with open(log, "ab") as f:
-        p = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=ENV, stdout=f, stderr=f)
+        p = subprocess.Popen(argv, cwd=ROOT, env=env or ENV, stdout=f, stderr=f, start_new_session=True)
         while p.poll() is None and not ready():
             time.sleep(0.05)
         if p.poll() is not None:
-            raise SystemExit(f"{args[1]} finished before it could be killed; make the run longer")
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-    return time.monotonic() - t0
-
-
-def run_script_and_kill(script: str, env: dict, log: Path, ready) -> float:
-    """``bash script`` in its own process group, SIGKILLed (the group) as soon as ``ready()`` is true."""
-    t0 = time.monotonic()
-    with open(log, "ab") as f:
-        p = subprocess.Popen(["bash", script], cwd=ROOT, env=env, stdout=f, stderr=f, start_new_session=True)
-        while p.poll() is None and not ready():
-            time.sleep(0.05)
-        if p.poll() is not None:
-            raise SystemExit(f"{script} finished before it could be killed; make the run longer")
+            raise SystemExit(f"{' '.join(argv[:3])} finished before it could be killed; make the run longer")
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
     return time.monotonic() - t0
+
+
+def run_and_kill(args: list[str], log: Path, ready) -> float:
+    """``python ARGS``, SIGKILLed as soon as ``ready()`` is true."""
+    return kill_when([sys.executable, *args], log, ready)
 
 
 # compare.csv columns that depend on the clock or the machine, not on the results
@@ -160,10 +152,10 @@ def main() -> int:
         full, killed = work / "cmp_full", work / "cmp_killed"
         compare(full)
         kenv = {**env, "OUT": str(killed)}
-        s1 = run_script_and_kill("scripts/compare.sh", kenv, log,  # in an evaluation, a seed's checkpoint on disk
-                                 lambda: any(p.is_file() for p in (killed / "eval").rglob("*.state/*.pt")))
-        s2 = run_script_and_kill("scripts/compare.sh", kenv, log,  # in DELT's synthesis (a class on disk)
-                                 lambda: any(p.is_dir() for p in (killed / "sets" / "delt").glob("*")))
+        script = ["bash", "scripts/compare.sh"]
+        # first in an evaluation (a seed's checkpoint on disk), then in DELT's synthesis (a class on disk)
+        s1 = kill_when(script, log, lambda: any(p.is_file() for p in (killed / "eval").rglob("*.state/*.pt")), kenv)
+        s2 = kill_when(script, log, lambda: any(p.is_dir() for p in (killed / "sets" / "delt").glob("*")), kenv)
         compare(killed)
         first = (killed / "compare.md").read_bytes(), (killed / "compare.csv").read_bytes()
         compare(killed)
