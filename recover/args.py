@@ -16,7 +16,7 @@ from common.cli.argtypes import (
 )
 from common.cli.entry import require_paths
 from common.cli.errors import UserError
-from common.cli.flags import add_curve_args, add_device_args, check_arch_names  # the last shared with relabel_eval
+from common.cli.flags import ArchNames, add_curve_args, add_device_args, check_arch_names  # shared with relabel_eval
 from common.run.state import add_run_args
 
 EASY2HARD_MODES = ("step", "linear", "cosine")  # CDA's crop curriculum shapes (recover.augment.min_crop_scale)
@@ -56,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--store-best-images", action="store_true",
                    help="accepted for compatibility: the last iterate is always saved")
     g = p.add_argument_group("teacher")
-    g.add_argument("--arch-name", nargs="+", default=None, metavar="NAME",
+    g.add_argument("--arch-name", nargs="+", action=ArchNames, default=None, metavar="NAME",
                    help="teacher architecture (default: the one the checkpoint records); with several --arch-path, "
                         "one name per path in the same order (e.g. torchvision's bare weight files, which record "
                         "none); a name that contradicts a checkpoint's recorded architecture is an error")

@@ -296,8 +296,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     if isinstance(args.arch_path, list) and len(args.arch_path) == 1:
         args.arch_path = args.arch_path[0]  # one teacher: recorded as before
-    if isinstance(args.arch_name, list) and len(args.arch_name) == 1:
-        args.arch_name = args.arch_name[0]  # one name: recorded (manifest, fingerprint) as before
     if args.init is None:
         args.init = "real" if args.init_data_path else "noise"
     plan = check_args(args)

@@ -35,7 +35,7 @@ from common.cli.argtypes import (
 )
 from common.cli.entry import module_doc, require_paths
 from common.cli.errors import UserError
-from common.cli.flags import add_device_args, arch_per_path, check_arch_names
+from common.cli.flags import ArchNames, add_device_args, arch_per_path, check_arch_names
 from common.run.state import add_run_args
 from relabel_eval.eval_protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_name
 
@@ -67,15 +67,6 @@ class TeacherPaths(argparse.Action):
         values = list(values)
         namespace.teacher_path = values[0]
         namespace.teacher_paths = values if len(values) > 1 else None
-
-
-class ArchNames(argparse.Action):
-    """``--arch-name A [B ...]``: one name is kept a plain string (recorded, and fingerprinted, as before
-    several were accepted), several a list, one per ``--teacher-path`` (checked by :func:`check_teacher_flags`)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        values = list(values)
-        setattr(namespace, self.dest, values[0] if len(values) == 1 else values)
 
 
 def teacher_path_list(args: argparse.Namespace) -> list[str]:

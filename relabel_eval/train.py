@@ -161,7 +161,7 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
     loss_sum = torch.zeros((), device=dev)
     correct = torch.zeros((), device=dev, dtype=torch.long)
     n, last = 0, plan.num_batches - 1
-    calib = None  # (per-candidate summed KL, images) of the last batch, for calibrate
+    calib = None  # per candidate student temperature, the summed KL of the last batch (calibrate)
     first_bad = torch.full((), -1, device=dev, dtype=torch.long)
     teacher_bad = torch.zeros((), device=dev, dtype=torch.bool)
     optimizer.zero_grad(set_to_none=True)
@@ -176,7 +176,7 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
             if loss_kind == "kl":
                 loss = kd_loss(out, t, temperature, student_temperature)
                 if calibrate and b == last:
-                    calib = student_temperature_losses(out, t, temperature), len(y)
+                    calib = student_temperature_losses(out, t, temperature)
             else:
                 loss = soft_label_loss(loss_kind, out, t, temperature, y, mix, target_lambda(mix, S, S), ce_weight)
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
@@ -204,7 +204,7 @@ def train_one_epoch(student, maker: BatchMaker, plan, targets: Callable | None, 
            "nonfinite_batch": None if bad < 0 else bad, "teacher_nonfinite": teacher_nonfinite}
     if calibrate:
         k = len(LPQLD_STUDENT_TEMPERATURES)
-        kl = calib[0].double().cpu().tolist() if calib is not None else [0.0] * k
+        kl = calib.double().cpu().tolist() if calib is not None else [0.0] * k
         if distributed:  # the whole last batch's KL: every process refits to the same value
             kl = sum_over_ranks(*kl)
         best = min(range(k), key=lambda i: (kl[i], i))

@@ -83,6 +83,16 @@ def add_curve_args(parser) -> None:
                              "offline under --log-dir unless WANDB_API_KEY or WANDB_MODE is set)")
 
 
+class ArchNames(argparse.Action):
+    """``--arch-name A [B ...]``: one name is kept a plain string (recorded, and fingerprinted, as before
+    several were accepted), several a list, one per checkpoint (``recover --arch-path``, ``relabel_eval
+    --teacher-path``; checked by :func:`check_arch_names`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        values = list(values)
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else values)
+
+
 def as_list(value) -> list:
     """A flag's value as a list: None -> [], one string (a single value kept plain) -> [it]."""
     if value is None:
